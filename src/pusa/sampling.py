@@ -1,0 +1,75 @@
+"""Euler sampling with per-frame sigmas and classifier-free guidance (pusa-algorithm.md section 5).
+
+Pure: imports only torch. The denoiser is any callable `velocity(x, timestep, text) -> v` where
+`x` is `[B, C, F, h, w]` and `timestep` is `[B, F]` on the 0..1000 scale. Randomness is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .conditioning import Conditioning
+from .schedule import sigma_to_timestep
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a per-step callback sees: after step `step` (0-based) of `num_steps`."""
+
+    step: int
+    num_steps: int
+    sigma: float
+    latents: torch.Tensor
+
+
+class Cancelled(Exception):
+    """Raised out of `sample` when the step callback returns False (the user pressed Cancel)."""
+
+
+def guided_velocity(
+    velocity: VelocityFn, x: torch.Tensor, timestep: torch.Tensor, text: object, negative_text: object, cfg: float
+) -> torch.Tensor:
+    """`v_neg + cfg * (v_pos - v_neg)`; at cfg 1.0 the negative pass is skipped entirely."""
+    v_pos = velocity(x, timestep, text)
+    if cfg == 1.0:
+        return v_pos
+    v_neg = velocity(x, timestep, negative_text)
+    return v_neg + cfg * (v_pos - v_neg)
+
+
+def sample(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    conditioning: Conditioning,
+    text: object,
+    negative_text: object = None,
+    cfg: float = 1.0,
+    callback: Callable[[StepInfo], bool | None] | None = None,
+) -> torch.Tensor:
+    """Denoise `noise` `[B, C, F, h, w]` along `sigmas` `[N + 1]` (ending at 0).
+
+    Frame f moves from `scale_f * sigma_i` to `scale_f * sigma_{i+1}` at step i, where `scale_f` is
+    the noise multiplier at conditioning slots and 1 elsewhere, so a multiplier-0 frame never moves.
+    `callback(StepInfo)` runs after every step; returning False stops with `Cancelled`.
+    """
+    batch, _, num_latent = noise.shape[:3]
+    scale = conditioning.sigma_scale(num_latent, dtype=torch.float64)  # [F]
+    x = conditioning.initial_latents(noise)
+    num_steps = len(sigmas) - 1
+    for i in range(num_steps):
+        sigma_f = scale * sigmas[i]  # [F], float64
+        sigma_next_f = scale * sigmas[i + 1]
+        timestep = sigma_to_timestep(sigma_f).to(device=x.device, dtype=torch.float32)
+        timestep = timestep.unsqueeze(0).expand(batch, num_latent)  # [B, F]
+        v = guided_velocity(velocity, x, timestep, text, negative_text, cfg)
+        dt = (sigma_next_f - sigma_f).to(device=x.device, dtype=torch.float32).view(1, 1, num_latent, 1, 1)
+        x = (x.float() + v.float() * dt).to(x.dtype)
+        if callback is not None and callback(StepInfo(i, num_steps, float(sigmas[i + 1]), x)) is False:
+            raise Cancelled(f"cancelled after step {i + 1} of {num_steps}")
+    return x
