@@ -25,9 +25,7 @@ def pixel_frames_of_latent(latent_index: int) -> tuple[int, int]:
     return (4 * latent_index - 3, 4 * latent_index)
 
 
-def validate_positions(
-    positions: Sequence[int], noise_multipliers: Sequence[float], num_latent: int
-) -> None:
+def validate_positions(positions: Sequence[int], noise_multipliers: Sequence[float], num_latent: int) -> None:
     """Raise ValueError naming the parameter, the value and what is allowed."""
     positions = list(positions)
     noise_multipliers = list(noise_multipliers)
@@ -44,7 +42,9 @@ def validate_positions(
             )
     duplicates = sorted({p for p in positions if positions.count(p) > 1})
     if duplicates:
-        raise ValueError(f"positions={positions} repeats {duplicates}; each latent frame can be conditioned once")
+        raise ValueError(
+            f"positions={positions} repeats {duplicates}; each latent frame can be conditioned once"
+        )
     for m in noise_multipliers:
         if not isinstance(m, (int, float)) or isinstance(m, bool) or not 0.0 <= float(m) <= 1.0:
             raise ValueError(f"noise_multipliers contains {m!r}; each must be a number in [0, 1]")
@@ -75,7 +75,7 @@ class Conditioning:
     def sigma_scale(self, num_latent: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """`[F_lat]`: 1 for free frames, the noise multiplier at conditioning slots."""
         scale = torch.ones(num_latent, dtype=dtype)
-        for position, multiplier in zip(self.positions, self.noise_multipliers):
+        for position, multiplier in zip(self.positions, self.noise_multipliers, strict=True):
             scale[position] = multiplier
         return scale
 
@@ -85,7 +85,7 @@ class Conditioning:
         if not self.positions:
             return x
         z = self.latents.to(device=noise.device, dtype=noise.dtype)
-        for j, (position, m) in enumerate(zip(self.positions, self.noise_multipliers)):
+        for j, (position, m) in enumerate(zip(self.positions, self.noise_multipliers, strict=True)):
             if m == 0.0:
                 x[:, :, position] = z[:, :, j]
             else:

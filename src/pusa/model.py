@@ -9,7 +9,7 @@ would build `[B, L, 6, D]` (gigabytes at 720p) for the same numbers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -40,7 +40,9 @@ class PusaTransformerBlock(WanTransformerBlock):
             self.scale_shift_table.unsqueeze(0) + temb.float()
         ).chunk(6, dim=2)
 
-        def modulate(norm: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        def modulate(
+            norm: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+        ) -> torch.Tensor:
             normed = _per_frame(norm(x.float()), num_groups)  # [B, G, hw, D]
             return (normed * (1 + scale) + shift).flatten(1, 2).type_as(x)
 
@@ -49,7 +51,9 @@ class PusaTransformerBlock(WanTransformerBlock):
             return out.flatten(1, 2).type_as(x)
 
         # 1. Self-attention
-        attn_output = self.attn1(modulate(self.norm1, hidden_states, scale_msa, shift_msa), None, None, rotary_emb)
+        attn_output = self.attn1(
+            modulate(self.norm1, hidden_states, scale_msa, shift_msa), None, None, rotary_emb
+        )
         hidden_states = add_gated(hidden_states, attn_output, gate_msa)
 
         # 2. Cross-attention (not modulated)
@@ -64,8 +68,8 @@ class PusaTransformerBlock(WanTransformerBlock):
 class PusaTransformer3DModel(WanTransformer3DModel):
     """Wan2.1 DiT accepting a per-frame timestep `[B, F_lat]` (0..1000) or a scalar one `[B]`."""
 
-    _no_split_modules = ["PusaTransformerBlock"]
-    _repeated_blocks = ["PusaTransformerBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["PusaTransformerBlock"]
+    _repeated_blocks: ClassVar[list[str]] = ["PusaTransformerBlock"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,7 +109,11 @@ class PusaTransformer3DModel(WanTransformer3DModel):
 
         if timestep.ndim == 1:
             timestep = timestep.unsqueeze(1)  # [B, 1]: one modulation row for the whole clip
-        if timestep.ndim != 2 or timestep.shape[0] != batch_size or timestep.shape[1] not in (1, post_patch_num_frames):
+        if (
+            timestep.ndim != 2
+            or timestep.shape[0] != batch_size
+            or timestep.shape[1] not in (1, post_patch_num_frames)
+        ):
             raise ValueError(
                 f"timestep has shape {tuple(timestep.shape)}; expected [{batch_size}] or "
                 f"[{batch_size}, {post_patch_num_frames}] (one value per latent frame)"
@@ -118,7 +126,10 @@ class PusaTransformer3DModel(WanTransformer3DModel):
 
         # temb [B, G, D]; timestep_proj [B, G, 6D]
         temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = self.condition_embedder(
-            timestep.flatten(), encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=num_groups
+            timestep.flatten(),
+            encoder_hidden_states,
+            encoder_hidden_states_image,
+            timestep_seq_len=num_groups,
         )
         timestep_proj = timestep_proj.unflatten(2, (6, -1))  # [B, G, 6, D]
         if encoder_hidden_states_image is not None:

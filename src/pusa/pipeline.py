@@ -100,7 +100,11 @@ def _describe_source(source: Media) -> Any:
 
 def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
     kind = "a whole number" if integer else "a number"
-    bad_type = isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int))
+    bad_type = (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
+    )
     if bad_type or (isinstance(value, float) and math.isnan(value)) or not low <= value <= high:
         raise ValueError(f"{name}={value!r} is not allowed; {name} must be {kind} in {low}..{high}")
 
@@ -195,16 +199,20 @@ class PusaPipeline:
 
     # ---------------------------------------------------------------- tasks
     def text_to_video(self, prompt: str, **common: Any) -> PusaOutput:
-        return self.generate(GenerationRequest(task="t2v", prompt=prompt, **common))
+        return self._submit(task="t2v", prompt=prompt, **common)
 
     def image_to_video(
         self, image: Media, prompt: str, noise_multiplier: float = DEFAULT_I2V_NOISE_MULTIPLIER, **common: Any
     ) -> PusaOutput:
         """The image becomes latent frame 0, noised by `noise_multiplier` (0 = kept exactly)."""
-        request = GenerationRequest(
-            task="i2v", prompt=prompt, images=[image], positions=[0], noise_multipliers=[noise_multiplier], **common
+        return self._submit(
+            task="i2v",
+            prompt=prompt,
+            images=[image],
+            positions=[0],
+            noise_multipliers=[noise_multiplier],
+            **common,
         )
-        return self.generate(request)
 
     def frames_to_video(
         self,
@@ -223,11 +231,13 @@ class PusaPipeline:
         num_latent = self.num_latent_frames(common.get("num_frames"))
         if positions is None:
             if len(images) > num_latent:
-                raise ValueError(f"images: {len(images)} given but the video has only {num_latent} latent frames")
+                raise ValueError(
+                    f"images: {len(images)} given but the video has only {num_latent} latent frames"
+                )
             positions = [round(j * (num_latent - 1) / max(len(images) - 1, 1)) for j in range(len(images))]
         if noise_multipliers is None:
             noise_multipliers = [0.2] + [0.5] * (len(positions) - 1)
-        request = GenerationRequest(
+        return self._submit(
             task="frames",
             prompt=prompt,
             images=images,
@@ -235,7 +245,6 @@ class PusaPipeline:
             noise_multipliers=list(noise_multipliers),
             **common,
         )
-        return self.generate(request)
 
     def video_to_video(
         self,
@@ -248,7 +257,7 @@ class PusaPipeline:
         """Latent frames `positions` of the source video condition the new one (multiplier default 0.2)."""
         if noise_multipliers is None:
             noise_multipliers = [DEFAULT_I2V_NOISE_MULTIPLIER] * len(positions)
-        request = GenerationRequest(
+        return self._submit(
             task="v2v",
             prompt=prompt,
             video=video,
@@ -256,7 +265,6 @@ class PusaPipeline:
             noise_multipliers=list(noise_multipliers),
             **common,
         )
-        return self.generate(request)
 
     def extend_video(
         self,
@@ -278,7 +286,13 @@ class PusaPipeline:
             )
         clip = frames[-context_frames:] if from_end else frames[:context_frames]
         return self._recipe(
-            "extension", clip, prompt, list(range(context_latents)), noise_multipliers, {"video": video}, common
+            "extension",
+            clip,
+            prompt,
+            list(range(context_latents)),
+            noise_multipliers,
+            {"video": video},
+            common,
         )
 
     def complete_video(
@@ -324,6 +338,9 @@ class PusaPipeline:
         sources = {"start_video": start_video, "end_video": end_video}
         return self._recipe("transition", composite, prompt, positions, noise_multipliers, sources, common)
 
+    def _submit(self, callback: Callable[[StepInfo], bool | None] | None = None, **fields: Any) -> PusaOutput:
+        return self.generate(GenerationRequest(**fields), callback)
+
     def _read_source(self, video: Media, parameter: str, common: dict) -> np.ndarray:
         width = common.get("width") or self.defaults.width
         height = common.get("height") or self.defaults.height
@@ -332,7 +349,7 @@ class PusaPipeline:
         return fit_video(frames, width, height)
 
     def _recipe(self, recipe, frames, prompt, positions, noise_multipliers, sources, common) -> PusaOutput:
-        request = GenerationRequest(
+        return self._submit(
             task="v2v",
             prompt=prompt,
             video=frames,
@@ -342,13 +359,17 @@ class PusaPipeline:
             sources={k: _describe_source(v) for k, v in sources.items()},
             **common,
         )
-        return self.generate(request)
 
     # ---------------------------------------------------------------- validation
     def _check_size(self, width: Any, height: Any) -> None:
         multiple, limit = self.size_multiple, self.max_side
         for name, value in (("width", width), ("height", height)):
-            if isinstance(value, bool) or not isinstance(value, int) or value % multiple or not multiple <= value <= limit:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value % multiple
+                or not multiple <= value <= limit
+            ):
                 raise ValueError(
                     f"{name}={value!r} is not allowed; {name} must be a multiple of {multiple} "
                     f"between {multiple} and {limit} pixels for this model"
@@ -359,7 +380,9 @@ class PusaPipeline:
         d = self.defaults
         return replace(
             request,
-            num_inference_steps=request.num_inference_steps if request.num_inference_steps is not None else d.num_inference_steps,
+            num_inference_steps=request.num_inference_steps
+            if request.num_inference_steps is not None
+            else d.num_inference_steps,
             num_frames=request.num_frames if request.num_frames is not None else d.num_frames,
             width=request.width if request.width is not None else d.width,
             height=request.height if request.height is not None else d.height,
@@ -376,13 +399,20 @@ class PusaPipeline:
             raise ValueError(f"prompt={r.prompt!r} must be text")
         if not isinstance(r.negative_prompt, str):
             raise ValueError(f"negative_prompt={r.negative_prompt!r} must be text")
-        if isinstance(r.num_frames, bool) or not isinstance(r.num_frames, int) or r.num_frames < 1 or (r.num_frames - 1) % 4:
+        if (
+            isinstance(r.num_frames, bool)
+            or not isinstance(r.num_frames, int)
+            or r.num_frames < 1
+            or (r.num_frames - 1) % 4
+        ):
             raise ValueError(
                 f"num_frames={r.num_frames!r} is not allowed; num_frames must be 4k+1 (e.g. 17, 33, 49, 81), "
                 f"at most {self.max_frames}"
             )
         if r.num_frames > self.max_frames:
-            raise ValueError(f"num_frames={r.num_frames} is not allowed; this model takes at most {self.max_frames}")
+            raise ValueError(
+                f"num_frames={r.num_frames} is not allowed; this model takes at most {self.max_frames}"
+            )
         self._check_size(r.width, r.height)
         _check_range("num_inference_steps", r.num_inference_steps, *STEPS_RANGE, integer=True)
         _check_range("lora_alpha", r.lora_alpha, *LORA_ALPHA_RANGE)
@@ -407,7 +437,9 @@ class PusaPipeline:
             if r.video is None:
                 raise ValueError("video: none given; video-to-video needs a source video")
             if len(r.positions) == 0:
-                raise ValueError("positions: none given; video-to-video needs the latent frames to keep, e.g. 0,1,2,3")
+                raise ValueError(
+                    "positions: none given; video-to-video needs the latent frames to keep, e.g. 0,1,2,3"
+                )
         validate_positions(list(r.positions), list(r.noise_multipliers), num_latent)
 
     # ---------------------------------------------------------------- encoders
@@ -418,8 +450,13 @@ class PusaPipeline:
         key = (prompt, max_length)
         if key not in self._text_cache:
             tokens = self.tokenizer(
-                [prompt], padding="max_length", max_length=max_length, truncation=True,
-                add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
+                [prompt],
+                padding="max_length",
+                max_length=max_length,
+                truncation=True,
+                add_special_tokens=True,
+                return_attention_mask=True,
+                return_tensors="pt",
             )
             ids = tokens.input_ids.to(self.device)
             mask = tokens.attention_mask.to(self.device)
@@ -462,10 +499,16 @@ class PusaPipeline:
             return Conditioning.none()
         if r.task in ("i2v", "frames"):
             latents = [
-                self.encode_frames(fit_image(load_image(image, "images" if r.task == "frames" else "image"), r.width, r.height)[None])
+                self.encode_frames(
+                    fit_image(
+                        load_image(image, "images" if r.task == "frames" else "image"), r.width, r.height
+                    )[None]
+                )
                 for image in r.images
             ]
-            return Conditioning(tuple(r.positions), tuple(float(m) for m in r.noise_multipliers), torch.cat(latents, dim=2))
+            return Conditioning(
+                tuple(r.positions), tuple(float(m) for m in r.noise_multipliers), torch.cat(latents, dim=2)
+            )
         needed = 4 * max(r.positions) + 1
         frames, _ = read_video(r.video, parameter="video")
         if len(frames) < needed:
@@ -520,7 +563,9 @@ class PusaPipeline:
 
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
         with torch.inference_mode():
-            latents = sample(velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback)
+            latents = sample(
+                velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback
+            )
         frames = self.decode_latents(latents)
 
         settings = self.settings_of(request)

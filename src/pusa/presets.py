@@ -33,7 +33,9 @@ class ModelDefaults:
 
 
 WAN_DEFAULTS = ModelDefaults()
-TINY_DEFAULTS = ModelDefaults(num_frames=17, width=64, height=64, num_inference_steps=4, fps=8.0, max_sequence_length=32)
+TINY_DEFAULTS = ModelDefaults(
+    num_frames=17, width=64, height=64, num_inference_steps=4, fps=8.0, max_sequence_length=32
+)
 
 TINY_TRANSFORMER_CONFIG = dict(
     patch_size=(1, 2, 2),

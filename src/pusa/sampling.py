@@ -32,7 +32,12 @@ class Cancelled(Exception):
 
 
 def guided_velocity(
-    velocity: VelocityFn, x: torch.Tensor, timestep: torch.Tensor, text: object, negative_text: object, cfg: float
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    timestep: torch.Tensor,
+    text: object,
+    negative_text: object,
+    cfg: float,
 ) -> torch.Tensor:
     """`v_neg + cfg * (v_pos - v_neg)`; at cfg 1.0 the negative pass is skipped entirely."""
     v_pos = velocity(x, timestep, text)

@@ -57,7 +57,9 @@ def fit_image(image: Image.Image, width: int, height: int) -> np.ndarray:
 
 
 def read_video(
-    source: str | Path | np.ndarray | Sequence[np.ndarray], parameter: str = "video", max_frames: int | None = None
+    source: str | Path | np.ndarray | Sequence[np.ndarray],
+    parameter: str = "video",
+    max_frames: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """All frames (or the first `max_frames`) as `[F, H, W, 3]` uint8, and the frame rate."""
     if not isinstance(source, (str, Path)):
@@ -97,7 +99,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, metadata: dict
     """H.264 / yuv420p mp4 (plays in every browser), settings as JSON in the container's comment tag."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    num_frames, height, width, _ = frames.shape
+    _, height, width, _ = frames.shape
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w", format="mp4") as container:
         if metadata is not None:
@@ -107,7 +109,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, metadata: dict
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "medium"}
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            ):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

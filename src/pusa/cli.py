@@ -1,0 +1,327 @@
+"""`pusa` command line: `pusa generate t2v|i2v|frames|v2v ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+TASK_HELP = {
+    "t2v": "text-to-video",
+    "i2v": "image-to-video: the image becomes the first frame",
+    "frames": "multi-frames-to-video: start/end frames or keyframes at chosen latent positions",
+    "v2v": "video-to-video: keep chosen latent frames of a source video (recipes: extension, completion, transition)",
+}
+PRESETS = ("tiny-random",)
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise ValueError(f"{flag}={text!r}: expected comma-separated whole numbers, e.g. 0,20") from None
+
+
+def parse_float_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(part) for part in text.replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise ValueError(
+            f"{flag}={text!r}: expected comma-separated numbers in [0, 1], e.g. 0.2,0.5"
+        ) from None
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    from .pipeline import DEFAULT_CFG, DEFAULT_LORA_ALPHA
+    from .schedule import DEFAULT_SHIFT
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model", default="tiny-random", metavar="DIR|PRESET",
+        help="a local model folder (diffusers layout or Wan's original layout) or a preset: "
+        f"{', '.join(PRESETS)} (default: tiny-random)",
+    )  # fmt: skip
+    model.add_argument(
+        "--lora", metavar="FILE", help="Pusa LoRA file (pusa_v1.pt or .safetensors), applied at --lora-alpha"
+    )
+    model.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    model.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+        help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
+    )  # fmt: skip
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--prompt", "-p", default="", help="what the video shows")
+    gen.add_argument(
+        "--negative-prompt", default=None, help="what to avoid (default: Wan's standard negative prompt)"
+    )
+    gen.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=DEFAULT_LORA_ALPHA,
+        help="LoRA strength 0.1-5.0 (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--steps", type=int, default=None, help="inference steps 1-50 (default: the model's, 10 for Pusa V1)"
+    )
+    gen.add_argument(
+        "--cfg",
+        type=float,
+        default=DEFAULT_CFG,
+        help="classifier-free guidance 1.0-20.0; 1.0 skips the negative pass (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--shift", type=float, default=DEFAULT_SHIFT, help="noise schedule shift (default: %(default)s)"
+    )
+    gen.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed (default: random; the seed used is printed and saved)",
+    )
+    gen.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="number of frames, 4k+1 (default: the model's, 81 for Pusa V1)",
+    )
+    gen.add_argument(
+        "--width", type=int, default=None, help="width in pixels, a multiple of 16 (default: the model's)"
+    )
+    gen.add_argument(
+        "--height", type=int, default=None, help="height in pixels, a multiple of 16 (default: the model's)"
+    )
+    gen.add_argument(
+        "--fps", type=float, default=None, help="playback frame rate (default: the model's, 16 for Wan)"
+    )
+    gen.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        metavar="FILE.mp4",
+        help="where to write the video; a .json sidecar goes beside it (default: outputs/<task>-<time>-<seed>.mp4)",
+    )
+    gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pusa",
+        description="Pusa V1 video generation: one model, every task, by giving every frame its own noise level.",
+    )
+    parser.add_argument("--version", action="version", version=f"pusa {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    generate = commands.add_parser(
+        "generate", help="generate a video", description="Generate a video (one task)."
+    )
+    tasks = generate.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    t2v = tasks.add_parser("t2v", help=TASK_HELP["t2v"], description=TASK_HELP["t2v"])
+    _add_common(t2v)
+
+    i2v = tasks.add_parser("i2v", help=TASK_HELP["i2v"], description=TASK_HELP["i2v"])
+    i2v.add_argument(
+        "--image", required=True, help="the first frame (PNG, JPEG, ...), center-cropped to the video size"
+    )
+    i2v.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=0.2,
+        help="0.0 keeps the image exactly, 1.0 ignores it (default: %(default)s)",
+    )
+    _add_common(i2v)
+
+    frames = tasks.add_parser(
+        "frames", help=TASK_HELP["frames"],
+        description=TASK_HELP["frames"] + ". Positions are latent frame indices: latent 0 is pixel frame 0, "
+        "latent k covers pixel frames 4k-3..4k (for 81 frames, 0,20 = first and last).",
+    )  # fmt: skip
+    frames.add_argument(
+        "--images", nargs="+", required=True, metavar="IMAGE", help="two or more images, in order"
+    )
+    frames.add_argument(
+        "--positions",
+        default=None,
+        help="latent frame per image, comma-separated (default: spread from first to last)",
+    )
+    frames.add_argument(
+        "--noise-multipliers",
+        default=None,
+        help="one per image, 0.0-1.0, comma-separated (default: 0.2 then 0.5)",
+    )
+    _add_common(frames)
+
+    v2v = tasks.add_parser(
+        "v2v", help=TASK_HELP["v2v"],
+        description=TASK_HELP["v2v"] + ". Positions are latent frame indices of the source video; "
+        "it needs at least 4*max(position)+1 frames.",
+    )  # fmt: skip
+    v2v.add_argument("--video", required=True, help="source video (mp4, webm, mov, ...)")
+    v2v.add_argument(
+        "--recipe", choices=("extension", "completion", "transition"), default=None,
+        help="extension: continue the clip from its last 13 frames; completion: regenerate the middle from "
+        "its first frame and last 4; transition: bridge --video to --end-video",
+    )  # fmt: skip
+    v2v.add_argument("--end-video", default=None, help="second clip, for --recipe transition")
+    v2v.add_argument(
+        "--positions",
+        default=None,
+        help="latent frames to keep, comma-separated, e.g. 0,1,2,3 (required without --recipe)",
+    )
+    v2v.add_argument(
+        "--noise-multipliers",
+        default=None,
+        help="one per position, 0.0-1.0, comma-separated (default: the recipe's, else 0.2 each)",
+    )
+    _add_common(v2v)
+    return parser
+
+
+def load_pipeline(args: argparse.Namespace):
+    import torch
+
+    from .pipeline import PusaPipeline
+
+    dtype_name = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    dtype = getattr(torch, dtype_name)
+    if args.model in PRESETS:
+        if args.lora:
+            raise ValueError(
+                f"--lora={args.lora!r}: the {args.model} preset takes no LoRA; use --model DIR for real weights"
+            )
+        return PusaPipeline.from_preset(args.model, device=args.device, dtype=dtype)
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise ValueError(f"--model={args.model!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
+    return PusaPipeline.from_pretrained(model_dir, lora=args.lora, device=args.device, dtype=dtype)
+
+
+def run_generate(args: argparse.Namespace) -> Path:
+    from tqdm import tqdm
+
+    from .pipeline import DEFAULT_NEGATIVE_PROMPT
+
+    pipe = load_pipeline(args)
+    common = dict(
+        negative_prompt=args.negative_prompt if args.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
+        lora_alpha=args.lora_alpha,
+        num_inference_steps=args.steps,
+        cfg=args.cfg,
+        shift=args.shift,
+        seed=args.seed,
+        num_frames=args.frames,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+    )
+    positions = parse_int_list(args.positions, "--positions") if getattr(args, "positions", None) else None
+    multipliers = (
+        parse_float_list(args.noise_multipliers, "--noise-multipliers")
+        if getattr(args, "noise_multipliers", None)
+        else None
+    )
+    bars = []
+
+    def progress(info) -> None:  # the bar starts once the inputs are checked and the first step ran
+        if not bars:
+            bars.append(tqdm(total=info.num_steps, desc=f"pusa {args.task}", unit="step", disable=args.quiet))
+        bars[0].update(1)
+
+    def generate(method, *method_args, **kwargs):
+        return method(*method_args, **kwargs, **common, callback=progress)
+
+    if args.task == "t2v":
+        out = generate(pipe.text_to_video, args.prompt)
+    elif args.task == "i2v":
+        out = generate(pipe.image_to_video, args.image, args.prompt, noise_multiplier=args.noise_multiplier)
+    elif args.task == "frames":
+        out = generate(
+            pipe.frames_to_video, args.images, args.prompt, positions=positions, noise_multipliers=multipliers
+        )
+    elif args.recipe is None:
+        if positions is None:
+            raise ValueError("--positions: required for v2v without --recipe, e.g. --positions 0,1,2,3")
+        out = generate(
+            pipe.video_to_video, args.video, args.prompt, positions=positions, noise_multipliers=multipliers
+        )
+    else:
+        if args.recipe != "transition" and args.end_video:
+            raise ValueError(f"--end-video is only used by --recipe transition, not {args.recipe!r}")
+        if positions is not None:
+            raise ValueError(
+                f"--positions={args.positions!r}: the {args.recipe} recipe sets the positions itself"
+            )
+        recipe_kwargs = {"noise_multipliers": multipliers} if multipliers is not None else {}
+        if args.recipe == "extension":
+            out = generate(pipe.extend_video, args.video, args.prompt, **recipe_kwargs)
+        elif args.recipe == "completion":
+            out = generate(pipe.complete_video, args.video, args.prompt, **recipe_kwargs)
+        else:
+            if not args.end_video:
+                raise ValueError("--end-video: required by --recipe transition (the clip to arrive at)")
+            out = generate(pipe.transition, args.video, args.end_video, args.prompt, **recipe_kwargs)
+    for bar in bars:
+        bar.close()
+    settings = out.settings
+    output = (
+        Path(args.output)
+        if args.output
+        else Path("outputs") / (f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}-{settings['seed']}.mp4")
+    )
+    if output.suffix.lower() != ".mp4":
+        raise ValueError(
+            f"--output={str(output)!r}: the video is written as H.264 mp4; give a path ending in .mp4"
+        )
+    out.save(output)
+    print(
+        f"wrote {output} ({settings['num_frames']} frames, {settings['width']}x{settings['height']}, "
+        f"seed {settings['seed']}, {settings['elapsed_s']:.1f} s) and {output.with_suffix('.json')}"
+    )
+    return output
+
+
+FLAGS = {
+    "num_inference_steps": "--steps",
+    "num_frames": "--frames",
+    "lora_alpha": "--lora-alpha",
+    "noise_multipliers": "--noise-multipliers",
+    "positions": "--positions",
+    "images": "--images",
+    "image": "--image",
+    "video": "--video",
+    "end_video": "--end-video",
+    "start_video": "--video",
+    "negative_prompt": "--negative-prompt",
+}
+
+
+def _with_flag(message: str) -> str:
+    """Pipeline errors name the API parameter; say which command-line flag sets it."""
+    name = message.split("=", 1)[0].split(":", 1)[0].split(" ", 1)[0]
+    flag = FLAGS.get(name) or (
+        f"--{name}" if name in ("width", "height", "cfg", "shift", "seed", "fps") else None
+    )
+    return f"{message} [{flag}]" if flag else message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            run_generate(args)
+    except ValueError as error:  # bad input: the message names the parameter, the value and what is allowed
+        print(f"pusa: error: {_with_flag(str(error))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pusa: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
