@@ -236,7 +236,7 @@ class PusaPipeline:
                 )
             positions = [round(j * (num_latent - 1) / max(len(images) - 1, 1)) for j in range(len(images))]
         if noise_multipliers is None:
-            noise_multipliers = [0.2] + [0.5] * (len(positions) - 1)
+            noise_multipliers = [0.2] + [0.5] * (len(positions) - 1) if positions else []
         return self._submit(
             task="frames",
             prompt=prompt,
@@ -422,10 +422,13 @@ class PusaPipeline:
         _check_range("seed", r.seed, 0, MAX_SEED, integer=True)
         num_latent = num_latent_frames(r.num_frames)
         if r.task == "t2v" and (r.positions or r.images or r.video is not None):
-            raise ValueError("text-to-video takes no images, video or positions; use i2v, frames or v2v")
+            raise ValueError(
+                f"positions={list(r.positions)}, images: {len(r.images)}, video: {r.video is not None}; "
+                "text-to-video takes no images, video or positions; use i2v, frames or v2v"
+            )
         if r.task in ("i2v", "frames"):
-            if len(r.images) == 0:
-                raise ValueError(f"images: none given; task {r.task!r} needs at least one image")
+            if len(r.images) == 0 or any(image is None for image in r.images):
+                raise ValueError(f"images: none given; task {r.task!r} needs an image for every position")
             if r.task == "i2v" and len(r.images) != 1:
                 raise ValueError(f"images: {len(r.images)} given; image-to-video takes exactly one image")
             if len(r.images) != len(r.positions):
@@ -528,6 +531,7 @@ class PusaPipeline:
         record = asdict(replace(request, images=(), video=None))
         record["positions"] = list(request.positions)
         record["noise_multipliers"] = [float(m) for m in request.noise_multipliers]
+        record["images"] = []
         if request.task in ("i2v", "frames"):
             record["images"] = [_describe_source(image) for image in request.images]
         if request.task == "v2v" and not request.sources:

@@ -28,6 +28,10 @@ def load_image(source: str | Path | Image.Image | np.ndarray, parameter: str = "
                 f"{parameter}: array of shape {source.shape} and dtype {source.dtype}; expected [H, W, 3] uint8"
             )
         return Image.fromarray(source[:, :, :3])
+    if not isinstance(source, (str, Path)):
+        raise MediaError(
+            f"{parameter}: got {type(source).__name__}; expected an image file path, a PIL image or an array"
+        )
     path = Path(source)
     if not path.is_file():
         raise MediaError(f"{parameter}={str(path)!r}: no such file; expected an image (PNG, JPEG, WebP, ...)")
@@ -62,6 +66,8 @@ def read_video(
     max_frames: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """All frames (or the first `max_frames`) as `[F, H, W, 3]` uint8, and the frame rate."""
+    if source is None:
+        raise MediaError(f"{parameter}: none given; expected a video file path or a [F, H, W, 3] uint8 array")
     if not isinstance(source, (str, Path)):
         frames = np.asarray(source)
         if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
