@@ -1,0 +1,183 @@
+"""The `pusa` command end to end on the tiny-random model: every task writes a playable mp4 + sidecar."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pusa.cli import build_parser, main
+from pusa.video import read_video, read_video_metadata
+
+FAST = ["--steps", "2", "--seed", "3", "--width", "32", "--height", "32", "-q"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli-inputs")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("a", "b", "c"):
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(paths[name])
+    paths["source"] = folder / "source.mp4"
+    assert main(["generate", "t2v", "-p", "source", *FAST, "--frames", "25", "-o", str(paths["source"])]) == 0
+    return paths
+
+
+def run_ok(args, out, frames=17):
+    assert main([*args, *FAST, "-o", str(out)]) == 0
+    video, _ = read_video(out)
+    assert video.shape == (frames, 32, 32, 3)
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert read_video_metadata(out) == settings
+    return settings
+
+
+def test_t2v(tmp_path):
+    settings = run_ok(
+        ["generate", "t2v", "-p", "a red circle slides left", "--cfg", "1.0"], tmp_path / "t.mp4"
+    )
+    assert settings["task"] == "t2v" and settings["cfg"] == 1.0 and settings["seed"] == 3
+    assert settings["model"] == "tiny-random(seed=0)" and settings["num_inference_steps"] == 2
+
+
+def test_i2v(tmp_path, inputs):
+    settings = run_ok(
+        ["generate", "i2v", "--image", str(inputs["a"]), "--noise-multiplier", "0.0", "-p", "x"],
+        tmp_path / "i.mp4",
+    )
+    assert settings["positions"] == [0] and settings["noise_multipliers"] == [0.0]
+    assert settings["images"][0]["path"] == str(inputs["a"].resolve())
+
+
+def test_frames_keyframes(tmp_path, inputs):
+    images = [str(inputs[k]) for k in ("a", "b", "c")]
+    args = [
+        "generate",
+        "frames",
+        "--images",
+        *images,
+        "--positions",
+        "0,2,4",
+        "--noise-multipliers",
+        "0.1,0.2,0.3",
+    ]
+    settings = run_ok(args, tmp_path / "f.mp4")
+    assert settings["positions"] == [0, 2, 4] and settings["noise_multipliers"] == [0.1, 0.2, 0.3]
+
+
+def test_frames_default_positions(tmp_path, inputs):
+    settings = run_ok(
+        ["generate", "frames", "--images", str(inputs["a"]), str(inputs["b"])], tmp_path / "f.mp4"
+    )
+    assert settings["positions"] == [0, 4] and settings["noise_multipliers"] == [0.2, 0.5]
+
+
+def test_v2v_positions(tmp_path, inputs):
+    args = [
+        "generate",
+        "v2v",
+        "--video",
+        str(inputs["source"]),
+        "--positions",
+        "0,1,2",
+        "--noise-multipliers",
+        "0,0.3,0.4",
+    ]
+    settings = run_ok(args, tmp_path / "v.mp4")
+    assert settings["positions"] == [0, 1, 2] and settings["recipe"] is None
+
+
+@pytest.mark.parametrize("recipe", ["extension", "completion"])
+def test_v2v_recipes(tmp_path, inputs, recipe):
+    settings = run_ok(
+        ["generate", "v2v", "--video", str(inputs["source"]), "--recipe", recipe], tmp_path / "r.mp4"
+    )
+    assert settings["recipe"] == recipe
+    assert settings["sources"]["video"]["path"] == str(inputs["source"].resolve())
+
+
+def test_v2v_transition(tmp_path, inputs):
+    args = ["generate", "v2v", "--video", str(inputs["source"]), "--end-video", str(inputs["source"]),
+            "--recipe", "transition", "--frames", "25"]  # fmt: skip
+    settings = run_ok(args, tmp_path / "tr.mp4", frames=25)
+    assert settings["positions"] == [0, 1, 2, 4, 5, 6] and settings["recipe"] == "transition"
+
+
+BAD = [
+    (["t2v", "--steps", "0"], r"num_inference_steps=0 .*1\.\.50.*\[--steps\]"),
+    (["t2v", "--steps", "51"], r"num_inference_steps=51"),
+    (["t2v", "--frames", "16"], r"num_frames=16 .*4k\+1"),
+    (["t2v", "--width", "40"], r"width=40 .*multiple of 16"),
+    (["t2v", "--height", "4096"], r"height=4096 .*between"),
+    (["t2v", "--lora-alpha", "5.5"], r"lora_alpha=5\.5 .*0\.1\.\.5\.0"),
+    (["t2v", "--cfg", "0.5"], r"cfg=0\.5"),
+    (["t2v", "--output", "x.gif"], r"--output='x\.gif'.*\.mp4"),
+    (["t2v", "--model", "/no/such/dir"], r"--model='/no/such/dir' is neither a folder nor a preset"),
+    (["i2v", "--image", "/no/such.png"], r"image='/no/such\.png': no such file"),
+    (["frames", "--images", "{a}", "{b}", "--positions", "0,9"], r"positions contains 9.*0\.\.4"),
+    (["frames", "--images", "{a}", "{b}", "--positions", "1,1"], r"positions=\[1, 1\] repeats \[1\]"),
+    (["frames", "--images", "{a}", "{b}", "--positions", "0,a"], r"--positions='0,a': expected comma-separated"),
+    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2,1.5"], r"noise_multipliers contains 1\.5"),
+    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2"], r"noise_multipliers=\[0\.2\] has 1 values"),
+    (["frames", "--images", "{a}", "--positions", "0,4"], r"positions=\[0, 4\] has 2 values for 1 images"),
+    (["v2v", "--video", "{source}"], r"--positions: required"),
+    (["v2v", "--video", "{source}", "--recipe", "transition"], r"--end-video: required"),
+    (["v2v", "--video", "{a}", "--positions", "0,1"], r"video has 1 frames; positions=\[0, 1\]"),
+    (["v2v", "--video", "/no/clip.mp4", "--positions", "0"], r"video='/no/clip\.mp4': no such file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), BAD)
+def test_bad_input_exits_2_with_message(args, message, inputs, tmp_path, capsys):
+    args = [a.format(**{k: str(v) for k, v in inputs.items()}) for a in args]
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "out.mp4")]
+    assert main(["generate", *args[:1], *FAST, *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pusa: error: ")
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_video_too_short_for_positions(tmp_path, inputs, capsys):
+    args = ["generate", "v2v", "--video", str(inputs["source"]), "--positions", "0,7", "--frames", "33"]
+    assert main([*args, *FAST, "-o", str(tmp_path / "o.mp4")]) == 2
+    assert "video has 25 frames; positions=[0, 7] reach latent frame 7, which needs at least 29 frames" in (
+        capsys.readouterr().err
+    )
+
+
+def test_help_is_complete(capsys):
+    parser = build_parser()
+    for argv in (["--help"], ["generate", "--help"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    for task in ("t2v", "i2v", "frames", "v2v"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["generate", task, "--help"])
+        text = capsys.readouterr().out
+        for flag in ("--prompt", "--negative-prompt", "--lora-alpha", "--steps", "--cfg", "--shift", "--seed",
+                     "--frames", "--width", "--height", "--fps", "--output", "--model", "--lora"):  # fmt: skip
+            assert flag in text, (task, flag)
+    for task, flags in {"i2v": ["--image", "--noise-multiplier"], "frames": ["--images", "--positions"],
+                        "v2v": ["--video", "--recipe", "--end-video", "--noise-multipliers"]}.items():  # fmt: skip
+        with pytest.raises(SystemExit):
+            parser.parse_args(["generate", task, "--help"])
+        text = capsys.readouterr().out
+        assert all(flag in text for flag in flags)
+
+
+@pytest.mark.skipif(shutil.which("pusa") is None, reason="console script not installed")
+def test_console_script(tmp_path):
+    out = tmp_path / "c.mp4"
+    result = subprocess.run(
+        ["pusa", "generate", "t2v", "-p", "x", *FAST, "-o", str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout and out.exists()
