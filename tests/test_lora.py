@@ -306,3 +306,36 @@ def test_validate_lora_alpha_accepts_the_range():
 def test_fuser_rejects_negative_alpha(pusa_pt):
     with pytest.raises(ValueError, match="alpha"):
         LoraFuser(tiny_dit(), load_lora(pusa_pt)).set_alpha(-1.0)
+
+
+def test_lightx2v_style_diff_keys_are_fused_with_alpha(tmp_path):
+    """LightX2V-style files carry full `.diff` / `.diff_b` deltas beside lora_up/lora_down."""
+    lora = trained_lora()
+    state = up_down_keys(lora)  # already prefixed with diffusion_model.
+    generator = torch.Generator().manual_seed(5)
+    bias_delta = torch.randn(24, generator=generator)
+    norm_delta = torch.randn(24, generator=generator)
+    state["diffusion_model.blocks.0.cross_attn.k.diff_b"] = bias_delta
+    state["diffusion_model.blocks.1.norm3.diff"] = norm_delta  # Wan's norm3 is diffusers' norm2
+    model = tiny_dit()
+    reference = copy.deepcopy(model)
+    fuser = LoraFuser(model, load_lora(write(state, tmp_path / "lightx2v.safetensors")))
+    fuser.set_alpha(0.5)
+    assert torch.allclose(
+        model.blocks[0].attn2.to_k.bias, reference.blocks[0].attn2.to_k.bias + 0.5 * bias_delta
+    )
+    assert torch.allclose(model.blocks[1].norm2.weight, reference.blocks[1].norm2.weight + 0.5 * norm_delta)
+    fuser.set_alpha(1.5)
+    fuser.set_alpha(0.5)
+    assert torch.equal(
+        model.blocks[0].attn2.to_k.bias, (reference.blocks[0].attn2.to_k.bias + 0.5 * bias_delta)
+    )
+    fuser.remove()
+    assert states_equal(model, reference)
+
+
+def test_diff_for_a_missing_parameter_is_named(tmp_path):
+    state = peft_original_keys(trained_lora())
+    state["blocks.0.norm1.diff"] = torch.ones(24)  # norm1 has no affine weight in Wan
+    with pytest.raises(CheckpointError, match=r"targets blocks\.0\.norm1\.weight, which has nothing"):
+        LoraFuser(tiny_dit(), load_lora(write(state, tmp_path / "bad.safetensors")))

@@ -589,6 +589,12 @@ _BLOCK_MODULES = {
     "cross_attn.v_img": "attn2.add_v_proj",
     "ffn.0": "ffn.net.0.proj",
     "ffn.2": "ffn.net.2",
+    # norms, which some LoRAs (LightX2V's) adjust with full `.diff` tensors
+    "self_attn.norm_q": "attn1.norm_q",
+    "self_attn.norm_k": "attn1.norm_k",
+    "cross_attn.norm_q": "attn2.norm_q",
+    "cross_attn.norm_k": "attn2.norm_k",
+    "norm3": "norm2",  # Wan's cross-attention norm is diffusers' norm2
 }
 # ... and outside the blocks.
 _TOP_MODULES = {
@@ -607,10 +613,12 @@ _LORA_MATRIX = re.compile(
     r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[^.]+))?\.weight$"
 )
 _LORA_ALPHA = re.compile(r"^(?P<module>.+)\.alpha$")
+# Full-tensor deltas some LoRAs carry beside the low-rank ones: `.diff` (weight) and `.diff_b` (bias).
+_LORA_DIFF = re.compile(r"^(?P<module>.+)\.(?P<kind>diff|diff_b)$")
 _LORA_KEYS_HELP = (
     "expected keys like blocks.0.self_attn.q.lora_A.default.weight / .lora_B.default.weight (PEFT, with or "
     "without diffusion_model. and .default), .lora_down.weight / .lora_up.weight (+ .alpha), or diffusers "
-    "naming blocks.0.attn1.to_q.lora_A.weight"
+    "naming blocks.0.attn1.to_q.lora_A.weight; full deltas .diff / .diff_b are accepted too"
 )
 
 
@@ -639,6 +647,8 @@ class LoraWeights:
     source: str
     # diffusers module name -> the key of its down matrix in the file, for error messages
     file_keys: dict[str, str] = field(default_factory=dict)
+    # full-tensor deltas: {diffusers module name: {"weight" | "bias": delta}}, scaled by alpha like the rest
+    diffs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def file_key(self, module: str) -> str:
         return self.file_keys.get(module, module)
@@ -672,13 +682,19 @@ def load_lora(path: str | Path) -> LoraWeights:
         raise CheckpointError(f"LoRA file {path} is empty")
 
     matrices: dict[tuple[str, str], tuple[torch.Tensor, str]] = {}  # (module, "down"/"up") -> (tensor, key)
+    file_keys: dict[str, str] = {}
     alphas: dict[str, tuple[float, str]] = {}
+    diffs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"LoRA file {path}: key {key} holds a {type(value).__name__}, not a tensor")
         name = next((key[len(p) :] for p in _LORA_PREFIXES if key.startswith(p)), key)
-        matrix, alpha = _LORA_MATRIX.match(name), _LORA_ALPHA.match(name)
-        if matrix:
+        matrix, alpha, diff = _LORA_MATRIX.match(name), _LORA_ALPHA.match(name), _LORA_DIFF.match(name)
+        if diff:
+            module = _diffusers_module_name(diff["module"])
+            diffs.setdefault(module, {})["weight" if diff["kind"] == "diff" else "bias"] = value
+            file_keys.setdefault(module, key)
+        elif matrix:
             module = _diffusers_module_name(matrix["module"])
             role = "down" if matrix["kind"] in ("lora_A", "lora_down") else "up"
             if value.ndim != 2:
@@ -700,7 +716,6 @@ def load_lora(path: str | Path) -> LoraWeights:
             raise CheckpointError(f"LoRA file {path}: key {key} is not a LoRA weight; {_LORA_KEYS_HELP}")
 
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    file_keys: dict[str, str] = {}
     for module in dict.fromkeys(m for m, _ in matrices):
         if (module, "down") not in matrices or (module, "up") not in matrices:
             present, absent = ("down", "up") if (module, "down") in matrices else ("up", "down")
@@ -722,7 +737,7 @@ def load_lora(path: str | Path) -> LoraWeights:
     if alphas:
         key = next(iter(alphas.values()))[1]
         raise CheckpointError(f"LoRA file {path}: key {key} is an alpha with no lora_down/lora_up matrices")
-    return LoraWeights(modules=modules, source=str(path), file_keys=file_keys)
+    return LoraWeights(modules=modules, source=str(path), file_keys=file_keys, diffs=diffs)
 
 
 def to_original_lora_keys(
@@ -773,10 +788,11 @@ class LoraFuser:
         self, model: nn.Module, lora: LoraWeights, pristine_device: str | torch.device = "cpu"
     ) -> None:
         named = dict(model.named_modules())
-        if not any(name in named for name in lora.modules):
-            first = [lora.file_key(m) for m in list(lora.modules)[:3]]
+        names = list(dict.fromkeys([*lora.modules, *lora.diffs]))
+        if not any(name in named for name in names):
+            first = [lora.file_key(m) for m in names[:3]]
             raise CheckpointError(
-                f"LoRA file {lora.source}: none of its {len(lora.modules)} keys match the model "
+                f"LoRA file {lora.source}: none of its {len(names)} keys match the model "
                 f"(first keys: {', '.join(first)}); expected Wan/Pusa LoRA keys such as "
                 "blocks.0.self_attn.q.lora_A.weight"
             )
@@ -795,11 +811,26 @@ class LoraFuser:
                     f"(up {list(up.shape)} @ down {list(down.shape)}); the model's {name}.weight is "
                     f"{list(module.weight.shape)}"
                 )
+        for name, deltas in lora.diffs.items():
+            module = named.get(name)
+            for kind, delta in deltas.items():
+                param = getattr(module, kind, None) if module is not None else None
+                if not isinstance(param, torch.Tensor) or list(param.shape) != list(delta.shape):
+                    have = "nothing" if param is None else f"shape {list(getattr(param, 'shape', []))}"
+                    raise CheckpointError(
+                        f"LoRA file {lora.source}: a .diff{'_b' if kind == 'bias' else ''} delta of shape "
+                        f"{list(delta.shape)} targets {name}.{kind}, which has {have} in the model"
+                    )
         self.lora = lora
-        self._targets: dict[str, nn.Linear] = {name: named[name] for name in lora.modules}
-        self._pristine: dict[str, torch.Tensor] | None = {
-            name: module.weight.detach().to(pristine_device, copy=True)
-            for name, module in self._targets.items()
+        # (module name, "weight" | "bias") -> the parameter it changes
+        self._targets: dict[tuple[str, str], torch.Tensor] = {
+            (name, "weight"): named[name].weight for name in lora.modules
+        }
+        for name, deltas in lora.diffs.items():
+            for kind in deltas:
+                self._targets[(name, kind)] = getattr(named[name], kind)
+        self._pristine: dict[tuple[str, str], torch.Tensor] | None = {
+            target: param.detach().to(pristine_device, copy=True) for target, param in self._targets.items()
         }
         self._alpha = 0.0
 
@@ -816,12 +847,16 @@ class LoraFuser:
             raise ValueError(f"alpha must be a finite number >= 0; got {alpha}")
         if self._pristine is None:
             raise RuntimeError("this LoraFuser was removed; build a new one")
-        for name, module in self._targets.items():
-            weight = module.weight
-            down, up = self.lora.modules[name]
-            delta = up.to(weight.device, torch.float32) @ down.to(weight.device, torch.float32)  # [out, in]
-            fused = self._pristine[name].to(weight.device, torch.float32) + alpha * delta
-            weight.copy_(fused.to(weight.dtype))
+        for (name, kind), param in self._targets.items():
+            delta = torch.zeros((), device=param.device)
+            if kind == "weight" and name in self.lora.modules:
+                down, up = self.lora.modules[name]
+                delta = up.to(param.device, torch.float32) @ down.to(param.device, torch.float32)  # [out, in]
+            extra = self.lora.diffs.get(name, {}).get(kind)
+            if extra is not None:
+                delta = delta + extra.to(param.device, torch.float32)
+            fused = self._pristine[(name, kind)].to(param.device, torch.float32) + alpha * delta
+            param.copy_(fused.to(param.dtype))
         self._alpha = alpha
 
     @torch.no_grad()
@@ -829,7 +864,7 @@ class LoraFuser:
         """Restore the pristine weights bit for bit and drop the copies."""
         if self._pristine is None:
             return
-        for name, module in self._targets.items():
-            module.weight.copy_(self._pristine[name])
+        for target, param in self._targets.items():
+            param.copy_(self._pristine[target])
         self._pristine = None
         self._alpha = 0.0

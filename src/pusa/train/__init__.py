@@ -1,0 +1,1 @@
+"""Training helpers for the tiny Pusa demo model: a procedural video world and a pixel-space detector."""
