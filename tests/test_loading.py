@@ -11,11 +11,13 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel, UMT5Model
 
@@ -477,3 +479,62 @@ def test_wan_download_without_encoder_weights_needs_an_override(tmp_path, models
         find_layout(root)
     folder = find_layout(root, text_encoder_dir=models["diffusers"])
     assert folder.text_encoder == models["diffusers"].resolve() / "text_encoder"
+
+
+# --- end to end: the CLI users run, on both layouts, with the Pusa LoRA ----------------------------------
+
+
+def write_pusa_lora(dit: torch.nn.Module, path: Path) -> Path:
+    """A rank-2 LoRA on Pusa's targets in `pusa_v1.pt`'s PEFT key style (Wan's original names)."""
+    generator = torch.Generator().manual_seed(7)
+    targets = {"self_attn.q": "attn1.to_q", "cross_attn.v": "attn2.to_v", "ffn.0": "ffn.net.0.proj"}
+    state = {}
+    for index, block in enumerate(dit.blocks):
+        for original, name in targets.items():
+            weight = block.get_submodule(name).weight
+            state[f"blocks.{index}.{original}.lora_A.default.weight"] = torch.randn(
+                2, weight.shape[1], generator=generator
+            )
+            state[f"blocks.{index}.{original}.lora_B.default.weight"] = torch.randn(
+                weight.shape[0], 2, generator=generator
+            )
+    torch.save(state, path)
+    return path
+
+
+def test_cli_on_both_layouts_with_lora_gives_identical_videos(tmp_path, models):
+    from pusa.cli import main
+    from pusa.video import read_video
+
+    lora = write_pusa_lora(models["dit"], tmp_path / "pusa_v1.pt")
+    image = tmp_path / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(image)
+    common = ["--image", str(image), "-p", "a cat", "--frames", "5", "--width", "32", "--height", "32",
+              "--steps", "2", "--seed", "1", "-q", "--lora", str(lora)]  # fmt: skip
+    videos = {}
+    for layout in ("diffusers", "original"):
+        for alpha in ("1.0", "1.4"):
+            out = tmp_path / f"{layout}-{alpha}.mp4"
+            assert (
+                main(
+                    [
+                        "generate",
+                        "i2v",
+                        "--model",
+                        str(models[layout]),
+                        "--lora-alpha",
+                        alpha,
+                        *common,
+                        "-o",
+                        str(out),
+                    ]
+                )
+                == 0
+            )
+            videos[layout, alpha] = read_video(out)[0]
+            settings = json.loads(out.with_suffix(".json").read_text())
+            assert settings["lora"] == str(lora) and settings["lora_alpha"] == float(alpha)
+    assert videos["diffusers", "1.4"].shape == (5, 32, 32, 3)
+    assert np.array_equal(videos["diffusers", "1.0"], videos["original", "1.0"])
+    assert np.array_equal(videos["diffusers", "1.4"], videos["original", "1.4"])
+    assert not np.array_equal(videos["diffusers", "1.0"], videos["diffusers", "1.4"])

@@ -160,7 +160,8 @@ class PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline."""
         from .loading import LoraFuser, load_components, load_lora
 
-        components = load_components(model_dir, dtype=dtype, device=device)
+        # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
+        components = load_components(model_dir, dtype=dtype, device=device, vae_dtype=torch.float32)
         fuser = LoraFuser(components.transformer, load_lora(lora)) if lora is not None else None
         return cls(
             components.transformer,
