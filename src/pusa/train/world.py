@@ -18,7 +18,7 @@ EVAL_SEED_START upward, so the two never overlap.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -133,8 +133,8 @@ class ClipSpec:
         _check_choice("background", self.background, tuple(BACKGROUND_COLORS))
         _check_choice("motion", self.motion, MOTIONS)
         _check_choice("texture", self.texture, TEXTURES)
-        for name, value, minimum in (("num_frames", self.num_frames, 2), ("width", self.width, 1)):
-            _check_int(name, value, minimum)
+        _check_int("num_frames", self.num_frames, 2)
+        _check_int("width", self.width, 1)
         _check_int("height", self.height, 1)
         _check_int("seed", self.seed, 0)
         for name in ("x", "y", "size", "end_size", "travel", "bounce_time"):
@@ -157,7 +157,9 @@ class ClipSpec:
                 f"bounce_style={self.bounce_style!r} must be None unless motion is 'bounces' (got motion={self.motion!r})"
             )
         if self.motion == "grows" and not self.end_size > self.size:
-            raise ValueError(f"end_size={self.end_size!r} must exceed size={self.size!r} when motion is 'grows'")
+            raise ValueError(
+                f"end_size={self.end_size!r} must exceed size={self.size!r} when motion is 'grows'"
+            )
         if self.motion == "shrinks" and not self.end_size < self.size:
             raise ValueError(
                 f"end_size={self.end_size!r} must be below size={self.size!r} when motion is 'shrinks'"
@@ -300,8 +302,8 @@ def sample_clip_spec(
     motion, shape, color, background: fix that attribute instead of drawing it.
 
     Lengths scale with min(width, height) / 64. At 64x64, objects are 8..18 px, straight motions cover
-    22..38 px, wall bounces 30..48 px with at least 10 px on each leg, gravity bounces are 18..30 px high,
-    and growing or shrinking objects change between 6..9 px and 18..26 px.
+    22..38 px, wall bounces 30..48 px with at least 10 px on each leg, gravity bounces are 22..38 px high,
+    and growing or shrinking objects change between 7..10 px and 18..26 px.
     """
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(TRAIN_SEED_LIMIT))
@@ -338,7 +340,7 @@ def sample_clip_spec(
     }
 
     if motion in ("grows", "shrinks"):
-        small, large = _uniform(rng, 6.0, 9.0) * scale, _uniform(rng, 18.0, 26.0) * scale
+        small, large = _uniform(rng, 7.0, 10.0) * scale, _uniform(rng, 18.0, 26.0) * scale
         x_low, x_high = center_range(large, width)
         y_low, y_high = center_range(large, height)
         size, end_size = (small, large) if motion == "grows" else (large, small)
@@ -359,7 +361,7 @@ def sample_clip_spec(
             x = wall - heading * bounce_time * travel
             y = _uniform(rng, y_low, y_high)
         else:
-            travel = min(_uniform(rng, 18.0, 30.0) * scale, y_high - y_low)
+            travel = min(_uniform(rng, 22.0, 38.0) * scale, y_high - y_low)
             x, y = _uniform(rng, x_low, x_high), y_high
         return ClipSpec(
             x=x,
@@ -446,8 +448,8 @@ _TEMPLATES = (
     "{subject} {present} {background}",
     "{subject} {gerund} {background}",
     "{background}, {subject} {present}",
-    "a {color} background with {subject} {gerund}",
-    "{color} background, {subject} {present}",
+    "a {background_name} background with {subject} {gerund}",
+    "{background_name} background, {subject} {present}",
 )
 
 
@@ -492,7 +494,8 @@ def caption(spec: ClipSpec, rng: np.random.Generator) -> str:
     adjective = _pick(rng, size_words) if size_words and rng.random() < 0.4 else None
     noun_phrase = " ".join(word for word in (adjective, spec.color, spec.shape) if word)
     article = "the" if rng.random() < 0.2 else ("an" if noun_phrase[0] in "aeiou" else "a")
-    present, gerund = motion_phrases(spec)[int(rng.integers(len(motion_phrases(spec))))]
+    phrases = motion_phrases(spec)
+    present, gerund = phrases[int(rng.integers(len(phrases)))]
     preposition = _pick(rng, _PREPOSITIONS)
     background_phrase = _pick(
         rng,
@@ -509,7 +512,7 @@ def caption(spec: ClipSpec, rng: np.random.Generator) -> str:
         present=present,
         gerund=gerund,
         background=background_phrase,
-        color=spec.background,
+        background_name=spec.background,
     )
 
 
@@ -530,10 +533,10 @@ def _caption_vocabulary() -> tuple[str, ...]:
     ]
     probe = ClipSpec("circle", "red", "black", "right", 32.0, 32.0, 10.0, 10.0, 20.0)
     for motion in LINEAR_MOTIONS:
-        fragments += [" ".join(pair) for pair in motion_phrases(ClipSpec(**{**probe.__dict__, "motion": motion}))]
+        fragments += [" ".join(pair) for pair in motion_phrases(replace(probe, motion=motion))]
     for style in BOUNCE_STYLES:
         for heading in (-1, 1):
-            bounce = ClipSpec(**{**probe.__dict__, "motion": "bounces", "bounce_style": style, "heading": heading})
+            bounce = replace(probe, motion="bounces", bounce_style=style, heading=heading)
             fragments += [" ".join(pair) for pair in motion_phrases(bounce)]
     fragments += [" ".join(pair) for pair in (*_GROW_PHRASES, *_SHRINK_PHRASES)]
     return tuple(sorted({word for fragment in fragments for word in fragment.split()}))
