@@ -54,6 +54,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
 
+    from .acceleration import ATTENTION_CHOICES, MEMORY_TIER_CHOICES
+
+    model.add_argument(
+        "--memory", default="auto", choices=MEMORY_TIER_CHOICES,
+        help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB); "
+        "auto picks from free VRAM (default: auto)",
+    )  # fmt: skip
+    model.add_argument(
+        "--attention", default="auto", choices=ATTENTION_CHOICES, metavar="BACKEND",
+        help="attention kernel (a diffusers backend name); auto times the fused ones and keeps the fastest",
+    )  # fmt: skip
+    model.add_argument("--compile", action="store_true", help="torch.compile the repeated transformer blocks")
+    model.add_argument(
+        "--fp8", action="store_true", help="store the transformer weights in float8 (half the memory)"
+    )
+
     gen = parser.add_argument_group("generation")
     gen.add_argument("--prompt", "-p", default="", help="what the video shows")
     gen.add_argument(
@@ -188,16 +204,19 @@ def load_pipeline(args: argparse.Namespace):
 
     dtype_name = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     dtype = getattr(torch, dtype_name)
+    acceleration = dict(memory=args.memory, attention=args.attention, compile=args.compile, fp8=args.fp8)
     if args.model in PRESETS:
         if args.lora:
             raise ValueError(
                 f"--lora={args.lora!r}: the {args.model} preset takes no LoRA; use --model DIR for real weights"
             )
-        return PusaPipeline.from_preset(args.model, device=args.device, dtype=dtype)
+        return PusaPipeline.from_preset(args.model, device=args.device, dtype=dtype, **acceleration)
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise ValueError(f"--model={args.model!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
-    return PusaPipeline.from_pretrained(model_dir, lora=args.lora, device=args.device, dtype=dtype)
+    return PusaPipeline.from_pretrained(
+        model_dir, lora=args.lora, device=args.device, dtype=dtype, **acceleration
+    )
 
 
 def run_generate(args: argparse.Namespace) -> Path:

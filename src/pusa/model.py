@@ -103,7 +103,7 @@ class PusaTransformer3DModel(WanTransformer3DModel):
             text_dim=text_dim,
             freq_dim=freq_dim,
             ffn_dim=ffn_dim,
-            num_layers=num_layers,
+            num_layers=0,  # the blocks are built below, as Pusa blocks: never build them twice
             cross_attn_norm=cross_attn_norm,
             qk_norm=qk_norm,
             eps=eps,
@@ -112,6 +112,7 @@ class PusaTransformer3DModel(WanTransformer3DModel):
             rope_max_seq_len=rope_max_seq_len,
             pos_embed_seq_len=pos_embed_seq_len,
         )
+        self.register_to_config(num_layers=num_layers)  # the parent recorded 0
         inner_dim = num_attention_heads * attention_head_dim
         # Same constructor arguments as the parent's blocks, so parameter names and shapes match.
         self.blocks = nn.ModuleList(

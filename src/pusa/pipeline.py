@@ -138,15 +138,32 @@ class PusaPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.acceleration: dict[str, Any] = {}  # what prepare_for_device did (memory tier, attention, ...)
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_preset(cls, name: str = "tiny-random", seed: int = 0, **kwargs: Any) -> PusaPipeline:
+    def from_preset(
+        cls,
+        name: str = "tiny-random",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **acceleration: Any,
+    ) -> PusaPipeline:
+        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8` (see `from_pretrained`)."""
+        from .acceleration import prepare_for_device
         from .presets import tiny_random_components
 
         if name != "tiny-random":
             raise ValueError(f"model={name!r} is not a preset; available presets: 'tiny-random'")
-        return cls(**tiny_random_components(seed), **kwargs)
+        components = tiny_random_components(seed)
+        if dtype != torch.float32:
+            components["transformer"].to(dtype)
+            components["text_encoder"].to(dtype)
+        report = prepare_for_device(components, device, compute_dtype=dtype, **acceleration)
+        pipe = cls(**components, device=device, dtype=dtype)
+        pipe.acceleration = report
+        return pipe
 
     @classmethod
     def from_pretrained(
@@ -156,14 +173,38 @@ class PusaPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         defaults: ModelDefaults = WAN_DEFAULTS,
+        memory: str = "auto",
+        attention: str = "auto",
+        compile: bool = False,
+        fp8: bool = False,
     ) -> PusaPipeline:
-        """Real weights from a local folder (diffusers layout or Wan's original layout), offline."""
+        """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
+
+        memory: "full" | "balanced" (24 GB cards) | "low" (12 GB) | "auto" (from free VRAM);
+        attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
+        compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8.
+        """
+        from .acceleration import prepare_for_device, validate_attention_backend, validate_memory_tier
         from .loading import LoraFuser, load_components, load_lora
 
+        # Names are checked before a 14B load, not after.
+        validate_memory_tier(memory, allow_auto=True)
+        validate_attention_backend(attention)
+        load_device = device if memory == "full" else "cpu"  # other tiers place the weights themselves
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
-        components = load_components(model_dir, dtype=dtype, device=device, vae_dtype=torch.float32)
+        components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32)
+        # The fuser copies the pristine weights before fp8 could round them.
         fuser = LoraFuser(components.transformer, load_lora(lora)) if lora is not None else None
-        return cls(
+        report = prepare_for_device(
+            components,
+            device,
+            memory=memory,
+            attention=attention,
+            fp8=fp8,
+            compile=compile,
+            compute_dtype=dtype,
+        )
+        pipe = cls(
             components.transformer,
             components.vae,
             components.text_encoder,
@@ -174,6 +215,8 @@ class PusaPipeline:
             device=device,
             dtype=dtype,
         )
+        pipe.acceleration = report
+        return pipe
 
     # ---------------------------------------------------------------- model facts
     @property
@@ -540,6 +583,8 @@ class PusaPipeline:
         record["model"] = self.identity
         record["lora"] = getattr(getattr(self.lora, "lora", None), "source", None)
         record["pusa_version"] = __version__
+        # fp8 weights and the attention kernel change the numbers, so they belong to the record
+        record["acceleration"] = {k: v for k, v in self.acceleration.items() if k != "placement"}
         return record
 
     def generate(

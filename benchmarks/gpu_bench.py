@@ -1,0 +1,820 @@
+"""Speed and memory of the Pusa DiT at real size against stock diffusers, plus text encoder, VAE and an
+end-to-end estimate. Random weights: the numbers are timings, not pictures.
+
+Rows, per size (480x832x81 = 32,760 tokens; 1280x720x81 = 75,600 tokens), one model per row:
+  ours-fused       PusaTransformer3DModel, per-frame timesteps [B, F] (an I2V vector: frame 0 at 0.2 t),
+                   a rank-512 LoRA on Pusa's targets fused at alpha 1.4 (loading.LoraFuser)
+  ours-adapter     the same, the LoRA as an unfused PEFT adapter through diffusers at alpha 1.4
+  diffusers-stock  WanTransformer3DModel, per-token timesteps [B, L], the same LoRA through diffusers' PEFT
+  ours-compile     ours-fused with torch.compile of the repeated blocks                      (--compile)
+  ours-fp8         ours-fused with float8 weights; relative error of the output vs bf16      (--fp8)
+  tier-<name>      ours-fused under memory tier full / balanced / low (first size only)
+then umT5-XXL encoding of 512 tokens (resident, and as the "full" tier runs it: onload, encode, offload),
+Wan VAE encode of one 480p image and decode of 21 latent frames, and a 10-step I2V estimate at 480p:
+2 text encodes (prompt, negative) + VAE encode + 10 CFG steps (2 forwards each) + VAE decode.
+Per DiT row: ms per forward and per CFG step (median), peak GPU memory, and model FLOP utilisation
+against 989 TFLOP/s (H100 SXM dense bf16), FLOPs from `pusa.acceleration.dit_forward_flops`.
+
+  python benchmarks/gpu_bench.py --json bench.json     # real Wan2.1-14B shapes on CUDA (~80 GB GPU)
+  python benchmarks/gpu_bench.py --tiny                 # the same code paths at tiny size on the CPU
+  python benchmarks/gpu_bench.py --layers 2 --repeats 1    # real widths, 2 of 40 blocks: a quick check
+A full real run with --compile --fp8 takes more than 10 minutes; split it and merge the results:
+  python benchmarks/gpu_bench.py --parts dit,text,vae --json a.json
+  python benchmarks/gpu_bench.py --parts tiers,compile,fp8 --sizes 480p --json b.json
+  python benchmarks/gpu_bench.py --merge a.json b.json --json all.json
+The JSON is rewritten after every row, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+from diffusers.utils import logging as diffusers_logging
+from transformers import UMT5Config, UMT5EncoderModel
+
+from pusa.acceleration import (
+    MEMORY_TIERS,
+    apply_attention_backend,
+    apply_memory_tier,
+    attach_lora_adapter,
+    attention_backend_timings,
+    compile_blocks,
+    dit_forward_flops,
+    enable_fp8_weights,
+    module_bytes,
+    relative_error,
+)
+from pusa.loading import LoraFuser, LoraWeights
+from pusa.model import PusaTransformer3DModel
+from pusa.presets import TINY_TEXT_ENCODER_CONFIG, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
+from pusa.sampling import guided_velocity
+from pusa.schedule import flow_sigmas
+
+PEAK_FLOPS = 989e12  # H100 SXM, dense bf16
+LORA_ALPHA = 1.4
+CFG = 3.0
+I2V_NOISE_MULTIPLIER = 0.2  # frame 0's timestep is this share of the others'
+NUM_STEPS = 10
+# Pusa's LoRA targets in every block (diffusers names), as in pusa_v1.pt.
+LORA_TARGETS = (
+    "attn1.to_q",
+    "attn1.to_k",
+    "attn1.to_v",
+    "attn1.to_out.0",
+    "attn2.to_q",
+    "attn2.to_k",
+    "attn2.to_v",
+    "attn2.to_out.0",
+    "ffn.net.0.proj",
+    "ffn.net.2",
+)
+DIT_VARIANTS = ("ours-fused", "ours-adapter", "diffusers-stock")
+PARTS = ("dit", "compile", "fp8", "tiers", "text", "vae")
+DEFAULT_PARTS = ("dit", "tiers", "text", "vae")
+
+WAN_14B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    rope_max_seq_len=1024,
+)
+UMT5_XXL = dict(
+    vocab_size=256384,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    dropout_rate=0.0,
+)
+
+
+@dataclass(frozen=True)
+class Size:
+    label: str
+    num_latent_frames: int
+    height: int  # latent
+    width: int  # latent
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a mode runs: model configs, sizes, device and precision. Only these differ between modes."""
+
+    mode: str
+    device: torch.device
+    dtype: torch.dtype  # DiT and text encoder
+    vae_dtype: torch.dtype  # the pipeline keeps the VAE in float32
+    dit: dict
+    sizes: dict[str, Size]
+    text_len: int
+    text_encoder: dict
+    vae: dict
+    image_size: tuple[int, int]  # pixels (H, W) of the image the VAE encodes
+    lora_rank: int
+    compile_backend: str
+    warmup: int = 1
+    repeats: int = 2
+    cfg_repeats: int = 1
+
+
+def real_spec(device: torch.device, repeats: int, compile_backend: str | None) -> Spec:
+    return Spec(
+        mode="real",
+        device=device,
+        dtype=torch.bfloat16,
+        vae_dtype=torch.float32,
+        dit=WAN_14B,
+        sizes={"480p": Size("480x832x81", 21, 60, 104), "720p": Size("1280x720x81", 21, 90, 160)},
+        text_len=512,
+        text_encoder=UMT5_XXL,
+        vae={},  # AutoencoderKLWan's defaults are Wan2.1's VAE
+        image_size=(480, 832),
+        lora_rank=512,
+        compile_backend=compile_backend or "inductor",
+        repeats=repeats,
+    )
+
+
+def tiny_spec(device: torch.device, repeats: int, compile_backend: str | None) -> Spec:
+    return Spec(
+        mode="tiny",
+        device=device,
+        dtype=torch.bfloat16,
+        vae_dtype=torch.float32,
+        dit=dict(TINY_TRANSFORMER_CONFIG),
+        sizes={"480p": Size("tiny 3x8x12", 3, 8, 12), "720p": Size("tiny 3x12x16", 3, 12, 16)},
+        text_len=16,
+        text_encoder=dict(TINY_TEXT_ENCODER_CONFIG, dropout_rate=0.0),
+        vae=dict(TINY_VAE_CONFIG),
+        image_size=(64, 96),
+        lora_rank=4,
+        # inductor needs minutes of C++ compilation on a small CPU; "eager" still traces every block with
+        # fullgraph=True, which is what can break
+        compile_backend=compile_backend or ("inductor" if device.type == "cuda" else "eager"),
+        repeats=repeats,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of one call in ms: CUDA events on a GPU, perf_counter elsewhere."""
+    if device.type == "cuda":
+        synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1e3
+
+
+def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """The median ms of `repeats` calls after `warmup` calls, and `first_ms`, the first call of all (which
+    pays for compilation and autotuning)."""
+    first = time_ms(fn, device) if warmup > 0 else None
+    for _ in range(warmup - 1):
+        fn()
+    times = [time_ms(fn, device) for _ in range(repeats)]
+    return {"first_ms": times[0] if first is None else first, "ms": statistics.median(times)}
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models and inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_dit(cls: type, spec: Spec, seed: int = 0) -> torch.nn.Module:
+    """A random DiT created directly on the device in the run dtype, with the modules diffusers keeps in
+    float32 (`_keep_in_fp32_modules`) in float32, as `from_pretrained` and `loading` leave them."""
+    torch.manual_seed(seed)
+    with torch.device(spec.device), default_dtype(spec.dtype):
+        model = cls(**spec.dit)
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, param in model.named_parameters():
+        if keep.intersection(name.split(".")):
+            param.data = param.data.float()
+    return model.eval().requires_grad_(False)
+
+
+def random_lora(spec: Spec, seed: int = 1) -> LoraWeights:
+    """A LoRA of `spec.lora_rank` on Pusa's targets in every block, drawn on the device, kept on the CPU
+    (where `load_lora` leaves a real one)."""
+    dim = spec.dit["num_attention_heads"] * spec.dit["attention_head_dim"]
+    shapes = {target: (dim, dim) for target in LORA_TARGETS}  # (in, out)
+    shapes["ffn.net.0.proj"] = (dim, spec.dit["ffn_dim"])
+    shapes["ffn.net.2"] = (spec.dit["ffn_dim"], dim)
+    generator = torch.Generator(spec.device).manual_seed(seed)
+    rank = spec.lora_rank
+    modules = {}
+    for block in range(spec.dit["num_layers"]):
+        for target, (fan_in, fan_out) in shapes.items():
+            options = dict(generator=generator, device=spec.device, dtype=spec.dtype)
+            down = torch.randn(rank, fan_in, **options) / math.sqrt(fan_in)
+            up = torch.randn(fan_out, rank, **options) * (0.02 / math.sqrt(rank))
+            modules[f"blocks.{block}.{target}"] = (down.cpu(), up.cpu())
+    return LoraWeights(modules=modules, source=f"random rank-{rank} LoRA")
+
+
+@dataclass
+class DitInputs:
+    latents: torch.Tensor  # [1, 16, F, h, w]
+    timestep: torch.Tensor  # [1, F] (ours) or [1, L] (stock, per token)
+    text: torch.Tensor  # [1, text_len, text_dim]
+    negative_text: torch.Tensor
+    sigma: torch.Tensor  # [F] this step's per-frame sigma
+    sigma_next: torch.Tensor  # [F]
+
+
+def dit_inputs(spec: Spec, size: Size, per_token: bool) -> DitInputs:
+    generator = torch.Generator().manual_seed(2)
+    sigmas = flow_sigmas(NUM_STEPS, 5.0)
+    scale = torch.ones(size.num_latent_frames)
+    scale[0] = I2V_NOISE_MULTIPLIER
+    sigma, sigma_next = scale * float(sigmas[1]), scale * float(sigmas[2])
+    timestep = (1000.0 * sigma).unsqueeze(0)  # [1, F]
+    if per_token:
+        _, p_h, p_w = spec.dit["patch_size"]
+        tokens_per_frame = (size.height // p_h) * (size.width // p_w)
+        timestep = timestep.repeat_interleave(tokens_per_frame, dim=1)  # [1, L]
+    shape = (1, spec.dit["in_channels"], size.num_latent_frames, size.height, size.width)
+    text_shape = (1, spec.text_len, spec.dit["text_dim"])
+
+    def draw(*dims: int) -> torch.Tensor:
+        return torch.randn(*dims, generator=generator).to(spec.device, spec.dtype)
+
+    return DitInputs(
+        latents=draw(*shape),
+        timestep=timestep.to(spec.device),
+        text=draw(*text_shape),
+        negative_text=draw(*text_shape),
+        sigma=sigma.to(spec.device),
+        sigma_next=sigma_next.to(spec.device),
+    )
+
+
+def forward_fn(model: torch.nn.Module, x: DitInputs) -> Callable[[], torch.Tensor]:
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x.latents, x.timestep, x.text, return_dict=False)[0]
+
+    return forward
+
+
+def cfg_step_fn(model: torch.nn.Module, x: DitInputs) -> Callable[[], torch.Tensor]:
+    """One sampler step as `pusa.sampling.sample` takes it: two forwards, the CFG mix, the Euler update."""
+
+    def velocity(latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return model(latents, timestep, text, return_dict=False)[0]
+
+    def step() -> torch.Tensor:
+        with torch.inference_mode():
+            v = guided_velocity(velocity, x.latents, x.timestep, x.text, x.negative_text, CFG)
+            dt = (x.sigma_next - x.sigma).view(1, 1, -1, 1, 1)
+            return (x.latents.float() + v.float() * dt).to(x.latents.dtype)
+
+    return step
+
+
+def attention_of(model: torch.nn.Module) -> str:
+    backend = getattr(model.blocks[0].attn1.processor, "_attention_backend", None)
+    return getattr(backend, "value", backend) or "default"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any]
+    json_path: Path | None
+    strict: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def log(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.log(f"{row['part']:<5} {row['name']:<22} {row.get('size', ''):<14} {row['status']}")
+        self.save()
+
+    def save(self) -> None:
+        if self.json_path is not None:
+            payload = {**self.meta, "rows": self.rows, "end_to_end": end_to_end(self.rows)}
+            self.json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    def run(self, part: str, name: str, size: Size | None, device: torch.device, body: Callable[[], dict]):
+        """Run one row; an OOM (or, unless strict, any error) is recorded and the run goes on."""
+        row: dict[str, Any] = {"part": part, "name": name, "size": size.label if size else ""}
+        reset_peak(device)
+        try:
+            row.update(body())
+            row["status"] = "ok"
+        except Exception as error:
+            if not is_oom(error) and self.strict:
+                raise
+            row["status"] = "OOM" if is_oom(error) else f"error: {type(error).__name__}: {error}"[:400]
+        free_memory(device)
+        self.add(row)
+        return row
+
+
+def dit_row(spec: Spec, size: Size, model: torch.nn.Module, per_token: bool) -> dict[str, Any]:
+    x = dit_inputs(spec, size, per_token)
+    reset_peak(spec.device)
+    forward = measure(forward_fn(model, x), spec.device, spec.warmup, spec.repeats)
+    cfg = measure(cfg_step_fn(model, x), spec.device, 0, spec.cfg_repeats)
+    flops = dit_forward_flops(spec.dit, size.num_latent_frames, size.height, size.width, spec.text_len)
+    p_t, p_h, p_w = spec.dit["patch_size"]
+    tokens = (size.num_latent_frames // p_t) * (size.height // p_h) * (size.width // p_w)
+    achieved = flops / (forward["ms"] / 1e3)
+    return {
+        "tokens": tokens,
+        "ms_forward": forward["ms"],
+        "first_forward_ms": forward["first_ms"],
+        "ms_cfg_step": cfg["ms"],
+        "peak_gib": peak_gib(spec.device),
+        "flops_forward": flops,
+        "tflops_per_s": achieved / 1e12,
+        "mfu": achieved / PEAK_FLOPS,
+        "attention": attention_of(model),
+        "weights_gib": module_bytes(model) / 2**30,
+    }
+
+
+def build_variant(
+    variant: str,
+    spec: Spec,
+    lora: LoraWeights,
+    attention: str,
+    info: dict[str, Any],
+    time_refuse: bool = False,
+) -> tuple[torch.nn.Module, bool]:
+    """The model of a DiT row with its LoRA applied; fills `info` with setup timings (and, with
+    `time_refuse`, the time of one alpha change). Returns (model, whether it takes per-token timesteps)."""
+    stock = variant == "diffusers-stock"
+    model = build_dit(WanTransformer3DModel if stock else PusaTransformer3DModel, spec)
+    started = time.perf_counter()
+    if variant in ("ours-adapter", "diffusers-stock"):
+        attach_lora_adapter(model, lora, LORA_ALPHA)
+        synchronize(spec.device)
+        info["lora_setup_s"] = time.perf_counter() - started
+    else:
+        fuser = LoraFuser(model, lora, pristine_device="cpu")
+        fuser.set_alpha(LORA_ALPHA)
+        synchronize(spec.device)
+        info["lora_setup_s"] = time.perf_counter() - started
+        if time_refuse:
+            started = time.perf_counter()
+            fuser.set_alpha(1.5)
+            fuser.set_alpha(LORA_ALPHA)
+            synchronize(spec.device)
+            info["refuse_s"] = (time.perf_counter() - started) / 2
+    apply_attention_backend(model, attention, spec.device)
+    return model, stock
+
+
+def dit_part(
+    spec: Spec, variants: list[str], sizes: list[Size], lora: LoraWeights, attention: str, results: Results
+) -> None:
+    for variant in variants:
+        dit_variant(spec, variant, sizes, lora, attention, results)
+        free_memory(spec.device)
+
+
+def dit_variant(
+    spec: Spec, variant: str, sizes: list[Size], lora: LoraWeights, attention: str, results: Results
+) -> None:
+    """Build the model of `variant` once (a setup row), then time it at every size (a row each)."""
+    part = {"ours-compile": "compile", "ours-fp8": "fp8"}.get(variant, "dit")
+    state: dict[str, Any] = {}
+
+    def setup() -> dict:
+        info: dict[str, Any] = {}
+        base = "ours-fused" if variant in ("ours-compile", "ours-fp8") else variant
+        model, per_token = build_variant(
+            base, spec, lora, attention, info, time_refuse=variant == "ours-fused"
+        )
+        if variant == "ours-fp8":
+            # bf16 references first, at every size, from the very same weights
+            state["references"] = {
+                size.label: forward_fn(model, dit_inputs(spec, size, False))().clone() for size in sizes
+            }
+            bytes_before = module_bytes(model)
+            enable_fp8_weights(model, compute_dtype=spec.dtype)
+            info["weights_saved_gib"] = (bytes_before - module_bytes(model)) / 2**30
+        if variant == "ours-compile":
+            compile_blocks(model, backend=spec.compile_backend, dynamic=False)
+        state.update(model=model, per_token=per_token)
+        return info
+
+    if results.run(part, f"{variant} (setup)", None, spec.device, setup)["status"] != "ok":
+        return
+    for size in sizes:
+
+        def timed(size: Size = size) -> dict:
+            row = dit_row(spec, size, state["model"], state["per_token"])
+            if variant == "ours-fp8":
+                output = forward_fn(state["model"], dit_inputs(spec, size, False))()
+                row["rel_error_vs_bf16"] = relative_error(output, state["references"][size.label])
+            if variant == "ours-compile":
+                row["compile_backend"] = spec.compile_backend
+            return row
+
+        results.run(part, variant, size, spec.device, timed)
+
+
+def tiers_part(spec: Spec, size: Size, lora: LoraWeights, attention: str, results: Results) -> None:
+    for tier in MEMORY_TIERS:
+
+        def body(tier: str = tier) -> dict:
+            model, _ = build_variant("ours-fused", spec, lora, attention, {})
+            model.to("cpu")  # where a real load leaves it before the tier places it
+            free_memory(spec.device)
+            started = time.perf_counter()
+            placement = apply_memory_tier({"transformer": model}, tier, spec.device)
+            setup_s = time.perf_counter() - started
+            row = dit_row(spec, size, model, per_token=False)
+            return {**row, "tier_setup_s": setup_s, "placement": placement["transformer"]}
+
+        results.run("tiers", f"tier-{tier}", size, spec.device, body)
+
+
+def text_part(spec: Spec, results: Results) -> None:
+    config = UMT5Config(**spec.text_encoder)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, config.vocab_size, (1, spec.text_len), generator=generator).to(spec.device)
+    mask = torch.ones_like(ids)
+    built: dict[str, Any] = {}
+
+    def encode() -> torch.Tensor:
+        with torch.inference_mode():
+            return built["model"](input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def resident() -> dict:
+        torch.manual_seed(0)
+        with torch.device(spec.device):
+            built["model"] = UMT5EncoderModel._from_config(config, dtype=spec.dtype).eval()
+        reset_peak(spec.device)
+        timing = measure(encode, spec.device, spec.warmup, spec.repeats)
+        return {
+            "ms": timing["ms"],
+            "tokens": spec.text_len,
+            "peak_gib": peak_gib(spec.device),
+            "weights_gib": module_bytes(built["model"]) / 2**30,
+        }
+
+    def full_tier() -> dict:
+        built["model"].to("cpu")
+        free_memory(spec.device)
+        placement = apply_memory_tier({"text_encoder": built["model"]}, "full", spec.device)
+        reset_peak(spec.device)
+        timing = measure(encode, spec.device, spec.warmup, spec.repeats)
+        return {
+            "ms": timing["ms"],
+            "tokens": spec.text_len,
+            "peak_gib": peak_gib(spec.device),
+            "placement": placement["text_encoder"],
+        }
+
+    if results.run("text", "umt5 encode (resident)", None, spec.device, resident)["status"] == "ok":
+        results.run("text", "umt5 encode (full tier)", None, spec.device, full_tier)
+    built.clear()
+
+
+def vae_part(spec: Spec, decode_size: Size, results: Results) -> None:
+    built: dict[str, Any] = {}
+
+    def build() -> dict:
+        torch.manual_seed(0)
+        with torch.device(spec.device):
+            built["vae"] = AutoencoderKLWan(**spec.vae).to(spec.vae_dtype).eval()
+        return {"weights_gib": module_bytes(built["vae"]) / 2**30}
+
+    def run_tiled_if_needed(fn: Callable[[], Any]) -> dict:
+        """Untiled first; on OOM once more with tiling."""
+        try:
+            reset_peak(spec.device)
+            timing = measure(fn, spec.device, spec.warmup, 1)
+            tiled = False
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            free_memory(spec.device)
+            built["vae"].enable_tiling()
+            reset_peak(spec.device)
+            timing = measure(fn, spec.device, spec.warmup, 1)
+            tiled = True
+        return {"ms": timing["ms"], "peak_gib": peak_gib(spec.device), "tiled": tiled}
+
+    def encode() -> dict:
+        generator = torch.Generator().manual_seed(4)
+        image = torch.rand(1, 3, 1, *spec.image_size, generator=generator) * 2 - 1  # [B, 3, 1, H, W]
+        image = image.to(spec.device, spec.vae_dtype)
+
+        def call() -> torch.Tensor:
+            with torch.inference_mode():
+                return built["vae"].encode(image).latent_dist.mode()
+
+        return {**run_tiled_if_needed(call), "pixels": f"{spec.image_size[0]}x{spec.image_size[1]}x1"}
+
+    def decode() -> dict:
+        generator = torch.Generator().manual_seed(5)
+        shape = (
+            1,
+            built["vae"].config.z_dim,
+            decode_size.num_latent_frames,
+            decode_size.height,
+            decode_size.width,
+        )
+        latents = torch.randn(*shape, generator=generator).to(spec.device, spec.vae_dtype)
+
+        def call() -> torch.Tensor:
+            with torch.inference_mode():
+                return built["vae"].decode(latents).sample
+
+        return {**run_tiled_if_needed(call), "latent_frames": decode_size.num_latent_frames}
+
+    if results.run("vae", "wan vae (setup)", None, spec.device, build)["status"] == "ok":
+        results.run("vae", "wan vae encode", None, spec.device, encode)
+        results.run("vae", "wan vae decode", decode_size, spec.device, decode)
+    built.clear()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------
+
+
+def _find(rows: list[dict], name: str, size_prefix: str | None = None) -> dict | None:
+    for row in rows:
+        size_ok = size_prefix is None or str(row.get("size", "")).startswith(size_prefix)
+        if row["name"] == name and size_ok and row.get("status") == "ok":
+            return row
+    return None
+
+
+def end_to_end(rows: list[dict]) -> dict[str, Any]:
+    """10-step I2V at the first size: 2 text encodes + VAE encode + 10 CFG steps + VAE decode, per DiT
+    variant measured there. Text encoding as the "full" tier runs it (onload, encode, offload)."""
+    text = _find(rows, "umt5 encode (full tier)") or _find(rows, "umt5 encode (resident)")
+    vae_encode = _find(rows, "wan vae encode")
+    vae_decode = _find(rows, "wan vae decode")
+    if not (text and vae_encode and vae_decode):
+        return {}
+    decode_size = vae_decode["size"]
+    estimates = {}
+    for row in rows:
+        if row.get("status") != "ok" or row.get("size") != decode_size or "ms_cfg_step" not in row:
+            continue
+        total = 2 * text["ms"] + vae_encode["ms"] + NUM_STEPS * row["ms_cfg_step"] + vae_decode["ms"]
+        estimates[row["name"]] = {
+            "size": decode_size,
+            "total_s": total / 1e3,
+            "text_s": 2 * text["ms"] / 1e3,
+            "vae_encode_s": vae_encode["ms"] / 1e3,
+            "denoise_s": NUM_STEPS * row["ms_cfg_step"] / 1e3,
+            "vae_decode_s": vae_decode["ms"] / 1e3,
+        }
+    return estimates
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(meta: dict[str, Any], rows: list[dict]) -> None:
+    print(f"\n{meta.get('mode', '?')} mode on {meta.get('device_name', '?')}; torch {meta.get('torch')}, "
+          f"diffusers {meta.get('diffusers')}")  # fmt: skip
+    attention = meta.get("attention", {})
+    print(
+        f"attention backend: {attention.get('selected')}  (timings ms: {attention.get('timings') or 'n/a'})"
+    )
+    header = (
+        f"{'row':<26}{'size':<14}{'tokens':>7}{'ms/fwd':>10}{'ms/CFG':>10}{'peak GiB':>9}"
+        f"{'TFLOP/s':>10}{'MFU':>7}  notes"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if row["status"] != "ok":
+            print(f"{row['name']:<26}{row.get('size', ''):<14}{'':>7}  {row['status']}")
+            continue
+        if row["name"].endswith("(setup)"):
+            extras = {k: v for k, v in row.items() if k.endswith(("_s", "_gib")) and k not in ("status",)}
+            notes = ", ".join(f"{k}={v:.2f}" for k, v in extras.items())
+            print(f"{row['name']:<26}{'':<14}{'':>7}  {notes}")
+            continue
+        ms = row.get("ms_forward", row.get("ms"))
+        notes = []
+        for key in ("attention", "placement", "compile_backend", "pixels", "latent_frames"):
+            if key in row:
+                notes.append(f"{key}={row[key]}")
+        if "rel_error_vs_bf16" in row:
+            notes.append(f"rel.err vs bf16={row['rel_error_vs_bf16']:.2e}")
+        if row.get("tiled"):
+            notes.append("tiled")
+        mfu = row.get("mfu")
+        print(
+            f"{row['name']:<26}{row.get('size', ''):<14}{_fmt(row.get('tokens'), 'd'):>7}{_fmt(ms, '.1f'):>10}"
+            f"{_fmt(row.get('ms_cfg_step'), '.1f'):>10}{_fmt(row.get('peak_gib'), '.2f'):>9}"
+            f"{_fmt(row.get('tflops_per_s'), '.3g'):>10}{'-' if mfu is None else f'{100 * mfu:.1f}%':>7}"
+            f"  {', '.join(notes)}"
+        )
+    estimates = end_to_end(rows)
+    if estimates:
+        print(
+            f"\n{NUM_STEPS}-step I2V estimate (2 text encodes + VAE encode + {NUM_STEPS} CFG steps + VAE decode):"
+        )
+        for name, e in estimates.items():
+            print(
+                f"  {name:<24}{e['total_s']:8.2f} s  = text {e['text_s']:.2f} + encode {e['vae_encode_s']:.2f} "
+                f"+ denoise {e['denoise_s']:.2f} + decode {e['vae_decode_s']:.2f}  ({e['size']})"
+            )
+
+
+def merge(paths: list[Path], json_path: Path | None) -> None:
+    payloads = [json.loads(path.read_text()) for path in paths]
+    devices = {p.get("device_name") for p in payloads}
+    if len(devices) > 1:
+        print(
+            f"warning: merging results from different devices: {sorted(map(str, devices))}", file=sys.stderr
+        )
+    meta = {k: v for k, v in payloads[0].items() if k not in ("rows", "end_to_end")}
+    meta["merged_from"] = [str(path) for path in paths]
+    rows = [row for payload in payloads for row in payload["rows"]]
+    print_table(meta, rows)
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps({**meta, "rows": rows, "end_to_end": end_to_end(rows)}, indent=2) + "\n"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny dims on the CPU (or --device), every part")
+    parser.add_argument("--device", default=None, help="default: cuda for real size, cpu for --tiny")
+    parser.add_argument("--parts", default=None, help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--sizes", default="480p,720p", help="comma-separated subset of 480p,720p")
+    parser.add_argument("--compile", action="store_true", help="add the ours-compile rows")
+    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor)")
+    parser.add_argument("--fp8", action="store_true", help="add the ours-fp8 rows")
+    parser.add_argument("--attention", default="auto", help="attention backend, or auto (fastest that runs)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed forwards per row (median)")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="DiT blocks (default: the model's); fewer for a quick check"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                        help="raise on errors other than OOM (default: on with --tiny)")  # fmt: skip
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="print and merge result files")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.json)
+        return
+    diffusers_logging.set_verbosity_error()  # "attention backends are experimental", per model
+    device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device: run with --tiny (CPU) or on a GPU machine")
+    spec = (tiny_spec if args.tiny else real_spec)(device, args.repeats, args.compile_backend)
+    if args.layers is not None:
+        spec = replace(spec, dit={**spec.dit, "num_layers": args.layers})
+    parts = args.parts.split(",") if args.parts else list(PARTS if args.tiny else DEFAULT_PARTS)
+    if args.compile and "compile" not in parts:
+        parts.append("compile")
+    if args.fp8 and "fp8" not in parts:
+        parts.append("fp8")
+    unknown = [p for p in parts if p not in PARTS]
+    bad_sizes = [s for s in args.sizes.split(",") if s not in spec.sizes]
+    if unknown or bad_sizes:
+        sys.exit(f"--parts must be among {','.join(PARTS)} and --sizes among {','.join(spec.sizes)}; "
+                 f"got {unknown or ''} {bad_sizes or ''}")  # fmt: skip
+    sizes = [spec.sizes[key] for key in args.sizes.split(",")]
+    torch.set_grad_enabled(False)
+
+    timings = {}
+    if device.type == "cuda":
+        heads, head_dim = spec.dit["num_attention_heads"], spec.dit["attention_head_dim"]
+        timings = attention_backend_timings(device, num_heads=heads, head_dim=head_dim)
+    usable = {name: ms for name, ms in timings.items() if isinstance(ms, float)}
+    attention = args.attention
+    if attention == "auto":
+        attention = min(usable, key=usable.__getitem__) if usable else "native"
+    meta = {
+        "mode": spec.mode,
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "dtype": str(spec.dtype),
+        "peak_flops": PEAK_FLOPS,
+        "attention": {"requested": args.attention, "selected": attention, "timings": timings},
+        "lora": {"rank": spec.lora_rank, "alpha": LORA_ALPHA},
+        "dit_layers": spec.dit["num_layers"],
+        "parts": parts,
+    }
+    strict = args.tiny if args.strict is None else args.strict
+    results = Results(meta=meta, json_path=args.json, strict=strict)
+    results.log(f"{spec.mode} mode on {meta['device_name']}, parts {parts}, attention {attention}")
+
+    dit_variants = [v for v in DIT_VARIANTS if "dit" in parts]
+    dit_variants += [v for v, part in (("ours-compile", "compile"), ("ours-fp8", "fp8")) if part in parts]
+    if dit_variants or "tiers" in parts:
+        started = time.perf_counter()
+        lora = random_lora(spec)
+        results.log(f"random rank-{spec.lora_rank} LoRA drawn in {time.perf_counter() - started:.1f}s")
+        dit_part(spec, dit_variants, sizes, lora, attention, results)
+        if "tiers" in parts:
+            tiers_part(spec, sizes[0], lora, attention, results)
+        del lora
+    if "text" in parts:
+        text_part(spec, results)
+    if "vae" in parts:
+        vae_part(spec, spec.sizes["480p"], results)
+    results.save()
+    print_table(meta, results.rows)
+
+
+if __name__ == "__main__":
+    main()
