@@ -378,6 +378,12 @@ def apply_attention_backend(transformer: nn.Module, backend: str, device: str | 
         outcome = attention_backend_timings(device, [backend], repeats=1, **shape).get(backend)
         if isinstance(outcome, str):
             raise ValueError(f"attention backend {backend!r} cannot be used on {device}: {outcome}")
+    already_default = all(
+        getattr(getattr(module, "processor", None), "_attention_backend", None) is None
+        for module in transformer.modules()
+    )
+    if backend == "native" and already_default:
+        return backend  # diffusers' default dispatch is native SDPA: nothing to set (and no warning)
     try:
         transformer.set_attention_backend(backend)
     except (RuntimeError, ImportError) as error:
