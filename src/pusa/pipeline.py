@@ -21,6 +21,7 @@ import torch
 
 from . import __version__
 from .conditioning import Conditioning, num_latent_frames, validate_positions
+from .loading import LORA_ALPHA_MAX, LORA_ALPHA_MIN
 from .presets import WAN_DEFAULTS, ModelDefaults
 from .sampling import StepInfo, sample
 from .schedule import DEFAULT_SHIFT, flow_sigmas
@@ -35,7 +36,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 DEFAULT_CFG = 3.0
 DEFAULT_LORA_ALPHA = 1.4
 DEFAULT_I2V_NOISE_MULTIPLIER = 0.2
-LORA_ALPHA_RANGE = (0.1, 5.0)
+LORA_ALPHA_RANGE = (LORA_ALPHA_MIN, LORA_ALPHA_MAX)
 STEPS_RANGE = (1, 50)
 CFG_RANGE = (1.0, 20.0)
 SHIFT_RANGE = (0.1, 20.0)
