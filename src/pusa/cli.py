@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="one per position, 0.0-1.0, comma-separated (default: the recipe's, else 0.2 each)",
     )
     _add_common(v2v)
+    from .app.serve import add_serve_arguments  # light: imports no gradio
+
+    serve = commands.add_parser(
+        "serve", help="start the web studio", description="Start the Pusa web studio at http://127.0.0.1:7860."
+    )
+    add_serve_arguments(serve)
     return parser
 
 
@@ -331,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "serve":
+            from .app.serve import serve_main
+
+            return serve_main(args)
         if args.command == "generate":
             run_generate(args)
     except ValueError as error:  # bad input: the message names the parameter, the value and what is allowed

@@ -1,0 +1,141 @@
+"""`pusa serve`: command-line options and start-up of the studio.
+
+The page answers within seconds: the model loads in the job queue's worker thread while the server
+is already up (the page says "loading model..." and the Generate buttons wait for it). Importing this
+module is cheap; gradio is imported only when the studio starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+PRESETS = ("tiny-random",)
+DEFAULT_MODEL = "tiny-random"  # the built-in demo model; `pusa-tiny` replaces it once trained
+AUTH_ENV = "PUSA_AUTH"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, metavar="DIR|PRESET",
+        help=f"a local model folder or a preset: {', '.join(PRESETS)} (default: {DEFAULT_MODEL})",
+    )  # fmt: skip
+    parser.add_argument("--lora", metavar="FILE", help="Pusa LoRA file (pusa_v1.pt or .safetensors)")
+    parser.add_argument(
+        "--outputs", default="outputs", metavar="DIR",
+        help="videos, their inputs and history.sqlite go here (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--auth", default=None, metavar="USER:PASSWORD",
+        help=f"require this login (default: the {AUTH_ENV} environment variable, else none)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+        help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
+    )  # fmt: skip
+    return parser
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """ "user:password" -> ("user", "password"); None or "" -> None."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ValueError(f"--auth / {AUTH_ENV}: expected USER:PASSWORD with both parts non-empty")
+    return user, password
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, auth: tuple[str, str] | None) -> str | None:
+    """What to say when the studio listens beyond this machine without a password (None: nothing)."""
+    if is_loopback(host) or auth is not None:
+        return None
+    return (
+        f"listening on {host} without --auth; anyone who can reach this machine can use the studio. "
+        f"Set --auth USER:PASSWORD or {AUTH_ENV}."
+    )
+
+
+def defaults_for(model: str):
+    """The model's native clip settings (`ModelDefaults`), known before its weights load: the page needs
+    them at once."""
+    from ..presets import TINY_DEFAULTS, WAN_DEFAULTS
+
+    return TINY_DEFAULTS if model == "tiny-random" else WAN_DEFAULTS
+
+
+def pipeline_loader(
+    model: str, lora: str | None = None, device: str = "cpu", dtype: str | None = None
+) -> Callable:
+    """Check the model arguments now; return a function that loads the pipeline (run in the worker)."""
+    if model in PRESETS:
+        if lora:
+            raise ValueError(
+                f"--lora={lora!r}: the {model} preset takes no LoRA; use --model DIR for real weights"
+            )
+    elif not Path(model).is_dir():
+        raise ValueError(f"--model={model!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
+    if lora and not Path(lora).is_file():
+        raise ValueError(f"--lora={lora!r}: no such file")
+
+    def load():
+        import torch
+
+        from ..pipeline import PusaPipeline
+
+        torch_dtype = getattr(torch, dtype or ("float32" if device == "cpu" else "bfloat16"))
+        if model in PRESETS:
+            return PusaPipeline.from_preset(model, device=device, dtype=torch_dtype)
+        return PusaPipeline.from_pretrained(model, lora=lora, device=device, dtype=torch_dtype)
+
+    return load
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Start the studio with parsed `add_serve_arguments` options; returns when the server stops."""
+    try:
+        auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
+        load = pipeline_loader(args.model, args.lora, args.device, args.dtype)
+    except ValueError as error:
+        print(f"pusa serve: error: {error}", file=sys.stderr)
+        return 2
+    warning = exposure_warning(args.host, auth)
+    if warning:
+        print(f"pusa serve: warning: {warning}", file=sys.stderr)
+    from ..jobs import History, JobQueue
+    from .studio import build_app, launch_app
+
+    history = History(args.outputs)
+    queue = JobQueue(load, history).start()
+    exposed_host = args.host if warning else None
+    demo = build_app(queue, defaults_for(args.model), model_label=args.model, exposed_host=exposed_host)
+    try:
+        launch_app(demo, history, host=args.host, port=args.port, auth=auth)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        queue.close(timeout=5)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pusa serve", description="Start the Pusa web studio.")
+    return serve_main(add_serve_arguments(parser).parse_args(argv))

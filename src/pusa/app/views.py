@@ -1,0 +1,156 @@
+"""HTML and table rows for the studio: job progress, the status line, history. Pure: values in, text out."""
+
+from __future__ import annotations
+
+import time
+from html import escape
+
+from ..jobs import CANCELLED, DONE, FAILED, LOADING, QUEUED, HistoryEntry, JobView, ModelStatus
+from .forms import TABS
+from .timeline import error_html
+
+_BOX = "font-size: 13px; line-height: 1.45; padding: 8px 10px; border-radius: 6px;"
+TASK_NAMES = {**TABS, "extension": "Extension", "completion": "Completion", "transition": "Transition"}
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 60 else f"{int(value // 60)} min {int(value % 60)} s"
+
+
+def _bar(fraction: float | None) -> str:
+    inner = (
+        f'<div style="height: 100%; width: {100 * fraction:.1f}%; background: rgb(37, 99, 235); '
+        'transition: width 0.3s;"></div>'
+        if fraction is not None
+        else '<div style="height: 100%; width: 100%; background: rgba(37, 99, 235, 0.35);"></div>'
+    )
+    return (
+        '<div style="height: 6px; border-radius: 3px; background: rgba(127, 127, 127, 0.2); overflow: hidden; '
+        f'margin-top: 6px;">{inner}</div>'
+    )
+
+
+def _progress(
+    state: str, text: str, detail: str = "", fraction: float | None = None, bar: bool = True
+) -> str:
+    return (
+        f'<div class="pusa-progress" data-state="{state}" style="{_BOX} border: 1px solid rgba(127, 127, 127, 0.3);">'
+        f"<b>{text}</b>" + (f" · {detail}" if detail else "") + (_bar(fraction) if bar else "") + "</div>"
+    )
+
+
+def idle_html() -> str:
+    return _progress("idle", "Ready", "press Generate; the video appears here", bar=False)
+
+
+def uploaded_html(text: str) -> str:
+    return _progress("idle", "Uploaded", escape(text), bar=False)
+
+
+def waiting_for_model_html() -> str:
+    return _progress("loading", "Waiting for the model", "loading model... the job starts once it is ready")
+
+
+def progress_html(view: JobView) -> str:
+    """Where a job is: its place in the queue, its step with an ETA, or how it ended."""
+    seed = f"seed {view.seed}" if view.seed is not None else ""
+    if view.state == QUEUED:
+        ahead = view.position - 1
+        detail = f"{ahead} job{'s' if ahead != 1 else ''} ahead · {seed}"
+        return _progress("queued", f"Queued: position {view.position}", detail, bar=False)
+    if view.state == DONE and view.entry is not None:
+        entry = view.entry
+        detail = f"{seed} · {entry.video.name}"
+        return _progress("done", f"Done in {_seconds(entry.elapsed_s)}", escape(detail), 1.0, bar=False)
+    if view.state == FAILED:
+        return error_html(f"The job failed: {view.error}").replace(
+            'class="pusa-error"', 'class="pusa-error pusa-progress"'
+        )
+    if view.state == CANCELLED:
+        return _progress("cancelled", "Cancelled", escape(view.phase), bar=False)
+    if not view.num_steps:
+        return _progress("running", "Starting", f"{escape(view.phase)} · {seed}")
+    eta = f"ETA {_seconds(view.eta_s)}" if view.eta_s is not None else ""
+    detail = " · ".join(part for part in (escape(view.phase), eta, seed) if part)
+    return _progress("running", f"Step {view.step}/{view.num_steps}", detail, view.step / view.num_steps)
+
+
+def cancelled_html(phase: str) -> str:
+    return _progress("cancelled", "Cancelled", escape(phase), bar=False)
+
+
+def status_html(status: ModelStatus, active: list[JobView], model: str) -> str:
+    """The line at the top of the page: is the model ready, and what is the worker doing."""
+    if status.state == LOADING:
+        dot, text = "#d97706", f"{status.message} ({escape(model)}) · the page works; Generate waits for it"
+    elif status.state == FAILED:
+        dot, text = "#dc2626", f"the model failed to load: {escape(status.message)}"
+    else:
+        loaded = f" (loaded in {_seconds(status.load_s)})" if status.load_s is not None else ""
+        running = [view for view in active if view.state != QUEUED]
+        waiting = len(active) - len(running)
+        if running:
+            view = running[0]
+            step = f"step {view.step}/{view.num_steps}" if view.num_steps else view.phase
+            work = f"running {TASK_NAMES.get(view.recipe or view.task, view.task)} ({escape(step)})"
+        else:
+            work = "idle"
+        if waiting:
+            work += f" · {waiting} waiting"
+        dot, text = "#16a34a", f"model {escape(status.message)} ready{loaded} · {work}"
+    return (
+        f'<div class="pusa-status" data-state="{status.state}" style="font-size: 13px;">'
+        f'<span style="color: {dot};">●</span> {text}</div>'
+    )
+
+
+def exposure_warning_html(host: str) -> str:
+    return (
+        f'<div class="pusa-warning" role="alert" style="{_BOX} border: 1px solid #d97706; '
+        'background: rgba(217, 119, 6, 0.08);">'
+        f"<b>Warning:</b> this studio listens on {escape(host)} without a password, so anyone who can reach "
+        "this machine can use it. Restart with <code>--auth user:password</code> (or set PUSA_AUTH).</div>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- history
+HISTORY_HEADERS = ["id", "created", "task", "prompt", "seed", "steps", "size", "frames", "time"]
+
+
+def _when(created: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+
+
+def history_rows(entries: list[HistoryEntry]) -> list[list]:
+    rows = []
+    for entry in entries:
+        s = entry.settings
+        rows.append(
+            [
+                entry.id,
+                _when(entry.created),
+                TASK_NAMES.get(entry.recipe or entry.task, entry.task),
+                entry.prompt,
+                entry.seed,
+                s.get("num_inference_steps"),
+                f"{s.get('width')}x{s.get('height')}",
+                s.get("num_frames"),
+                _seconds(entry.elapsed_s),
+            ]
+        )
+    return rows
+
+
+def history_choice(entry: HistoryEntry) -> tuple[str, str]:
+    """(label, value) of an entry in the picker."""
+    prompt = entry.prompt if len(entry.prompt) <= 40 else entry.prompt[:39] + "…"
+    task = TASK_NAMES.get(entry.recipe or entry.task, entry.task)
+    return f"{_when(entry.created)} · {task} · “{prompt}” · seed {entry.seed}", entry.id
+
+
+def history_summary_html(entry: HistoryEntry) -> str:
+    missing = "" if entry.video.is_file() else " · <b>the mp4 is missing</b>"
+    return (
+        f'<div style="font-size: 13px;">{escape(history_choice(entry)[0])} · made in '
+        f"{_seconds(entry.elapsed_s)} · <code>{escape(entry.video.name)}</code>{missing}</div>"
+    )

@@ -1,0 +1,262 @@
+"""The studio in a real browser (Debian's chromium driven by Playwright), against `python -m pusa.app`
+(what `pusa serve` runs) on the tiny-random model.
+
+One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
+video play; type bad positions in Multi-Frames, see the error, fix them and generate; restart the
+server and find both videos in History, then refill a form from one. Every request the page makes is
+recorded and must stay on this machine. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Studio:
+    """`python -m pusa.app` in a subprocess."""
+
+    def __init__(self, outputs: Path, port: int, log: Path) -> None:
+        self.outputs, self.port, self.log = outputs, port, log
+        self.url = f"http://127.0.0.1:{port}/"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> float:
+        """Start and wait until the page answers; returns the seconds that took."""
+        started = time.perf_counter()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("PUSA_AUTH", None)
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pusa.app", "--port", str(self.port), "--outputs", str(self.outputs)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        while time.perf_counter() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the studio exited with {self.process.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"the studio did not answer within {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
+        paths[name] = str(path)
+    return paths
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"studio-{name}.png"), full_page=True)
+
+
+def open_tab(page, label: str) -> None:
+    page.get_by_role("tab", name=label, exact=True).click()
+
+
+def wait_enabled(page, selector: str, timeout: float = 60_000) -> None:
+    page.wait_for_function(
+        f"() => {{ const b = document.querySelector('{selector}'); return b && !b.disabled; }}",
+        timeout=timeout,
+    )
+
+
+def generate(page, tab: str) -> str:
+    """Press Generate on `tab`, wait for the job to end; returns the final status text."""
+    wait_enabled(page, f"#{tab}-generate")
+    # Mark what the status shows now, so only the new job's status counts.
+    page.evaluate(
+        f"() => document.querySelector('#{tab}-progress :is(.pusa-progress, .pusa-error)')?.setAttribute('data-stale', '1')"
+    )
+    page.locator(f"#{tab}-generate").click()
+    fresh = ":not([data-stale])"
+    page.wait_for_selector(
+        f"#{tab}-progress :is(.pusa-progress, .pusa-error){fresh}:not([data-state=idle])", timeout=10_000
+    )
+    page.wait_for_selector(
+        f"#{tab}-progress :is(.pusa-progress[data-state=done], .pusa-progress[data-state=cancelled], "
+        f".pusa-error){fresh}",
+        timeout=60_000,
+    )
+    return page.locator(f"#{tab}-progress").inner_text()
+
+
+def wait_video_plays(page, selector: str) -> dict:
+    """The <video> loaded its data and plays (its clock moves), or at least knows its duration."""
+    page.wait_for_function(
+        f"""() => {{
+            const v = document.querySelector('{selector} video');
+            return v && v.readyState >= 2 && (v.currentTime > 0 || v.duration > 0);
+        }}""",
+        timeout=20_000,
+    )
+    page.evaluate(f"() => document.querySelector('{selector} video').play()")
+    page.wait_for_function(
+        f"() => document.querySelector('{selector} video').currentTime > 0", timeout=10_000
+    )
+    return page.evaluate(
+        f"() => {{ const v = document.querySelector('{selector} video'); "
+        "return {readyState: v.readyState, duration: v.duration, currentTime: v.currentTime}; }"
+    )
+
+
+def test_studio_in_a_real_browser(tmp_path, inputs):
+    from playwright.sync_api import sync_playwright
+
+    studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log")
+    requests: list[str] = []
+    try:
+        studio.start()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.on("request", lambda request: requests.append(request.url))
+            page = context.new_page()
+            try:
+                run_flow(page, studio, inputs)
+            except Exception:
+                shot(page, "failure")
+                raise
+            browser.close()
+    finally:
+        studio.stop()
+
+    assert requests, "the page made no requests at all?"
+    local = (f"http://127.0.0.1:{studio.port}/", "data:", "blob:")
+    outside = sorted({url for url in requests if not url.startswith(local)})
+    assert outside == [], f"the page made requests that leave this machine: {outside}"
+
+
+def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
+    page.goto(studio.url)
+    wait_enabled(page, "#i2v-generate")  # the page is wired and the model is ready
+
+    # Image-to-Video with an uploaded image: the timeline shows its thumbnail; the video plays.
+    page.locator("#i2v-image input[type=file]").set_input_files(inputs["a"])
+    page.wait_for_function(  # checked as it arrives
+        "() => document.querySelector('#i2v-progress').innerText.includes('Uploaded · a.png, 64x48')",
+        timeout=15_000,
+    )
+    page.locator("#i2v-prompt textarea").fill("a red circle slides to the left")
+    page.wait_for_selector("#i2v-timeline .pusa-timeline img", timeout=15_000)
+    status = generate(page, "i2v")
+    assert "Done in" in status and "seed" in status, status
+    video = wait_video_plays(page, "#i2v-video")
+    assert video["duration"] > 0 and video["currentTime"] > 0, video
+    shot(page, "image-to-video")
+
+    # Multi-Frames: bad positions show an error as they are typed and when generating.
+    open_tab(page, "Multi-Frames to Video")
+    page.locator("#frames-images input[type=file]").set_input_files([inputs["a"], inputs["b"]])
+    page.locator("#frames-prompt textarea").fill("from one noise to another")
+    positions = page.locator("#frames-positions textarea")
+    positions.fill("0,9")
+    error = page.locator("#frames-timeline .pusa-error")
+    error.wait_for(timeout=10_000)
+    assert "Conditioning Positions: positions contains 9" in error.inner_text()
+    status = generate(page, "frames")
+    assert "Conditioning Positions: positions contains 9" in status, status
+    shot(page, "multi-frames-error")
+    positions.fill("0,4")
+    page.wait_for_selector("#frames-timeline .pusa-timeline img", timeout=10_000)
+    assert page.locator("#frames-timeline .pusa-timeline-cell").count() == 5
+    assert (
+        "latent 4 = frames 13–16: image 2, noise multiplier 0.5"
+        in page.locator("#frames-timeline").inner_text()
+    )
+    status = generate(page, "frames")
+    assert "Done in" in status, status
+    wait_video_plays(page, "#frames-video")
+    shot(page, "multi-frames")
+
+    for label, name in (("Video-to-Video", "video-to-video"), ("Text-to-Video", "text-to-video")):
+        open_tab(page, label)
+        page.wait_for_timeout(500)
+        shot(page, name)
+    open_tab(page, "Video-to-Video")
+    page.locator("#v2v-recipe-completion").click()
+    page.wait_for_function(
+        "() => document.querySelector('#v2v-positions textarea').value === '0,4'", timeout=10_000
+    )
+
+    # A restart: the history lives on disk.
+    studio.stop()
+    studio.start()
+    page.goto(studio.url)
+    open_tab(page, "History")
+    table = page.locator("#history-table")
+    page.wait_for_function(
+        "() => (document.querySelector('#history-table')?.innerText || '').includes('Multi-Frames to Video')",
+        timeout=15_000,
+    )
+    assert "Image-to-Video" in table.inner_text()
+    assert "a red circle slides to the left" in table.inner_text()
+    wait_video_plays(page, "#history-video")  # the newest is opened
+    shot(page, "history")
+    page.locator("#history-table .body-cell", has_text="Image-to-Video").first.click()
+    page.wait_for_function(
+        "() => (document.querySelector('#history-picker input')?.value || '').includes('Image-to-Video')",
+        timeout=10_000,
+    )
+    wait_enabled(page, "#history-use")
+    page.locator("#history-use").click()
+    page.wait_for_function(
+        "() => document.querySelector('#i2v-prompt textarea')?.value === 'a red circle slides to the left'",
+        timeout=10_000,
+    )
+    page.wait_for_selector("#i2v-image img", timeout=10_000)  # the kept upload came back
+    shot(page, "use-these-settings")

@@ -1,0 +1,464 @@
+"""The studio's forms: form values -> JobSpec / GenerationRequest, and every message a user can see.
+
+No web server here: `pusa.app.forms` is plain Python. The pipeline's own checks are reached through
+`check_spec` with the tiny-random model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from pusa.app import forms
+from pusa.app.forms import CommonForm, FormError, UploadLimits
+from pusa.app.timeline import error_html, timeline_html
+from pusa.pipeline import DEFAULT_NEGATIVE_PROMPT, PusaPipeline
+from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
+from pusa.video import write_video
+
+D = TINY_DEFAULTS  # 17 frames = 5 latent frames, 64x64, 4 steps, 8 fps
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("form-files")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("a", "b", "c"):
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(paths[name])
+    paths["tiff"] = folder / "scan.tiff"
+    Image.new("RGB", (8, 8)).save(paths["tiff"])
+    paths["wide"] = folder / "wide.png"
+    Image.new("RGB", (300, 10)).save(paths["wide"])
+    paths["text"] = folder / "notes.png"
+    paths["text"].write_text("not an image")
+    for name, count in (("clip17", 17), ("clip9", 9), ("clip25", 25)):
+        paths[name] = folder / f"{name}.mp4"
+        write_video(paths[name], rng.integers(0, 255, (count, 32, 48, 3), dtype=np.uint8), 8.0)
+    paths["garbage"] = folder / "broken.mp4"
+    paths["garbage"].write_bytes(b"\x00not a video" * 64)
+    paths["gif_named_txt"] = folder / "clip.txt"
+    paths["gif_named_txt"].write_bytes(b"hello")
+    paths["audio"] = folder / "sound.mp4"
+    with av.open(str(paths["audio"]), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=8000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pipe() -> PusaPipeline:
+    return PusaPipeline.from_preset("tiny-random")
+
+
+def common(**overrides) -> CommonForm:
+    values = dict(prompt="a red circle", steps=2, seed=5, width=32, height=32)
+    values.update(overrides)
+    return CommonForm(**values)
+
+
+# ---------------------------------------------------------------------------------------------- mapping
+def test_image_to_video_maps_every_field(files):
+    kept = []
+
+    def keep(path: str) -> str:
+        kept.append(path)
+        return f"/kept/{Path(path).name}"
+
+    spec = forms.image_to_video(
+        str(files["a"]), 0.35, common(cfg=1.0, lora_alpha=2.0, fps=12.0, num_frames=21), D, keep=keep
+    )
+    r = spec.request
+    assert (r.task, r.prompt, r.images, r.positions, r.noise_multipliers) == (
+        "i2v", "a red circle", ["/kept/a.png"], [0], [0.35]
+    )  # fmt: skip
+    assert (r.num_inference_steps, r.seed, r.cfg, r.lora_alpha, r.fps, r.num_frames) == (
+        2,
+        5,
+        1.0,
+        2.0,
+        12.0,
+        21,
+    )
+    assert (r.width, r.height, r.negative_prompt) == (32, 32, DEFAULT_NEGATIVE_PROMPT)
+    assert kept == [str(files["a"])] and spec.recipe is None
+    assert spec.form == {
+        "tab": "i2v", "image": "/kept/a.png", "noise_multiplier": 0.35, "prompt": "a red circle",
+        "negative_prompt": DEFAULT_NEGATIVE_PROMPT, "lora_alpha": 2.0, "steps": 2, "seed": 5, "cfg": 1.0,
+        "width": 32, "height": 32, "num_frames": 21, "fps": 12.0,
+    }  # fmt: skip
+
+
+def test_blank_fields_take_the_model_defaults_and_seed_minus_one_is_drawn(files):
+    blank = CommonForm(prompt="x", steps=None, seed=-1, width=None, height=None, num_frames=None, fps=None)
+    spec = forms.image_to_video(str(files["a"]), 0.2, blank, D)
+    r = spec.request
+    assert (r.num_inference_steps, r.width, r.height, r.num_frames, r.fps) == (4, 64, 64, 17, 8.0)
+    assert isinstance(r.seed, int) and 0 <= r.seed < 2**31 and spec.form["seed"] == r.seed
+    wan = forms.text_to_video(CommonForm(prompt="x", seed=None), WAN_DEFAULTS).request
+    assert (wan.num_inference_steps, wan.width, wan.height, wan.num_frames, wan.fps) == (
+        10,
+        832,
+        480,
+        81,
+        16.0,
+    )
+
+
+def test_gradio_numbers_become_ints(files):
+    spec = forms.image_to_video(
+        str(files["a"]), 0.2, common(steps=3.0, seed=9.0, width=48.0, num_frames=21.0), D
+    )
+    r = spec.request
+    assert (r.num_inference_steps, r.seed, r.width, r.num_frames) == (3, 9, 48, 21)
+    assert all(isinstance(v, int) for v in (r.num_inference_steps, r.seed, r.width, r.num_frames))
+
+
+def test_frames_to_video_positions_multipliers_and_defaults(files):
+    images = [str(files["a"]), str(files["b"]), str(files["c"])]
+    spec = forms.frames_to_video(images, " 0, 2 ,4", "0.1,0.2,0.3", common(), D)
+    assert spec.request.positions == [0, 2, 4] and spec.request.noise_multipliers == [0.1, 0.2, 0.3]
+    assert spec.form["positions"] == "0,2,4" and spec.form["noise_multipliers"] == "0.1,0.2,0.3"
+    assert spec.form["images"] == images
+    # Blank fields: spread from the first to the last latent frame, 0.2 then 0.5 (the seed's "0,20", "0.2,0.5").
+    spec = forms.frames_to_video(images[:2], "", "", common(), D)
+    assert spec.request.positions == [0, 4] and spec.request.noise_multipliers == [0.2, 0.5]
+    spec = forms.frames_to_video(images[:2], "", "", common(num_frames=None), WAN_DEFAULTS)
+    assert spec.request.positions == [0, 20]
+
+
+def test_video_to_video_custom_and_recipes(files):
+    clip = str(files["clip25"])
+    spec = forms.video_to_video(clip, "0,1", "0,0.3", "custom", None, common(), D)
+    assert (spec.request.task, spec.request.video, spec.request.positions, spec.recipe) == (
+        "v2v",
+        clip,
+        [0, 1],
+        None,
+    )
+    assert spec.form["recipe"] == "custom" and spec.form["end_video"] is None
+    spec = forms.video_to_video(clip, "0,1,2", "", None, None, common(), D)
+    assert spec.request.noise_multipliers == [0.2, 0.2, 0.2]
+
+    positions, multipliers = forms.recipe_fields("extension", 17)
+    assert (positions, multipliers) == ("0,1,2,3", "0,0.3,0.4,0.5")
+    spec = forms.video_to_video(clip, positions, multipliers, "extension", str(files["clip9"]), common(), D)
+    assert spec.recipe == "extension" and spec.request.recipe == "extension" and spec.end_video is None
+
+    assert forms.recipe_fields("completion", 17) == ("0,4", "0.3,0.3")
+    assert forms.recipe_fields("completion", 81) == ("0,20", "0.3,0.3")
+    assert forms.recipe_fields("custom", 17) is None
+
+    # A recipe with blank fields uses its own positions and multipliers.
+    spec = forms.video_to_video(clip, "", "", "completion", None, common(), D)
+    assert (spec.request.positions, spec.request.noise_multipliers) == ([0, 4], [0.3, 0.3])
+    spec = forms.video_to_video(clip, " ", "0.1,0.2", "completion", None, common(), D)
+    assert spec.request.noise_multipliers == [0.1, 0.2]
+
+    positions, multipliers = forms.recipe_fields("transition", 25)
+    assert positions == "0,1,2,4,5,6"
+    spec = forms.video_to_video(clip, positions, multipliers, "transition", clip, common(num_frames=25), D)
+    assert spec.recipe == "transition" and spec.end_video == clip and spec.form["end_video"] == clip
+
+
+def test_text_to_video(files):
+    spec = forms.text_to_video(common(negative_prompt="blurry"), D)
+    r = spec.request
+    assert (r.task, r.images, r.video, r.positions, r.negative_prompt) == ("t2v", (), None, (), "blurry")
+    assert spec.form["tab"] == "t2v"
+
+
+def test_specs_pass_the_pipeline_checks(files, pipe):
+    images = [str(files["a"]), str(files["b"])]
+    clip = str(files["clip25"])
+    for spec in (
+        forms.image_to_video(str(files["a"]), 0.2, common(), D),
+        forms.frames_to_video(images, "0,4", "0.2,0.5", common(), D),
+        forms.video_to_video(clip, "0,1,2,3", "0,0.3,0.4,0.5", "extension", None, common(), D),
+        forms.text_to_video(common(), D),
+    ):
+        forms.check_spec(pipe, spec)
+
+
+# ---------------------------------------------------------------------------------------------- messages
+def expect(message: str, call, *args, **kwargs) -> FormError:
+    with pytest.raises(FormError) as caught:
+        call(*args, **kwargs)
+    assert re.fullmatch(message, str(caught.value)), str(caught.value)
+    return caught.value
+
+
+def test_text_field_messages():
+    expect(
+        r"Conditioning Positions: '0,a' is not a comma-separated list of whole numbers \(latent frames\), e.g. 0,4",
+        forms.parse_positions,
+        "0,a",
+    )
+    expect(r"Conditioning Positions: '-1' is not .*", forms.parse_positions, "-1")
+    expect(
+        r"Noise Multipliers: '0.2,x' is not a comma-separated list of numbers in 0.0..1.0, e.g. 0.2,0.5",
+        forms.parse_multipliers,
+        "0.2,x",
+    )
+    expect(r"Noise Multipliers: 1.5 in '0.2,1.5' is outside 0.0..1.0", forms.parse_multipliers, "0.2,1.5")
+    expect(
+        r"Frames: 20 is not allowed; frames must be 4k\+1, e.g. 17, 33, 49, 81", forms.check_num_frames, 20, D
+    )
+    expect(r"Frames: 'many' is not a number", forms.check_num_frames, "many", D)
+    expect(r"Frames: 17.5 is not a whole number", forms.check_num_frames, 17.5, D)
+    expect(r"Frames: \[17\] is not a number", forms.check_num_frames, [17], D)
+
+
+def test_conditioning_messages_name_the_field():
+    expect(
+        r"Noise Multipliers: noise_multipliers=\[0.2\] has 1 values but positions=\[0, 4\] has 2; "
+        r"give one noise multiplier per position",
+        forms.check_conditioning,
+        [0, 4],
+        [0.2],
+        17,
+    )
+    expect(
+        r"Conditioning Positions: positions contains 9; positions are latent frame indices, whole numbers in "
+        r"0..4 for this video \(5 latent frames\)",
+        forms.check_conditioning,
+        [0, 9],
+        [0.2, 0.5],
+        17,
+    )
+    expect(
+        r"Conditioning Positions: positions=\[2, 2\] repeats \[2\]; each latent frame can be conditioned once",
+        forms.check_conditioning,
+        [2, 2],
+        [0.2, 0.5],
+        17,
+    )
+    expect(
+        r"Noise Multipliers: noise_multipliers contains 1.5; each must be a number in \[0, 1\]",
+        forms.check_conditioning,
+        [0],
+        [1.5],
+        17,
+    )
+    expect(r"Recipe: 'loop' is not a recipe; choose one of custom, extension, completion, transition",
+           forms.recipe_fields, "loop", 17)  # fmt: skip
+
+
+def test_common_field_messages(files):
+    image = str(files["a"])
+    expect(r"Prompt: 5 is not text", forms.image_to_video, image, 0.2, common(prompt=5), D)
+    expect(r"Prompt: empty; describe the video to generate", forms.text_to_video, common(prompt="  "), D)
+    expect(
+        r"Seed: -5 is not allowed; use -1 for a random seed, or a whole number in 0..9223372036854775807",
+        forms.text_to_video,
+        common(seed=-5),
+        D,
+    )
+    expect(r"Seed: 1.5 is not a whole number", forms.text_to_video, common(seed=1.5), D)
+    expect(r"Inference Steps: 2.5 is not a whole number", forms.text_to_video, common(steps=2.5), D)
+    expect(r"LoRA Alpha: empty; give a number", forms.text_to_video, common(lora_alpha=None), D)
+    expect(r"CFG: empty; give a number", forms.text_to_video, common(cfg=""), D)
+    expect(r"Width: 'wide' is not a number", forms.text_to_video, common(width="wide"), D)
+    expect(r"FPS: True is not a number", forms.text_to_video, common(fps=True), D)
+
+
+def test_image_messages(files):
+    expect(
+        r"Image: none uploaded; Image-to-Video needs the image to start from",
+        forms.image_to_video, None, 0.2, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Image: '/no/such.png' was not received; upload the file again",
+        forms.image_to_video, "/no/such.png", 0.2, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Noise Multiplier: 1.2 is not allowed; it must be a number in 0.0..1.0",
+        forms.image_to_video, str(files["a"]), 1.2, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Image: 'notes.png' is not an image; allowed: PNG, JPEG, WebP, BMP, GIF",
+        forms.check_image, files["text"],
+    )  # fmt: skip
+    expect(
+        r"Image: 'scan.tiff' is a TIFF image; allowed: PNG, JPEG, WebP, BMP, GIF",
+        forms.check_image,
+        files["tiff"],
+    )
+    expect(
+        r"Image: 'wide.png' is 300x10 pixels; the limit is 256 pixels on each side",
+        forms.check_image, files["wide"], limits=UploadLimits(image_side=256),
+    )  # fmt: skip
+    expect(
+        r"Images: 'a.png' is 0.0 MB; the limit is 1e-06 MB",
+        forms.check_image, files["a"], "images", UploadLimits(image_mb=1e-6),
+    )  # fmt: skip
+
+
+def test_multi_frames_messages(files):
+    a, b = str(files["a"]), str(files["b"])
+    expect(
+        r"Images: 1 uploaded; Multi-Frames to Video needs two or more \(one: use Image-to-Video\)",
+        forms.frames_to_video, [a], "0", "0.2", common(), D,
+    )  # fmt: skip
+    expect(r"Images: 0 uploaded; .*", forms.frames_to_video, None, "", "", common(), D)
+    expect(
+        r"Images: 3 uploaded; the limit is 2",
+        forms.frames_to_video, [a, b, a], "", "", common(), D, UploadLimits(images=2),
+    )  # fmt: skip
+    expect(
+        r"Images: 'notes.png' is not an image; .*",
+        forms.frames_to_video,
+        [a, str(files["text"])],
+        "",
+        "",
+        common(),
+        D,
+    )
+    expect(
+        r"Conditioning Positions: '0,2,4' gives 3 positions for 2 images; give one position per image, "
+        r"in the images' order",
+        forms.frames_to_video, [a, b], "0,2,4", "", common(), D,
+    )  # fmt: skip
+    expect(
+        r"Conditioning Positions: positions contains 20; .*",
+        forms.frames_to_video,
+        [a, b],
+        "0,20",
+        "",
+        common(),
+        D,
+    )
+
+
+def test_video_messages(files):
+    clip = str(files["clip17"])
+    expect(
+        r"Video: none uploaded; Video-to-Video needs a source video",
+        forms.video_to_video, None, "0", "", "custom", None, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Video: 'clip.txt' is not a video file; allowed: mp4, webm, mov, mkv, avi, m4v",
+        forms.check_video, files["gif_named_txt"],
+    )  # fmt: skip
+    expect(
+        r"Video: 'broken.mp4' is not a readable video \(.*\); allowed: .*",
+        forms.check_video,
+        files["garbage"],
+    )
+    expect(r"Video: 'sound.mp4' has no video stream", forms.check_video, files["audio"])
+    expect(
+        r"Video: 'clip17.mp4' is [0-9.]+ MB; the limit is 1e-06 MB",
+        forms.check_video, clip, limits=UploadLimits(video_mb=1e-6),
+    )  # fmt: skip
+    expect(
+        r"Video: 'clip17.mp4' lasts 2.1 s; the limit is 1 s",
+        forms.check_video, clip, limits=UploadLimits(video_seconds=1),
+    )  # fmt: skip
+    expect(
+        r"Second clip: 'clip17.mp4' is 48x32 pixels; the limit is 40 pixels on each side",
+        forms.check_video, clip, "end_video", UploadLimits(video_side=40),
+    )  # fmt: skip
+    info = forms.check_video(clip)
+    assert (info.frames, info.width, info.height, info.fps) == (17, 48, 32, 8.0)
+
+
+def test_video_to_video_messages(files):
+    clip9, clip25 = str(files["clip9"]), str(files["clip25"])
+    expect(
+        r"Conditioning Positions: empty; give the latent frames of the video to keep, e.g. 0,1,2,3",
+        forms.video_to_video, clip25, " ", "", "custom", None, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Video: 'clip9.mp4' has 9 frames; Conditioning Positions up to latent 3 needs at least 13",
+        forms.video_to_video, clip9, "0,3", "", "custom", None, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Video: 'clip9.mp4' has 9 frames; the Extension recipe with 4 context latents needs at least 13",
+        forms.video_to_video, clip9, "0,1,2,3", "0,0.3,0.4,0.5", "extension", None, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Conditioning Positions: '0,2' does not fit the Extension recipe, which conditions latent frames 0,1; "
+        r"press the recipe's button again, or choose Custom to pick positions freely",
+        forms.video_to_video, clip25, "0,2", "0,0.3", "extension", None, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Conditioning Positions: '0,3' does not fit the Completion recipe, which conditions latent frames 0,4; .*",
+        forms.video_to_video, clip25, "0,3", "0.3,0.3", "completion", None, common(), D,
+    )  # fmt: skip
+    expect(
+        r"Frames: 17 gives 5 latent frames; the Transition recipe needs at least 7 \(Frames 25 or more, in Advanced\)",
+        forms.video_to_video, clip25, "0,1,2,2,3,4", "0,0.3,0.4,0.4,0.3,0", "transition", None, common(), D,
+    )  # fmt: skip
+    transition = ("0,1,2,4,5,6", "0,0.3,0.4,0.4,0.3,0", "transition")
+    expect(
+        r"Second clip: none uploaded; the Transition recipe needs the clip to arrive at",
+        forms.video_to_video, clip25, *transition, None, common(num_frames=25), D,
+    )  # fmt: skip
+    expect(
+        r"Second clip: 'clip9.mp4' has 9 frames; the Transition recipe needs at least 12",
+        forms.video_to_video, clip25, *transition, clip9, common(num_frames=25), D,
+    )  # fmt: skip
+    expect(
+        r"Conditioning Positions: '0,1,2,3,5,6' does not fit the Transition recipe, .*",
+        forms.video_to_video, clip25, "0,1,2,3,5,6", transition[1], "transition", clip25, common(num_frames=25), D,
+    )  # fmt: skip
+
+
+def test_pipeline_messages_are_relabelled(files, pipe):
+    image = str(files["a"])
+    cases = [
+        (
+            common(width=40),
+            r"Width: width=40 is not allowed; width must be a multiple of 16 between 16 and 512 .*",
+        ),
+        (common(height=1024), r"Height: height=1024 is not allowed; .*"),
+        (common(steps=0), r"Inference Steps: num_inference_steps=0 is not allowed; .* in 1..50"),
+        (common(steps=51), r"Inference Steps: num_inference_steps=51 is not allowed; .*"),
+        (common(lora_alpha=9.0), r"LoRA Alpha: lora_alpha=9.0 is not allowed; .* in 0.1..5.0"),
+        (common(cfg=0.5), r"CFG: cfg=0.5 is not allowed; .* in 1.0..20.0"),
+        (common(fps=0.0), r"FPS: fps=0.0 is not allowed; .* in 1.0..60.0"),
+        (common(num_frames=129), r"Frames: num_frames=129 is not allowed; this model takes at most 125"),
+    ]
+    for values, message in cases:
+        expect(message, forms.check_spec, pipe, forms.image_to_video(image, 0.2, values, D))
+    assert str(forms.relabel(ValueError("something else went wrong"))) == "Task: something else went wrong"
+    assert str(forms.relabel(ValueError("images: none given"))) == "Images: none given"
+    i2v = {"noise_multipliers": "noise_multiplier"}
+    assert (
+        str(forms.relabel(ValueError("noise_multipliers contains 2"), i2v))
+        == "Noise Multiplier: noise_multipliers contains 2"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- timeline
+def test_timeline_shows_cells_multipliers_pixel_frames_and_thumbnails():
+    html = timeline_html(
+        81, [0, 20], [0.2, 0.5], ["data:image/png;base64,AAAA", None], ["image 1", "image 2"]
+    )
+    assert html.count('class="pusa-timeline-cell"') == 21
+    assert "81 frames = 21 latent frames" in html
+    assert "<b>latent 0</b> = frame 0: image 1, noise multiplier 0.2" in html
+    assert "<b>latent 20</b> = frames 77–80: image 2, noise multiplier 0.5" in html
+    assert html.count("<img ") == 1 and 'src="data:image/png;base64,AAAA"' in html
+    assert 'title="latent 5 · frames 17–20 · generated"' in html
+    assert "http" not in html  # nothing to fetch
+    small = timeline_html(17, [], [])
+    assert small.count('class="pusa-timeline-cell"') == 5 and "<ul" not in small
+
+
+def test_timeline_escapes_user_text():
+    html = timeline_html(17, [0], [0.0], [], ["<script>x</script>"], note="<b>")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "&lt;b&gt;" in error_html("<b>")

@@ -1,0 +1,211 @@
+"""`pusa.jobs`: background model loading, the queue with one worker, progress, cancel, failures, and the
+history on disk (SQLite + outputs folder) that survives a restart. Tiny-random model, 32x32."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pusa.jobs import CANCELLED, DONE, FAILED, LOADING, QUEUED, READY, History, JobQueue, JobSpec
+from pusa.pipeline import GenerationRequest, PusaPipeline
+from pusa.video import read_video, read_video_metadata
+
+FAST = dict(num_inference_steps=2, width=32, height=32, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> PusaPipeline:
+    return PusaPipeline.from_preset("tiny-random")
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    path = tmp_path / "upload.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def t2v(prompt: str = "a red circle", **overrides) -> JobSpec:
+    fields = {**FAST, **overrides}
+    return JobSpec(
+        GenerationRequest(task="t2v", prompt=prompt, **fields), form={"tab": "t2v", "prompt": prompt}
+    )
+
+
+def finish(queue: JobQueue, job_id: str, timeout: float = 60):
+    view = queue.view(job_id)
+    while not view.done:
+        view = queue.wait(job_id, view.version, timeout=timeout)
+    return view
+
+
+def test_jobs_wait_for_the_model_then_run_in_order(pipe, tmp_path):
+    release = threading.Event()
+
+    def slow_load():
+        release.wait(30)
+        return pipe
+
+    queue = JobQueue(slow_load, History(tmp_path / "out")).start()
+    try:
+        assert queue.status.state == LOADING and queue.status.message == "loading model..."
+        assert queue.pipeline is None
+        first, second = queue.submit(t2v("first", num_inference_steps=10)), queue.submit(t2v("second"))
+        assert (first.state, first.position, second.position) == (QUEUED, 1, 2)
+        assert [view.id for view in queue.active()] == [first.id, second.id]
+        release.set()
+        assert queue.wait_ready(30).state == READY and queue.pipeline is pipe
+
+        view = queue.view(first.id)
+        while view.step < 1:
+            view = queue.wait(first.id, view.version, timeout=30)
+        assert (view.state, view.position, view.num_steps) == ("running", 0, 10)
+        assert (queue.view(second.id).state, queue.view(second.id).position) == (QUEUED, 1)  # moved up
+
+        steps = []
+        view = queue.view(second.id)
+        while not view.done:
+            view = queue.wait(second.id, view.version, timeout=30)
+            steps.append((view.state, view.step, view.num_steps))
+        assert steps[-1] == (DONE, 2, 2)
+        assert view.entry is not None
+        assert queue.view(first.id).state == DONE
+        assert queue.view(first.id).finished <= view.finished
+    finally:
+        queue.close(10)
+
+
+def test_done_job_is_saved_with_its_settings(pipe, tmp_path, image):
+    history = History(tmp_path / "out")
+    queue = JobQueue(lambda: pipe, history).start()
+    try:
+        kept = history.keep_input(image)
+        assert Path(kept).parent == history.inputs_dir and history.keep_input(image) == kept
+        request = GenerationRequest(
+            task="i2v", prompt="x", images=[kept], positions=[0], noise_multipliers=[0.2], **FAST
+        )
+        view = finish(queue, queue.submit(JobSpec(request, form={"tab": "i2v", "image": kept})).id)
+        assert view.state == DONE and view.eta_s is None
+        entry = view.entry
+        assert entry.video.parent == history.videos_dir and entry.video.suffix == ".mp4"
+        settings = json.loads(entry.video.with_suffix(".json").read_text())
+        assert settings == read_video_metadata(entry.video) == entry.settings
+        assert settings["images"][0]["path"] == kept and settings["seed"] == 3
+        frames, _ = read_video(entry.video)
+        assert frames.shape == (17, 32, 32, 3)
+        assert (entry.task, entry.seed, entry.prompt, entry.form["image"]) == ("i2v", 3, "x", kept)
+    finally:
+        queue.close(10)
+
+    # A restart: a new History on the same folder lists the entry.
+    reopened = History(tmp_path / "out")
+    assert [e.id for e in reopened.list()] == [entry.id]
+    again = reopened.get(entry.id)
+    assert again.settings == entry.settings and again.video == entry.video and again.form == entry.form
+
+
+def test_cancel_running_and_waiting_jobs(pipe, tmp_path):
+    queue = JobQueue(lambda: pipe, History(tmp_path / "out")).start()
+    try:
+        queue.wait_ready(30)
+        long = queue.submit(t2v(num_inference_steps=50))
+        waiting = queue.submit(t2v())
+        view = queue.view(long.id)
+        while view.step < 1:
+            view = queue.wait(long.id, view.version, timeout=30)
+        assert view.state == "running" and view.num_steps == 50 and view.eta_s is not None
+        assert queue.cancel(waiting.id) and queue.view(waiting.id).state == CANCELLED
+        assert queue.cancel(long.id)
+        view = finish(queue, long.id)
+        assert view.state == CANCELLED and view.step < 50 and view.entry is None
+        assert not queue.cancel(long.id)  # already over
+        assert queue.history.list() == []
+        # The worker keeps serving.
+        assert finish(queue, queue.submit(t2v()).id).state == DONE
+    finally:
+        queue.close(10)
+
+
+def test_failing_job_reports_its_error_and_the_worker_goes_on(pipe, tmp_path):
+    queue = JobQueue(lambda: pipe, History(tmp_path / "out")).start()
+    try:
+        request = GenerationRequest(task="v2v", prompt="x", video=str(tmp_path / "gone.mp4"), positions=[0],
+                                    noise_multipliers=[0.0], **FAST)  # fmt: skip
+        view = finish(queue, queue.submit(JobSpec(request)).id)
+        assert view.state == FAILED and "gone.mp4" in view.error and "no such file" in view.error
+        assert finish(queue, queue.submit(t2v()).id).state == DONE
+    finally:
+        queue.close(10)
+
+
+def test_a_model_that_fails_to_load_fails_its_jobs(tmp_path):
+    def broken():
+        raise OSError("weights not found in /models/x")
+
+    queue = JobQueue(broken, History(tmp_path / "out"))
+    waiting = queue.submit(t2v())
+    queue.start()
+    try:
+        status = queue.wait_ready(30)
+        assert status.state == FAILED and status.message == "OSError: weights not found in /models/x"
+        view = queue.view(waiting.id)
+        assert view.state == FAILED and "weights not found" in view.error
+        with pytest.raises(RuntimeError, match="the model failed to load: OSError: weights not found"):
+            queue.submit(t2v())
+    finally:
+        queue.close(10)
+
+
+def test_recipes_run_through_the_queue(pipe, tmp_path):
+    history = History(tmp_path / "out")
+    queue = JobQueue(lambda: pipe, history).start()
+    try:
+        source = finish(queue, queue.submit(t2v(num_frames=25)).id).entry.video
+        base = dict(task="v2v", prompt="x", video=str(source), **FAST)
+        specs = [
+            JobSpec(GenerationRequest(positions=[0, 1], noise_multipliers=[0.0, 0.3], **base), recipe="extension"),
+            JobSpec(GenerationRequest(positions=[0, 4], noise_multipliers=[0.3, 0.3], **base), recipe="completion"),
+            JobSpec(
+                GenerationRequest(positions=[0, 1, 2, 4, 5, 6], noise_multipliers=[0.0] * 6, num_frames=25, **base),
+                recipe="transition", end_video=str(source),
+            ),
+        ]  # fmt: skip
+        for spec in specs:
+            view = finish(queue, queue.submit(spec).id)
+            assert view.state == DONE, view.error
+            assert view.entry.settings["recipe"] == spec.recipe == view.entry.recipe
+            assert spec.recipe in view.entry.video.name
+    finally:
+        queue.close(10)
+
+
+def test_delete_removes_files_only_inside_the_outputs_folder(pipe, tmp_path, image):
+    history = History(tmp_path / "out")
+    queue = JobQueue(lambda: pipe, history).start()
+    outside = tmp_path / "keep-me.png"
+    outside.write_bytes(image.read_bytes())
+    try:
+        kept = history.keep_input(image)
+        shared = [finish(queue, queue.submit(_with_form(kept)).id).entry for _ in range(2)]
+        stray = finish(queue, queue.submit(_with_form(str(outside))).id).entry
+    finally:
+        queue.close(10)
+    first, second = shared
+    assert history.delete(first.id)
+    assert not first.video.exists() and not first.video.with_suffix(".json").exists()
+    assert Path(kept).exists()  # still used by the second entry
+    assert history.delete(second.id) and not Path(kept).exists()
+    assert history.delete(stray.id) and outside.exists()  # never touches files outside outputs/
+    assert not history.delete("no-such-id")
+    assert history.list() == []
+
+
+def _with_form(image_path: str) -> JobSpec:
+    spec = t2v()
+    spec.form = {"tab": "t2v", "image": image_path}
+    return spec

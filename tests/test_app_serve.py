@@ -1,0 +1,88 @@
+"""`pusa serve` options: auth, exposure warning, model arguments, and the status line while loading."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pusa.app import serve, views
+from pusa.jobs import FAILED, LOADING, READY, ModelStatus
+from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
+
+
+def test_options_and_defaults():
+    args = serve.add_serve_arguments(argparse.ArgumentParser()).parse_args([])
+    assert (args.host, args.port, args.model, args.lora, args.outputs, args.auth) == (
+        "127.0.0.1", 7860, "tiny-random", None, "outputs", None
+    )  # fmt: skip
+    args = serve.add_serve_arguments(argparse.ArgumentParser()).parse_args(
+        [
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--model",
+            "/m",
+            "--lora",
+            "p.pt",
+            "--outputs",
+            "o",
+            "--auth",
+            "a:b",
+        ]
+    )
+    assert (args.host, args.port, args.model, args.lora, args.outputs, args.auth) == (
+        "0.0.0.0", 8000, "/m", "p.pt", "o", "a:b"
+    )  # fmt: skip
+    assert (
+        serve.defaults_for("tiny-random") == TINY_DEFAULTS
+        and serve.defaults_for("/models/wan") == WAN_DEFAULTS
+    )
+
+
+def test_auth():
+    assert serve.parse_auth("ada:love:lace") == ("ada", "love:lace")
+    assert serve.parse_auth(None) is None and serve.parse_auth("") is None
+    for bad in ("ada", ":pw", "ada:"):
+        with pytest.raises(
+            ValueError, match="--auth / PUSA_AUTH: expected USER:PASSWORD with both parts non-empty"
+        ):
+            serve.parse_auth(bad)
+
+
+def test_exposure_warning():
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert serve.exposure_warning(host, None) is None
+    assert serve.exposure_warning("0.0.0.0", ("a", "b")) is None
+    assert serve.exposure_warning("0.0.0.0", None) == (
+        "listening on 0.0.0.0 without --auth; anyone who can reach this machine can use the studio. "
+        "Set --auth USER:PASSWORD or PUSA_AUTH."
+    )
+    assert "--auth user:password" in views.exposure_warning_html("0.0.0.0")
+
+
+def test_model_arguments_are_checked_before_anything_starts(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"--model='/no/such/dir' is neither a folder nor a preset \(tiny-random\)"
+    ):
+        serve.pipeline_loader("/no/such/dir")
+    with pytest.raises(ValueError, match=r"--lora='x\.pt': the tiny-random preset takes no LoRA"):
+        serve.pipeline_loader("tiny-random", lora="x.pt")
+    with pytest.raises(ValueError, match=r"--lora='/no/lora\.pt': no such file"):
+        serve.pipeline_loader(str(tmp_path), lora="/no/lora.pt")
+    assert serve.pipeline_loader("tiny-random")().identity == "tiny-random(seed=0)"
+
+
+def test_serve_main_reports_bad_arguments(capsys):
+    assert serve.main(["--auth", "nopassword"]) == 2
+    assert "pusa serve: error: --auth / PUSA_AUTH: expected USER:PASSWORD" in capsys.readouterr().err
+
+
+def test_status_line():
+    loading = views.status_html(ModelStatus(LOADING, "loading model..."), [], "tiny-random")
+    assert 'data-state="loading"' in loading and "loading model... (tiny-random)" in loading
+    failed = views.status_html(ModelStatus(FAILED, "OSError: <no weights>"), [], "/m")
+    assert "the model failed to load: OSError: &lt;no weights&gt;" in failed
+    ready = views.status_html(ModelStatus(READY, "tiny-random(seed=0)", 1.5), [], "tiny-random")
+    assert "model tiny-random(seed=0) ready (loaded in 1.5 s) · idle" in ready
