@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .app.serve import add_serve_arguments  # light: imports no gradio
 
     serve = commands.add_parser(
-        "serve", help="start the web studio", description="Start the Pusa web studio at http://127.0.0.1:7860."
+        "serve",
+        help="start the web studio",
+        description="Start the Pusa web studio at http://127.0.0.1:7860.",
     )
     add_serve_arguments(serve)
     return parser
