@@ -14,7 +14,7 @@ from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
 def test_options_and_defaults():
     args = serve.add_serve_arguments(argparse.ArgumentParser()).parse_args([])
     assert (args.host, args.port, args.model, args.lora, args.outputs, args.auth) == (
-        "127.0.0.1", 7860, "tiny-random", None, "outputs", None
+        "127.0.0.1", 7860, "pusa-tiny", None, "outputs", None
     )  # fmt: skip
     args = serve.add_serve_arguments(argparse.ArgumentParser()).parse_args(
         [
@@ -35,10 +35,20 @@ def test_options_and_defaults():
     assert (args.host, args.port, args.model, args.lora, args.outputs, args.auth) == (
         "0.0.0.0", 8000, "/m", "p.pt", "o", "a:b"
     )  # fmt: skip
-    assert (
-        serve.defaults_for("tiny-random") == TINY_DEFAULTS
-        and serve.defaults_for("/models/wan") == WAN_DEFAULTS
-    )
+
+
+def test_defaults_come_from_the_model(tmp_path):
+    assert serve.defaults_for("tiny-random") == TINY_DEFAULTS
+    assert serve.defaults_for(str(tmp_path)) == WAN_DEFAULTS  # a Wan folder has no pusa_model.json
+    (tmp_path / "pusa_model.json").write_text('{"defaults": {"num_frames": 33, "width": 96, "height": 64}}')
+    defaults = serve.defaults_for(str(tmp_path))
+    assert (defaults.num_frames, defaults.width, defaults.height) == (33, 96, 64)
+    assert defaults.num_inference_steps == WAN_DEFAULTS.num_inference_steps  # unset fields keep Wan's
+    (tmp_path / "pusa_model.json").write_text('{"defaults": {"frames": 33}}')
+    with pytest.raises(ValueError, match=r"defaults \['frames'\] are not settings"):
+        serve.defaults_for(str(tmp_path))
+    with pytest.raises(ValueError, match=r"--model='/models/wan' is neither a folder nor a built-in model"):
+        serve.defaults_for("/models/wan")
 
 
 def test_auth():
@@ -64,10 +74,11 @@ def test_exposure_warning():
 
 def test_model_arguments_are_checked_before_anything_starts(tmp_path):
     with pytest.raises(
-        ValueError, match=r"--model='/no/such/dir' is neither a folder nor a preset \(tiny-random\)"
+        ValueError,
+        match=r"--model='/no/such/dir' is neither a folder nor a built-in model \(pusa-tiny, tiny-random\)",
     ):
         serve.pipeline_loader("/no/such/dir")
-    with pytest.raises(ValueError, match=r"--lora='x\.pt': the tiny-random preset takes no LoRA"):
+    with pytest.raises(ValueError, match=r"--lora='x\.pt': the tiny-random model takes no LoRA"):
         serve.pipeline_loader("tiny-random", lora="x.pt")
     with pytest.raises(ValueError, match=r"--lora='/no/lora\.pt': no such file"):
         serve.pipeline_loader(str(tmp_path), lora="/no/lora.pt")

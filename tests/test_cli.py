@@ -13,7 +13,7 @@ from PIL import Image
 from pusa.cli import build_parser, main
 from pusa.video import read_video, read_video_metadata
 
-FAST = ["--steps", "2", "--seed", "3", "--width", "32", "--height", "32", "-q"]
+FAST = ["--model", "tiny-random", "--steps", "2", "--seed", "3", "--width", "32", "--height", "32", "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ BAD = [
     (["t2v", "--lora-alpha", "5.5"], r"lora_alpha=5\.5 .*0\.1\.\.5\.0"),
     (["t2v", "--cfg", "0.5"], r"cfg=0\.5"),
     (["t2v", "--output", "x.gif"], r"--output='x\.gif'.*\.mp4"),
-    (["t2v", "--model", "/no/such/dir"], r"--model='/no/such/dir' is neither a folder nor a preset"),
+    (["t2v", "--model", "/no/such/dir"], r"--model='/no/such/dir' is neither a folder nor a built-in model"),
     (["i2v", "--image", "/no/such.png"], r"image='/no/such\.png': no such file"),
     (["frames", "--images", "{a}", "{b}", "--positions", "0,9"], r"positions contains 9.*0\.\.4"),
     (["frames", "--images", "{a}", "{b}", "--positions", "1,1"], r"positions=\[1, 1\] repeats \[1\]"),

@@ -16,7 +16,6 @@ TASK_HELP = {
     "frames": "multi-frames-to-video: start/end frames or keyframes at chosen latent positions",
     "v2v": "video-to-video: keep chosen latent frames of a source video (recipes: extension, completion, transition)",
 }
-PRESETS = ("tiny-random",)
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -37,16 +36,25 @@ def parse_float_list(text: str, flag: str) -> list[float]:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     from .pipeline import DEFAULT_CFG, DEFAULT_LORA_ALPHA
+    from .presets import DEFAULT_MODEL, PRESETS
     from .schedule import DEFAULT_SHIFT
 
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model", default="tiny-random", metavar="DIR|PRESET",
-        help="a local model folder (diffusers layout or Wan's original layout) or a preset: "
-        f"{', '.join(PRESETS)} (default: tiny-random)",
+        "--model", default=DEFAULT_MODEL, metavar="DIR|NAME",
+        help="a local model folder (diffusers layout or Wan's original layout) or a built-in model: "
+        f"{', '.join(PRESETS)} (default: {DEFAULT_MODEL}, the shipped demo model; its frame count, size "
+        "and steps are the defaults below)",
     )  # fmt: skip
     model.add_argument(
-        "--lora", metavar="FILE", help="Pusa LoRA file (pusa_v1.pt or .safetensors), applied at --lora-alpha"
+        "--lora", metavar="FILE",
+        help="Pusa LoRA file (pusa_v1.pt or .safetensors), applied at --lora-alpha "
+        "(default: the one the model folder ships with, as pusa-tiny's VTA LoRA)",
+    )  # fmt: skip
+    model.add_argument(
+        "--no-lora",
+        action="store_true",
+        help="run without any LoRA (pusa-tiny: its base text-to-video model)",
     )
     model.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     model.add_argument(
@@ -194,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one per position, 0.0-1.0, comma-separated (default: the recipe's, else 0.2 each)",
     )
     _add_common(v2v)
+    _add_train_commands(commands)
     from .app.serve import add_serve_arguments  # light: imports no gradio
 
     serve = commands.add_parser(
@@ -205,26 +214,128 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAIN_STAGES = ("tokenizer", "vae", "pool", "base", "vta", "export")  # pusa.train.recipe.STAGES, import-free
+EVAL_TASKS = ("t2v", "i2v", "start_end", "keyframes", "extension")  # pusa.train.evaluate.TASKS
+
+
+def _add_train_commands(commands) -> None:
+    """`pusa train demo|vta` and `pusa eval demo` (the recipe and evaluation import torch only when run)."""
+    train = commands.add_parser(
+        "train", help="train the pusa-tiny demo model, or a VTA LoRA on a real model",
+        description="Pusa's recipe: VAE, then a text-to-video base with one timestep per clip, then the VTA "
+        "LoRA with a timestep per frame. Every stage checkpoints and resumes; progress goes to a bar and to "
+        "RUN/log.jsonl.",
+    )  # fmt: skip
+    kinds = train.add_subparsers(dest="train_kind", required=True, metavar="{demo,vta}")
+    demo = kinds.add_parser(
+        "demo", help="the whole pusa-tiny recipe on the procedural world (about 1-2 hours on 2 CPU cores)",
+        description="Train pusa-tiny end to end (tokenizer, vae, pool, base, vta, export). Run it again to "
+        "resume; finished stages are skipped.",
+    )  # fmt: skip
+    demo.add_argument(
+        "--run-dir", default="runs/pusa-tiny", help="config, checkpoints, log (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--stages",
+        default=",".join(TRAIN_STAGES),
+        help=f"comma list of {', '.join(TRAIN_STAGES)} (default: all)",
+    )
+    demo.add_argument("--export-dir", default=None, help="where the model folder goes (default: RUN/export)")
+    demo.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="change a config value, e.g. --set base.steps=2000 --set base.minutes=60 (saved in RUN/config.json)",
+    )  # fmt: skip
+    demo.add_argument("--tiny", action="store_true", help="the seconds-long toy config (a smoke test)")
+    vta = kinds.add_parser(
+        "vta", help="VTA-fine-tune a LoRA on a real model folder from pre-encoded latents",
+        description="The recipe's VTA stage on any model folder (a Wan2.1 folder on GPUs): a LoRA with a "
+        "timestep per latent frame, trained on a folder of latent clips (*.safetensors with 'latents' "
+        "[16, F, h, w], and 'prompt_embeds' or a caption; see pusa.train.data.save_latent_clip). "
+        "Writes RUN/pusa_lora.safetensors in pusa_v1.pt's key style.",
+    )  # fmt: skip
+    vta.add_argument("--model", required=True, metavar="DIR", help="model folder (diffusers or Wan layout)")
+    vta.add_argument("--latents", required=True, metavar="DIR", help="folder of pre-encoded latent clips")
+    vta.add_argument("--run-dir", required=True, help="checkpoints, log and the LoRA go here")
+    vta.add_argument(
+        "--set", action="append", default=[], metavar="VTA.FIELD=VALUE",
+        help="e.g. --set vta.rank=512 --set vta.steps=1000 --set vta.lr=1e-5",
+    )  # fmt: skip
+    vta.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    vta.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="default: float32 on CPU")
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate the demo model: base vs VTA, every task, scored from the pixels",
+        description="Print a table (base model without LoRA vs the VTA model) over held-out prompts/seeds of "
+        "the procedural world: T2V colour/shape/direction accuracy, I2V and start-end PSNR, keyframe and "
+        "extension continuity, flicker.",
+    )  # fmt: skip
+    ekinds = evaluate.add_subparsers(dest="eval_kind", required=True, metavar="{demo}")
+    edemo = ekinds.add_parser("demo", help="the evaluation table of pusa-tiny (or a model trained like it)")
+    edemo.add_argument(
+        "--model", default="pusa-tiny", help="pusa-tiny or an exported folder (default: %(default)s)"
+    )
+    edemo.add_argument(
+        "--num-clips", type=int, default=22, help="held-out clips, two per motion (default: %(default)s)"
+    )
+    edemo.add_argument("--eval-seed", type=int, default=0, help="which held-out set (default: %(default)s)")
+    edemo.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    edemo.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: %(default)s)")
+    edemo.add_argument(
+        "--alphas", default="1.4", help="comma list of LoRA alphas to score (default: %(default)s)"
+    )
+    edemo.add_argument("--no-base", action="store_true", help="skip the base model column")
+    edemo.add_argument("--tasks", default=",".join(EVAL_TASKS), help=f"comma list of {', '.join(EVAL_TASKS)}")
+    edemo.add_argument("--json", default=None, metavar="FILE", help="also write every result, per clip, here")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from .train import recipe
+
+    if args.train_kind == "demo":
+        stages = [s for s in args.stages.split(",") if s]
+        recipe.run_recipe_cli(args.run_dir, stages, args.set, args.tiny, args.export_dir)
+    else:
+        path = recipe.train_vta_on_folder(
+            args.model, args.latents, args.run_dir, args.set, device=args.device, dtype=args.dtype
+        )
+        print(f"LoRA written to {path}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from .train.evaluate import EvalSettings, evaluate_demo, format_table
+
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    unknown = [t for t in tasks if t not in EVAL_TASKS]
+    if unknown:
+        raise ValueError(
+            f"--tasks={args.tasks!r}: {unknown} are not tasks; choose from {', '.join(EVAL_TASKS)}"
+        )
+    if args.num_clips < 1:
+        raise ValueError(f"--num-clips={args.num_clips}: must be 1 or more")
+    alphas = parse_float_list(args.alphas, "--alphas")
+    settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, tasks=tasks)
+    results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base)
+    print(format_table({name: r["metrics"] for name, r in results.items()}))
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float) + "\n")
+
+
 def load_pipeline(args: argparse.Namespace):
     import torch
 
     from .pipeline import PusaPipeline
+    from .presets import resolve_model
 
     dtype_name = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     dtype = getattr(torch, dtype_name)
     acceleration = dict(memory=args.memory, attention=args.attention, compile=args.compile, fp8=args.fp8)
-    if args.model in PRESETS:
-        if args.lora:
-            raise ValueError(
-                f"--lora={args.lora!r}: the {args.model} preset takes no LoRA; use --model DIR for real weights"
-            )
-        return PusaPipeline.from_preset(args.model, device=args.device, dtype=dtype, **acceleration)
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise ValueError(f"--model={args.model!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
-    return PusaPipeline.from_pretrained(
-        model_dir, lora=args.lora, device=args.device, dtype=dtype, **acceleration
-    )
+    if args.no_lora and args.lora:
+        raise ValueError(f"--no-lora and --lora={args.lora!r} contradict each other; give one")
+    lora = None if args.no_lora else (args.lora or "auto")
+    resolve_model(args.model, lora, prefix="--")  # the CLI's flag names in any error
+    return PusaPipeline.from_model(args.model, lora=lora, device=args.device, dtype=dtype, **acceleration)
 
 
 def run_generate(args: argparse.Namespace) -> Path:
@@ -345,6 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_main(args)
         if args.command == "generate":
             run_generate(args)
+        if args.command == "train":
+            run_train(args)
+        if args.command == "eval":
+            run_eval(args)
     except ValueError as error:  # bad input: the message names the parameter, the value and what is allowed
         print(f"pusa: error: {_with_flag(str(error))}", file=sys.stderr)
         return 2

@@ -143,6 +143,30 @@ class PusaPipeline:
 
     # ---------------------------------------------------------------- construction
     @classmethod
+    def from_model(
+        cls,
+        model: str | Path = "pusa-tiny",
+        lora: str | Path | None = "auto",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **acceleration: Any,
+    ) -> PusaPipeline:
+        """What `--model` names: a built-in model (`pusa-tiny`, `tiny-random`) or a local folder.
+
+        lora: "auto" = the LoRA the folder ships with (pusa-tiny's VTA LoRA; none for a plain Wan folder),
+        None = no LoRA (pusa-tiny's base T2V model), or a LoRA file. `acceleration`: see `from_pretrained`.
+        """
+        from .presets import PUSA_TINY_DIR, resolve_model
+
+        resolved = resolve_model(model, lora)
+        if resolved == "tiny-random":
+            return cls.from_preset("tiny-random", device=device, dtype=dtype, **acceleration)
+        pipe = cls.from_pretrained(resolved, lora=lora, device=device, dtype=dtype, **acceleration)
+        if Path(resolved) == PUSA_TINY_DIR:
+            pipe.identity = "pusa-tiny" + ("" if pipe.lora is not None else " (base, no LoRA)")
+        return pipe
+
+    @classmethod
     def from_preset(
         cls,
         name: str = "tiny-random",
@@ -151,12 +175,17 @@ class PusaPipeline:
         dtype: torch.dtype = torch.float32,
         **acceleration: Any,
     ) -> PusaPipeline:
-        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8` (see `from_pretrained`)."""
-        from .acceleration import prepare_for_device
-        from .presets import tiny_random_components
+        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8` (see `from_pretrained`).
 
+        "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
+        same structure (`seed` picks it)."""
+        from .acceleration import prepare_for_device
+        from .presets import PRESETS, tiny_random_components
+
+        if name == "pusa-tiny":
+            return cls.from_model("pusa-tiny", device=device, dtype=dtype, **acceleration)
         if name != "tiny-random":
-            raise ValueError(f"model={name!r} is not a preset; available presets: 'tiny-random'")
+            raise ValueError(f"model={name!r} is not a built-in model; available: {', '.join(PRESETS)}")
         components = tiny_random_components(seed)
         if dtype != torch.float32:
             components["transformer"].to(dtype)
@@ -173,7 +202,7 @@ class PusaPipeline:
         lora: str | Path | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        defaults: ModelDefaults = WAN_DEFAULTS,
+        defaults: ModelDefaults | None = None,
         memory: str = "auto",
         attention: str = "auto",
         compile: bool = False,
@@ -181,16 +210,23 @@ class PusaPipeline:
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
+        lora: a LoRA file, None, or "auto" (the one named by the folder's `pusa_model.json`, if any);
+        defaults: native clip settings (default: the folder's `pusa_model.json`, else Wan2.1's);
         memory: "full" | "balanced" (24 GB cards) | "low" (12 GB) | "auto" (from free VRAM);
         attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
         compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8.
         """
         from .acceleration import prepare_for_device, validate_attention_backend, validate_memory_tier
         from .loading import LoraFuser, load_components, load_lora
+        from .presets import folder_defaults, folder_lora
 
         # Names are checked before a 14B load, not after.
         validate_memory_tier(memory, allow_auto=True)
         validate_attention_backend(attention)
+        if defaults is None:
+            defaults = folder_defaults(model_dir)
+        if isinstance(lora, str) and lora == "auto":
+            lora = folder_lora(model_dir)
         load_device = device if memory == "full" else "cpu"  # other tiers place the weights themselves
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
         components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32)

@@ -1,23 +1,30 @@
-"""Model presets that need no download: `tiny-random`, a seeded random model of the real architecture.
+"""Built-in models, no download needed, and how a `--model` argument is resolved.
 
-Its weights are noise, so its videos are noise too; it exists so every code path (CLI, studio, tests)
-runs on any machine. Sizes follow the real model's structure: 16 latent channels, 8x spatial and 4x
-temporal VAE compression, patch (1, 2, 2), a umT5 text encoder with a sentencepiece tokenizer.
+- `pusa-tiny` (the default): a small model of the real architecture shipped in `assets/pusa-tiny/`, trained
+  by `pusa.train.recipe` on the procedural world, with its VTA LoRA. A diffusers-layout folder plus
+  `pusa_model.json` (its native clip settings and the LoRA file), so every real-model code path loads it.
+- `tiny-random`: a seeded random model of the same structure; its videos are noise. It exists so every code
+  path runs without trained weights (tests of the engine).
+
+Sizes follow the real model's structure: 16 latent channels, 8x spatial and 4x temporal VAE compression,
+patch (1, 2, 2), a umT5 text encoder with a sentencepiece tokenizer.
+
+Importing this module is cheap (no torch): the CLI and the studio read names and defaults from it at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 from pathlib import Path
-
-import torch
-from diffusers import AutoencoderKLWan
-from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
-
-from .model import PusaTransformer3DModel
+from typing import Any
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_tokenizer"
+PUSA_TINY_DIR = ASSETS / "pusa-tiny"
+MODEL_MANIFEST = "pusa_model.json"  # in a model folder: native clip settings, the LoRA file it ships with
+PRESETS = ("pusa-tiny", "tiny-random")
+DEFAULT_MODEL = "pusa-tiny"
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,12 @@ TINY_TEXT_ENCODER_CONFIG = dict(
 
 def tiny_random_components(seed: int = 0) -> dict:
     """Transformer, VAE, text encoder and tokenizer of the `tiny-random` preset, reproducible from `seed`."""
+    import torch
+    from diffusers import AutoencoderKLWan
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    from .model import PusaTransformer3DModel
+
     torch.manual_seed(seed)
     transformer = PusaTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
     vae = AutoencoderKLWan(**TINY_VAE_CONFIG).eval()
@@ -78,3 +91,81 @@ def tiny_random_components(seed: int = 0) -> dict:
         identity=f"tiny-random(seed={seed})",
         defaults=TINY_DEFAULTS,
     )
+
+
+# ------------------------------------------------------------------------------------------- model names
+def read_manifest(model_dir: str | Path) -> dict[str, Any] | None:
+    """The folder's `pusa_model.json` (None if it has none, as real Wan folders)."""
+    path = Path(model_dir) / MODEL_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from error
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return manifest
+
+
+def folder_defaults(model_dir: str | Path) -> ModelDefaults:
+    """Native clip settings of a model folder: its manifest's `defaults`, else Wan2.1's (81 x 832x480)."""
+    manifest = read_manifest(model_dir) or {}
+    given = manifest.get("defaults") or {}
+    allowed = {f.name for f in fields(ModelDefaults)}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(
+            f"{Path(model_dir) / MODEL_MANIFEST}: defaults {unknown} are not settings; allowed: {sorted(allowed)}"
+        )
+    return ModelDefaults(**given) if given else WAN_DEFAULTS
+
+
+def folder_lora(model_dir: str | Path) -> Path | None:
+    """The LoRA file a model folder ships with (named by its manifest), or None."""
+    manifest = read_manifest(model_dir) or {}
+    name = manifest.get("lora")
+    if not name:
+        return None
+    path = Path(model_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{Path(model_dir) / MODEL_MANIFEST} names the LoRA {name!r} but {path} is missing"
+        )
+    return path
+
+
+def resolve_model(model: str | Path, lora: str | Path | None = None, prefix: str = "") -> str | Path:
+    """A model name -> "tiny-random" or a model folder `Path` (`pusa-tiny` is the shipped folder).
+
+    Checks `lora` against it too (a file, "auto" or None). Raises ValueError naming the argument (`prefix` +
+    "model" / "lora", so the CLI says `--model`), the value and what is allowed."""
+    name = str(model)
+    if name == "tiny-random":
+        if lora is not None and str(lora) != "auto":
+            raise ValueError(
+                f"{prefix}lora={str(lora)!r}: the tiny-random model takes no LoRA; "
+                f"use {prefix}model DIR for real weights"
+            )
+        return name
+    if lora is not None and str(lora) != "auto" and not Path(lora).is_file():
+        raise ValueError(f"{prefix}lora={str(lora)!r}: no such file")
+    if name == "pusa-tiny":
+        if read_manifest(PUSA_TINY_DIR) is None:
+            raise ValueError(
+                f"{prefix}model='pusa-tiny': the built-in model is missing from {PUSA_TINY_DIR} (a broken "
+                "install?); reinstall pusa, or build it with `pusa train demo`"
+            )
+        return PUSA_TINY_DIR
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    raise ValueError(
+        f"{prefix}model={name!r} is neither a folder nor a built-in model ({', '.join(PRESETS)})"
+    )
+
+
+def model_defaults(model: str | Path, prefix: str = "") -> ModelDefaults:
+    """Native clip settings of a `--model` value, known before any weights load (the studio needs them at once)."""
+    resolved = resolve_model(model, prefix=prefix)
+    return TINY_DEFAULTS if resolved == "tiny-random" else folder_defaults(resolved)

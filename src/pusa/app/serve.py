@@ -12,10 +12,9 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-PRESETS = ("tiny-random",)
-DEFAULT_MODEL = "tiny-random"  # the built-in demo model; `pusa-tiny` replaces it once trained
+from ..presets import DEFAULT_MODEL, PRESETS
+
 AUTH_ENV = "PUSA_AUTH"
 
 
@@ -25,10 +24,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="DIR|PRESET",
-        help=f"a local model folder or a preset: {', '.join(PRESETS)} (default: {DEFAULT_MODEL})",
+        "--model", default=DEFAULT_MODEL, metavar="DIR|NAME",
+        help=f"a local model folder or a built-in model: {', '.join(PRESETS)} (default: {DEFAULT_MODEL})",
     )  # fmt: skip
-    parser.add_argument("--lora", metavar="FILE", help="Pusa LoRA file (pusa_v1.pt or .safetensors)")
+    parser.add_argument(
+        "--lora", metavar="FILE",
+        help="Pusa LoRA file (pusa_v1.pt or .safetensors) (default: the one the model folder ships with)",
+    )  # fmt: skip
     parser.add_argument(
         "--outputs", default="outputs", metavar="DIR",
         help="videos, their inputs and history.sqlite go here (default: %(default)s)",
@@ -77,24 +79,18 @@ def exposure_warning(host: str, auth: tuple[str, str] | None) -> str | None:
 def defaults_for(model: str):
     """The model's native clip settings (`ModelDefaults`), known before its weights load: the page needs
     them at once."""
-    from ..presets import TINY_DEFAULTS, WAN_DEFAULTS
+    from ..presets import model_defaults
 
-    return TINY_DEFAULTS if model == "tiny-random" else WAN_DEFAULTS
+    return model_defaults(model, prefix="--")
 
 
 def pipeline_loader(
     model: str, lora: str | None = None, device: str = "cpu", dtype: str | None = None
 ) -> Callable:
     """Check the model arguments now; return a function that loads the pipeline (run in the worker)."""
-    if model in PRESETS:
-        if lora:
-            raise ValueError(
-                f"--lora={lora!r}: the {model} preset takes no LoRA; use --model DIR for real weights"
-            )
-    elif not Path(model).is_dir():
-        raise ValueError(f"--model={model!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
-    if lora and not Path(lora).is_file():
-        raise ValueError(f"--lora={lora!r}: no such file")
+    from ..presets import resolve_model
+
+    resolve_model(model, lora, prefix="--")
 
     def load():
         import torch
@@ -102,9 +98,7 @@ def pipeline_loader(
         from ..pipeline import PusaPipeline
 
         torch_dtype = getattr(torch, dtype or ("float32" if device == "cpu" else "bfloat16"))
-        if model in PRESETS:
-            return PusaPipeline.from_preset(model, device=device, dtype=torch_dtype)
-        return PusaPipeline.from_pretrained(model, lora=lora, device=device, dtype=torch_dtype)
+        return PusaPipeline.from_model(model, lora=lora or "auto", device=device, dtype=torch_dtype)
 
     return load
 

@@ -1,0 +1,224 @@
+"""Evaluation of the demo model: base T2V model vs VTA model, every task, scored from the pixels.
+
+Held-out clips (`world.eval_specs`, seeds far from training) give a caption, ground-truth frames and
+ground-truth object positions. Each model runs each task on each clip with fixed seeds; the detector
+(`pusa.train.detector`) reads colour, shape, motion and positions back from the generated frames.
+
+Metrics (one row each):
+- T2V: colour / shape accuracy; direction accuracy on the eight straight motions; motion accuracy on all.
+- I2V (image = ground-truth frame 0, noise multiplier 0.2): PSNR of output frame 0 vs the image; motion
+  accuracy (the object keeps moving as the caption says) and how often the object stays in every frame.
+- start-end (frames 0 and last, multipliers 0.2 / 0.5): PSNR at both ends and the object-position error there.
+- keyframes (first, middle, last latent slot): PSNR and position error at the conditioned frames.
+- extension (the last 13 frames of the clip become latents 0-3, multipliers 0 / 0.3 / 0.4 / 0.5): position
+  and velocity continuity across the boundary, on clips whose object moves in a straight line or stays put.
+- flicker: mean absolute frame difference of the background, over every generated clip (0 for the world).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pusa.train.detector import analyze_clip
+from pusa.train.world import (
+    LINEAR_MOTIONS,
+    ClipSpec,
+    canonical_caption,
+    eval_specs,
+    ground_truth,
+    render_clip,
+)
+
+EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)
+TASKS = ("t2v", "i2v", "start_end", "keyframes", "extension")
+# (key, label, unit-format) in table order
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("t2v_color", "T2V colour accuracy", "pct"),
+    ("t2v_shape", "T2V shape accuracy", "pct"),
+    ("t2v_direction", "T2V direction accuracy (straight motions)", "pct"),
+    ("t2v_motion", "T2V motion accuracy (all motions)", "pct"),
+    ("i2v_psnr0", "I2V frame-0 PSNR vs image (dB)", "db"),
+    ("i2v_motion", "I2V motion accuracy", "pct"),
+    ("i2v_kept", "I2V object kept in every frame", "pct"),
+    ("se_psnr_start", "start-end PSNR first frame (dB)", "db"),
+    ("se_psnr_end", "start-end PSNR last frame (dB)", "db"),
+    ("se_pos_err", "start-end position error at ends (px)", "px"),
+    ("kf_psnr", "keyframes PSNR at conditioned frames (dB)", "db"),
+    ("kf_pos_err", "keyframes position error (px)", "px"),
+    ("ext_pos_err", "extension position jump at boundary (px)", "px"),
+    ("ext_vel_err", "extension velocity change (px/frame)", "px"),
+    ("flicker", "temporal flicker, background (0..255)", "px"),
+    ("seconds_per_video", "seconds per video (this run)", "s"),
+)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    num_clips: int = 22  # two per world motion
+    eval_seed: int = 0  # which held-out set (`world.eval_specs(n, seed)`)
+    num_inference_steps: int | None = None  # None: the model's default
+    cfg: float = 3.0
+    i2v_noise_multiplier: float = 0.2
+    tasks: tuple[str, ...] = TASKS
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between uint8 images (or float arrays in 0..255)."""
+    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def _position_error(frames: np.ndarray, spec: ClipSpec, frame_indices: Sequence[int]) -> float:
+    """Mean distance (px) between the detected and the true object centre at the given output frames;
+    a frame with no object detected counts as half the frame size."""
+    truth = ground_truth(spec)
+    analysis = analyze_clip(frames[list(frame_indices)])
+    errors = []
+    for detection, index in zip(analysis.detections, frame_indices, strict=True):
+        if not detection.present:
+            errors.append(min(spec.width, spec.height) / 2)
+        else:
+            errors.append(math.hypot(detection.cx - truth[index][0], detection.cy - truth[index][1]))
+    return float(np.mean(errors))
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def evaluate_pipeline(pipe: Any, settings: EvalSettings = EvalSettings(), lora_alpha: float = 1.4) -> dict:
+    """Run every task on the held-out clips; returns {"metrics": {key: value}, "clips": [per-clip records]}."""
+    d = pipe.defaults
+    specs = eval_specs(settings.num_clips, settings.eval_seed, d.num_frames, d.width, d.height)
+    num_latent = pipe.num_latent_frames()
+    common = dict(num_inference_steps=settings.num_inference_steps, cfg=settings.cfg, lora_alpha=lora_alpha)
+    per: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
+    records, started, videos = [], time.perf_counter(), 0
+    for i, spec in enumerate(specs):
+        truth = render_clip(spec)  # [F, H, W, 3]
+        prompt = canonical_caption(spec)
+        seed = 1000 + i
+        record: dict[str, Any] = {"seed": spec.seed, "prompt": prompt, "motion": spec.motion}
+        moves_straight = spec.motion in LINEAR_MOTIONS
+        if "t2v" in settings.tasks:
+            out = pipe.text_to_video(prompt, seed=seed, **common).frames
+            analysis = analyze_clip(out)
+            per["t2v_color"].append(float(analysis.color == spec.color))
+            per["t2v_shape"].append(float(analysis.shape == spec.shape))
+            per["t2v_motion"].append(float(analysis.motion == spec.motion))
+            if moves_straight:
+                per["t2v_direction"].append(float(analysis.motion == spec.motion))
+            per["flicker"].append(analysis.flicker)
+            record["t2v"] = {"color": analysis.color, "shape": analysis.shape, "motion": analysis.motion}
+            videos += 1
+        if "i2v" in settings.tasks:
+            out = pipe.image_to_video(
+                truth[0], prompt, noise_multiplier=settings.i2v_noise_multiplier, seed=seed, **common
+            ).frames
+            analysis = analyze_clip(out)
+            per["i2v_psnr0"].append(psnr(out[0], truth[0]))
+            per["i2v_motion"].append(float(analysis.motion == spec.motion))
+            per["i2v_kept"].append(float(analysis.present_fraction == 1.0 and analysis.color == spec.color))
+            per["flicker"].append(analysis.flicker)
+            record["i2v"] = {"psnr0": per["i2v_psnr0"][-1], "motion": analysis.motion}
+            videos += 1
+        if "start_end" in settings.tasks:
+            out = pipe.frames_to_video([truth[0], truth[-1]], prompt, seed=seed, **common).frames
+            per["se_psnr_start"].append(psnr(out[0], truth[0]))
+            per["se_psnr_end"].append(psnr(out[-1], truth[-1]))
+            per["se_pos_err"].append(_position_error(out, spec, [0, len(out) - 1]))
+            per["flicker"].append(analyze_clip(out).flicker)
+            record["start_end"] = {"psnr_start": per["se_psnr_start"][-1], "psnr_end": per["se_psnr_end"][-1]}
+            videos += 1
+        if "keyframes" in settings.tasks and num_latent >= 3:
+            slots = [0, num_latent // 2, num_latent - 1]
+            frame_indices = [4 * k for k in slots]
+            out = pipe.frames_to_video([truth[f] for f in frame_indices], prompt, seed=seed, **common).frames
+            per["kf_psnr"].append(float(np.mean([psnr(out[f], truth[f]) for f in frame_indices])))
+            per["kf_pos_err"].append(_position_error(out, spec, frame_indices))
+            per["flicker"].append(analyze_clip(out).flicker)
+            record["keyframes"] = {"psnr": per["kf_psnr"][-1]}
+            videos += 1
+        if "extension" in settings.tasks and spec.motion != "bounces" and num_latent >= 3:
+            # The pipeline's default context (4 latents, multipliers 0/0.3/0.4/0.5), shortened for short clips.
+            multipliers = EXTENSION_MULTIPLIERS[: min(len(EXTENSION_MULTIPLIERS), num_latent - 1)]
+            out = pipe.extend_video(truth, prompt, noise_multipliers=multipliers, seed=seed, **common).frames
+            analysis = analyze_clip(out)
+            boundary = 4 * (len(multipliers) - 1) + 1  # the context frames are output frames 0..boundary-1
+            centroids = analysis.centroids  # [F, 2]
+            context = centroids[max(0, boundary - 5) : boundary]  # [<=5, 2]
+            new = centroids[boundary:]  # [4, 2]
+            if np.isnan(context).any() or np.isnan(new).any():
+                per["ext_pos_err"].append(min(spec.width, spec.height) / 2)
+                per["ext_vel_err"].append(min(spec.width, spec.height) / 8)
+            else:
+                velocity = (context[-1] - context[0]) / (len(context) - 1)  # px/frame
+                predicted = context[-1] + velocity  # where frame 13 should be
+                per["ext_pos_err"].append(float(np.linalg.norm(new[0] - predicted)))
+                new_velocity = (new[-1] - context[-1]) / len(new)
+                per["ext_vel_err"].append(float(np.linalg.norm(new_velocity - velocity)))
+            per["flicker"].append(analysis.flicker)
+            videos += 1
+        records.append(record)
+    elapsed = time.perf_counter() - started
+    metrics = {key: _mean(values) for key, values in per.items() if key != "seconds_per_video"}
+    metrics["seconds_per_video"] = elapsed / max(videos, 1)
+    for key in ("t2v_color", "t2v_shape", "t2v_direction", "t2v_motion", "i2v_motion", "i2v_kept"):
+        if not math.isnan(metrics[key]):
+            metrics[key] *= 100.0
+    return {"metrics": metrics, "clips": records, "num_clips": len(specs), "videos": videos}
+
+
+def format_table(columns: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one row per metric, one column per model."""
+    names = list(columns)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label, unit in METRICS:
+        cells = []
+        for name in names:
+            value = columns[name].get(key, math.nan)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("-")
+            elif unit == "pct":
+                cells.append(f"{value:.0f}%")
+            elif unit == "db":
+                cells.append(f"{value:.1f}")
+            else:
+                cells.append(f"{value:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_demo(
+    model_dir: str | Path | None = None,
+    settings: EvalSettings = EvalSettings(),
+    lora_alphas: Sequence[float] = (1.4,),
+    include_base: bool = True,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Base model (no LoRA) and the VTA model at each alpha, on the same clips and seeds."""
+    from pusa.pipeline import PusaPipeline
+
+    model = model_dir if model_dir is not None else "pusa-tiny"
+    results: dict[str, dict] = {}
+    if include_base:
+        if progress:
+            print("evaluating base (no LoRA) ...", flush=True)
+        results["base"] = evaluate_pipeline(PusaPipeline.from_model(model, lora=None), settings)
+    if lora_alphas:
+        pipe = PusaPipeline.from_model(model)
+        if pipe.lora is None:
+            raise ValueError(f"{model}: the model folder ships no LoRA (pusa_model.json names none)")
+        for alpha in lora_alphas:
+            if progress:
+                print(f"evaluating VTA (LoRA alpha {alpha}) ...", flush=True)
+            results[f"VTA alpha {alpha}"] = evaluate_pipeline(pipe, settings, lora_alpha=alpha)
+    return results

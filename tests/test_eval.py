@@ -1,0 +1,78 @@
+"""The shipped pusa-tiny demo model loads and runs every task; the evaluation table runs on a small subset."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pusa.pipeline import PusaPipeline
+from pusa.presets import PUSA_TINY_DIR, model_defaults, read_manifest
+from pusa.train.evaluate import METRICS, EvalSettings, evaluate_pipeline, format_table, psnr
+from pusa.train.world import canonical_caption, eval_specs, render_clip
+
+needs_demo = pytest.mark.skipif(
+    read_manifest(PUSA_TINY_DIR) is None, reason=f"no demo model in {PUSA_TINY_DIR}"
+)
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return PusaPipeline.from_model("pusa-tiny")
+
+
+def test_psnr_and_table_format():
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    assert psnr(image, image) == 99.0
+    assert psnr(image, image + 255) == pytest.approx(0.0)
+    table = format_table({"base": {"t2v_color": 50.0}, "VTA": {"t2v_color": 100.0, "i2v_psnr0": 30.04}})
+    assert "| T2V colour accuracy | 50% | 100% |" in table
+    assert "| I2V frame-0 PSNR vs image (dB) | - | 30.0 |" in table
+    assert len(table.splitlines()) == 2 + len(METRICS)
+
+
+@needs_demo
+def test_demo_defaults_are_the_native_clip():
+    defaults = model_defaults("pusa-tiny")
+    assert (defaults.num_frames - 1) % 4 == 0 and (defaults.num_frames - 1) // 4 + 1 >= 5
+    assert defaults.width % 16 == 0 and defaults.height % 16 == 0
+
+
+@needs_demo
+def test_shipped_model_runs_every_task(pipe):
+    d = pipe.defaults
+    spec = eval_specs(1, seed=3, num_frames=d.num_frames, width=d.width, height=d.height)[0]
+    clip, prompt = render_clip(spec), canonical_caption(spec)
+    shape = (d.num_frames, d.height, d.width, 3)
+    outputs = [
+        pipe.text_to_video(prompt, num_inference_steps=STEPS, seed=0),
+        pipe.image_to_video(clip[0], prompt, num_inference_steps=STEPS, seed=0),
+        pipe.frames_to_video([clip[0], clip[-1]], prompt, num_inference_steps=STEPS, seed=0),
+        pipe.frames_to_video([clip[0], clip[8], clip[-1]], prompt, num_inference_steps=STEPS, seed=0),
+        pipe.extend_video(clip, prompt, num_inference_steps=STEPS, seed=0),
+    ]
+    for out in outputs:
+        assert out.frames.shape == shape and out.frames.dtype == np.uint8
+        assert out.settings["model"].startswith("pusa-tiny")
+        assert out.settings["lora"].endswith(".safetensors")
+    assert outputs[1].settings["positions"] == [0]
+    assert outputs[3].settings["positions"] == [0, 2, 4]
+
+
+@needs_demo
+def test_evaluation_on_two_clips_fills_every_column(pipe):
+    settings = EvalSettings(num_clips=2, num_inference_steps=STEPS)
+    results = {
+        "base": evaluate_pipeline(PusaPipeline.from_model("pusa-tiny", lora=None), settings),
+        "VTA": evaluate_pipeline(pipe, settings, lora_alpha=1.4),
+    }
+    for result in results.values():
+        assert result["num_clips"] == 2 and len(result["clips"]) == 2
+        metrics = result["metrics"]
+        assert set(metrics) == {key for key, _, _ in METRICS}
+        # Two clips (motions "left" and "right") cover every metric: straight motions, no bounce.
+        assert all(not math.isnan(value) for value in metrics.values()), metrics
+    table = format_table({name: r["metrics"] for name, r in results.items()})
+    assert table.splitlines()[0] == "| metric | base | VTA |"

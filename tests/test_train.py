@@ -1,0 +1,279 @@
+"""The training recipe (pusa.train.recipe, pusa.train.data): every stage lowers its loss, checkpoints resume
+exactly, the LoRA exports in pusa_v1.pt's style and fuses to the trained model, the latents folder reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pusa.loading import LoraFuser, load_lora, save_lora_original
+from pusa.train.data import LatentFolder, LatentPool, save_latent_clip, world_pixel_batch
+from pusa.train.recipe import (
+    LORA_TARGETS,
+    DitConfig,
+    Stage,
+    TextEncoderConfig,
+    VaeConfig,
+    VtaConfig,
+    add_lora,
+    build_text_encoder,
+    build_transformer,
+    build_vae,
+    flow_matching_loss,
+    lora_state,
+    train_stage,
+    vta_sigmas,
+)
+
+TINY_DIT = DitConfig(num_attention_heads=2, attention_head_dim=8, ffn_dim=32, num_layers=2, freq_dim=16)
+TINY_TEXT = TextEncoderConfig(d_model=16, d_kv=4, d_ff=32, num_heads=2)
+
+
+class _NullLog:
+    def write(self, **record) -> None:
+        pass
+
+
+def _fit(stage_modules, params, loss_fn, steps=12, lr=3e-3) -> tuple[float, float]:
+    """Loss before and after `steps` AdamW steps on the same batch."""
+    with torch.no_grad():
+        before = float(loss_fn())
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn().backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(loss_fn())
+    return before, after
+
+
+def test_vae_steps_reduce_reconstruction_loss():
+    torch.manual_seed(0)
+    vae = build_vae(VaeConfig(base_dim=4, dim_mult=(1, 1, 1, 1)))
+    pixels = world_pixel_batch(seed=3, batch_size=2, num_frames=5, width=32, height=32)  # [2, 3, 5, 32, 32]
+    assert pixels.shape == (2, 3, 5, 32, 32) and -1.0 <= float(pixels.min()) < float(pixels.max()) <= 1.0
+
+    def loss_fn():
+        recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+        return (recon - pixels).abs().mean()
+
+    before, after = _fit([vae], list(vae.parameters()), loss_fn, steps=10)
+    assert after < 0.8 * before
+
+
+def _latents(batch=4, frames=3, size=4, seed=0) -> torch.Tensor:
+    return torch.randn(batch, 16, frames, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_base_steps_reduce_flow_matching_loss():
+    torch.manual_seed(0)
+    text_encoder = build_text_encoder(TINY_TEXT, vocab_size=64)
+    transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model)
+    latents, noise = _latents(), _latents(seed=1)
+    ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(2))
+    sigmas = torch.tensor([0.2, 0.5, 0.7, 0.9])  # one per clip
+
+    def loss_fn():
+        text = text_encoder(ids).last_hidden_state
+        return flow_matching_loss(transformer, latents, sigmas, text, noise)
+
+    params = [*transformer.parameters(), *text_encoder.parameters()]
+    before, after = _fit([transformer, text_encoder], params, loss_fn)
+    assert after < 0.8 * before
+
+
+def test_vta_lora_steps_reduce_loss_and_leave_the_base_untouched():
+    torch.manual_seed(0)
+    transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model)
+    base_state = {k: v.clone() for k, v in transformer.state_dict().items()}
+    for p in transformer.parameters():
+        p.requires_grad_(False)
+    wrapped = add_lora(transformer, rank=4)
+    assert len(wrapped) == len(LORA_TARGETS) * TINY_DIT.num_layers
+    latents, noise = _latents(), _latents(seed=1)
+    text = torch.randn(4, 8, TINY_TEXT.d_model, generator=torch.Generator().manual_seed(3))
+    sigmas, _ = vta_sigmas(np.random.default_rng(0), 4, 3, VtaConfig())  # [B, F], independent per frame
+    assert sigmas.shape == (4, 3) and (sigmas >= 0).all() and (sigmas <= 1).all()
+
+    def loss_fn():
+        return flow_matching_loss(transformer, latents, sigmas, text, noise)
+
+    params = [p for m in wrapped.values() for p in (m.down, m.up)]
+    before, after = _fit([transformer], params, loss_fn, steps=15, lr=1e-2)
+    assert after < 0.9 * before
+    for name, module in wrapped.items():
+        assert torch.equal(module.base.weight, base_state[f"{name}.weight"])
+
+
+def test_vta_sigmas_shape_conditioning_like_samples():
+    cfg = VtaConfig(task_fraction=1.0)
+    sigmas, conditioned = vta_sigmas(np.random.default_rng(1), 64, 5, cfg)
+    for row, frames in zip(sigmas, conditioned, strict=True):
+        free = [f for f in range(5) if f not in frames]
+        assert frames, "every sample is task-shaped at task_fraction=1"
+        if free:
+            assert torch.allclose(row[free], row[free[0]].expand(len(free)))  # one sigma for free frames
+            assert (row[frames] <= row[free[0]] + 1e-6).all()  # conditioning frames are cleaner
+
+
+def test_exported_lora_fuses_to_the_trained_model(tmp_path):
+    """LoraLinear (training) at alpha 1 == LoraFuser on the base after a pusa_v1.pt-style round trip."""
+    torch.manual_seed(0)
+    transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model).eval()
+    x, text = _latents(batch=1), torch.randn(1, 8, TINY_TEXT.d_model)
+    timestep = torch.tensor([[900.0, 100.0, 500.0]])
+    reference = build_transformer(TINY_DIT, TINY_TEXT.d_model).eval()
+    reference.load_state_dict(transformer.state_dict())
+    wrapped = add_lora(transformer, rank=4)
+    with torch.no_grad():
+        for module in wrapped.values():
+            module.up.normal_(std=0.05)
+        trained = transformer(x, timestep, text, return_dict=False)[0]
+    path = tmp_path / "lora.safetensors"
+    save_lora_original(lora_state(wrapped), path)
+    lora = load_lora(path)
+    assert any(key.startswith("blocks.0.self_attn.q.lora_A") for key in lora.file_keys.values())
+    LoraFuser(reference, lora).set_alpha(1.0)
+    with torch.no_grad():
+        fused = reference(x, timestep, text, return_dict=False)[0]
+    torch.testing.assert_close(fused, trained, rtol=1e-4, atol=1e-5)
+
+
+def _pool(num=6) -> LatentPool:
+    return LatentPool(
+        latents=_latents(batch=num),
+        seeds=torch.arange(num, dtype=torch.int64),
+        num_frames=9,
+        width=32,
+        height=32,
+        image_latents=_latents(batch=num, frames=1, seed=5),
+        image_positions=(2,),
+    )
+
+
+def _dit_stage(steps: int, pool: LatentPool) -> tuple[Stage, torch.nn.Module]:
+    torch.manual_seed(0)
+    transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model)
+    text = torch.zeros(4, 8, TINY_TEXT.d_model)
+
+    def loss_fn(step):
+        rng = np.random.default_rng((0, step))
+        batch = pool.batch(rng, 4)
+        sigmas = torch.from_numpy(rng.random(4)).float()
+        noise = torch.from_numpy(rng.standard_normal(batch.latents.shape, dtype=np.float32))
+        return flow_matching_loss(transformer, batch.latents, sigmas, text, noise), {}
+
+    stage = Stage("base", {"transformer": transformer}, dict(transformer.named_parameters()), loss_fn,
+                  steps=steps, lr=1e-3, warmup=1, ema_decay=0.9)  # fmt: skip
+    return stage, transformer
+
+
+def test_resume_reproduces_the_same_weights(tmp_path):
+    """Stopping after a checkpoint and resuming gives bit-identical weights to never stopping."""
+    pool = _pool()
+    stage, straight = _dit_stage(4, pool)
+    train_stage(stage, tmp_path / "a", _NullLog(), checkpoint_every=2, log_every=1)
+
+    stage_b, _ = _dit_stage(4, pool)
+    calls = {"n": 0}
+    inner = stage_b.loss_fn
+
+    def interrupted(step):
+        if step == 2:
+            raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
+        calls["n"] += 1
+        return inner(step)
+
+    stage_b.loss_fn = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(stage_b, tmp_path / "b", _NullLog(), checkpoint_every=2, log_every=1)
+    stage_c, resumed = _dit_stage(4, pool)
+    final = train_stage(stage_c, tmp_path / "b", _NullLog(), checkpoint_every=2, log_every=1)
+    assert calls["n"] == 2 and final["step"] == 4
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+def test_latent_folder_reads_pre_encoded_clips(tmp_path):
+    latents = _latents(batch=3, frames=2)
+    save_latent_clip(tmp_path / "a.safetensors", latents[0], caption_text="a red circle moves left")
+    save_latent_clip(
+        tmp_path / "b.safetensors", latents[1], caption_text="a blue square", prompt_embeds=torch.ones(5, 16)
+    )
+    save_latent_clip(tmp_path / "c.safetensors", latents[2], prompt_embeds=torch.ones(7, 16))
+    folder = LatentFolder(tmp_path)
+    assert len(folder) == 3 and folder.latent_shape == (16, 2, 4, 4)
+    batch = folder.batch(np.random.default_rng(0), 4)
+    assert batch.latents.shape == (4, 16, 2, 4, 4)
+    assert (batch.captions is None) != (batch.prompt_embeds is None)
+    torch.testing.assert_close(folder.item(0)[0], latents[0])
+    assert folder.item(0)[1] == "a red circle moves left"
+
+    save_latent_clip(tmp_path / "d.safetensors", torch.zeros(16, 3, 4, 4), caption_text="x")
+    with pytest.raises(ValueError, match="mixes latent shapes"):
+        LatentFolder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no"):
+        LatentFolder(tmp_path / "empty")
+
+
+def test_latent_pool_round_trips_and_draws_fresh_captions(tmp_path):
+    pool = _pool()
+    pool.save(tmp_path / "pool.safetensors")
+    loaded = LatentPool.load(tmp_path / "pool.safetensors")
+    torch.testing.assert_close(loaded.latents, pool.latents)
+    assert loaded.image_positions == (2,) and loaded.num_frames == 9
+    batch = loaded.batch(np.random.default_rng(0), 3)
+    assert len(batch.captions) == 3 and all(isinstance(c, str) and c for c in batch.captions)
+    assert batch.image_latents.shape == (3, 16, 1, 4, 4)
+
+
+@pytest.mark.slow
+def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_model(tmp_path, capsys):
+    from pusa.cli import main
+    from pusa.pipeline import PusaPipeline
+
+    run, model = tmp_path / "run", tmp_path / "model"
+    args = ["train", "demo", "--tiny", "--run-dir", str(run), "--export-dir", str(model)]
+    assert main([*args, "--set", "vta.steps=3"]) == 0
+    assert json.loads((run / "config.json").read_text())["vta"]["steps"] == 3
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records if r.get("event") == "finished"} == {"vae", "base", "vta"}
+    # Run again: every stage is finished, nothing retrains; --tiny on an existing run is refused.
+    assert main(["train", "demo", "--run-dir", str(run), "--stages", "vta"]) == 0
+    assert main(args) == 2 and "--tiny starts new runs only" in capsys.readouterr().err
+
+    pipe = PusaPipeline.from_model(model)  # the folder's manifest: native size + its LoRA
+    assert pipe.lora is not None and pipe.defaults.num_frames == 9
+    out = pipe.text_to_video("a red circle moves left", num_inference_steps=1, seed=0)
+    assert out.frames.shape == (9, 32, 32, 3)
+    assert out.settings["lora"].endswith("pusa_tiny_lora.safetensors")
+    base = PusaPipeline.from_model(model, lora=None)
+    assert base.lora is None
+    base_frames = base.text_to_video("a red circle moves left", num_inference_steps=1, seed=0).frames
+    assert not np.array_equal(base_frames, out.frames)
+
+    # The same VTA loop on "a real model folder" with pre-encoded latents (here the exported tiny model).
+    latents = tmp_path / "latents"
+    for i in range(3):
+        save_latent_clip(latents / f"{i}.safetensors", torch.randn(16, 3, 4, 4), caption_text=f"clip {i}")
+    vta_args = [
+        "train",
+        "vta",
+        "--model",
+        str(model),
+        "--latents",
+        str(latents),
+        "--run-dir",
+        str(tmp_path / "v"),
+    ]
+    assert main([*vta_args, "--set", "vta.steps=2", "--set", "vta.rank=2", "--set", "vta.batch_size=2"]) == 0
+    lora = load_lora(tmp_path / "v" / "pusa_lora.safetensors")
+    fuser = LoraFuser(pipe.transformer, lora)  # every key lands on the model
+    assert fuser is not None
+    assert main([*vta_args, "--set", "base.steps=1"]) == 2
+    assert "pusa train vta takes vta.*" in capsys.readouterr().err
