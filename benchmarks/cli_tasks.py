@@ -1,8 +1,8 @@
-"""Wall time of every task end to end through the CLI on the tiny model (4 steps, CPU).
+"""Wall time of every task end to end through the CLI (default: the built-in pusa-tiny, its default steps).
 
 Each row is a fresh `pusa generate ...` process: interpreter start, imports, model build, input
 encoding, sampling, decoding and mp4 writing. `generate` is the pipeline's own time for the request
-(from the JSON sidecar). Run: `python benchmarks/cli_tasks.py [--model tiny-random] [--repeats 3]`.
+(from the JSON sidecar). Run: `python benchmarks/cli_tasks.py [--model pusa-tiny] [--steps N] [--repeats 3]`.
 """
 
 from __future__ import annotations
@@ -43,13 +43,15 @@ def run(args: list[str]) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="tiny-random")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--model", default="pusa-tiny")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="pusa-bench-"))
     inputs = make_inputs(folder)
-    common = ["--model", options.model, "--steps", str(options.steps), "--seed", "0", "-q"]
+    common = ["--model", options.model, "--seed", "0", "-q"]
+    if options.steps:
+        common += ["--steps", str(options.steps)]
     source = str(folder / "source.mp4")
     run(["generate", "t2v", "-p", "a red circle slides left", *common, "--frames", "25", "--output", source])
     tasks = {
@@ -62,9 +64,9 @@ def main() -> None:
         "v2v transition (25 fr)": ["generate", "v2v", "--video", source, "--end-video", source,
                                    "--recipe", "transition", "--frames", "25", "-p", "x"],
     }  # fmt: skip
-    print(f"pusa CLI, model {options.model}, {options.steps} steps, cfg 3.0, {os.cpu_count()} CPU cores, "
+    print(f"pusa CLI, model {options.model}, {options.steps or 'default'} steps, cfg 3.0, {os.cpu_count()} CPU cores, "
           f"median of {options.repeats}")  # fmt: skip
-    print(f"{'task':<24}{'frames':>7}{'size':>9}{'wall s':>9}{'generate s':>12}")
+    print(f"{'task':<24}{'frames':>7}{'size':>9}{'steps':>6}{'wall s':>9}{'generate s':>12}")
     for name, task_args in tasks.items():
         walls, gens = [], []
         for repeat in range(options.repeats):
@@ -73,7 +75,8 @@ def main() -> None:
             walls.append(wall)
             gens.append(settings["elapsed_s"])
         size = f"{settings['width']}x{settings['height']}"
-        print(f"{name:<24}{settings['num_frames']:>7}{size:>9}{statistics.median(walls):>9.2f}"
+        print(f"{name:<24}{settings['num_frames']:>7}{size:>9}{settings['num_inference_steps']:>6}"
+              f"{statistics.median(walls):>9.2f}"
               f"{statistics.median(gens):>12.2f}")  # fmt: skip
 
 

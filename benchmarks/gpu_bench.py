@@ -60,7 +60,7 @@ from pusa.acceleration import (
     module_bytes,
     relative_error,
 )
-from pusa.loading import LoraFuser, LoraWeights
+from pusa.loading import PUSA_LORA_TARGETS, LoraFuser, LoraWeights
 from pusa.model import PusaTransformer3DModel
 from pusa.presets import TINY_TEXT_ENCODER_CONFIG, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
 from pusa.sampling import guided_velocity
@@ -71,19 +71,7 @@ LORA_ALPHA = 1.4
 CFG = 3.0
 I2V_NOISE_MULTIPLIER = 0.2  # frame 0's timestep is this share of the others'
 NUM_STEPS = 10
-# Pusa's LoRA targets in every block (diffusers names), as in pusa_v1.pt.
-LORA_TARGETS = (
-    "attn1.to_q",
-    "attn1.to_k",
-    "attn1.to_v",
-    "attn1.to_out.0",
-    "attn2.to_q",
-    "attn2.to_k",
-    "attn2.to_v",
-    "attn2.to_out.0",
-    "ffn.net.0.proj",
-    "ffn.net.2",
-)
+LORA_TARGETS = PUSA_LORA_TARGETS  # as in pusa_v1.pt
 DIT_VARIANTS = ("ours-fused", "ours-adapter", "diffusers-stock")
 PARTS = ("dit", "compile", "fp8", "tiers", "text", "vae")
 DEFAULT_PARTS = ("dit", "tiers", "text", "vae")

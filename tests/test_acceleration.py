@@ -27,7 +27,7 @@ from pusa.acceleration import (
     set_adapter_alpha,
     validate_memory_tier,
 )
-from pusa.loading import LoraFuser, LoraWeights
+from pusa.loading import PUSA_LORA_TARGETS, LoraFuser, LoraWeights
 from pusa.model import PusaTransformer3DModel
 from pusa.pipeline import PusaPipeline
 from pusa.presets import tiny_random_components
@@ -43,18 +43,7 @@ TINY_DIT = dict(
     out_channels=4,
     rope_max_seq_len=32,
 )
-TARGETS = (
-    "attn1.to_q",
-    "attn1.to_k",
-    "attn1.to_v",
-    "attn1.to_out.0",
-    "attn2.to_q",
-    "attn2.to_k",
-    "attn2.to_v",
-    "attn2.to_out.0",
-    "ffn.net.0.proj",
-    "ffn.net.2",
-)
+TARGETS = PUSA_LORA_TARGETS
 RANK = 4
 GB = 10**9
 # Wan2.1-T2V-14B in bf16: DiT 14.29B parameters, umT5-XXL encoder 5.68B, VAE 127M (counted on meta).

@@ -596,6 +596,12 @@ _BLOCK_MODULES = {
     "cross_attn.norm_k": "attn2.norm_k",
     "norm3": "norm2",  # Wan's cross-attention norm is diffusers' norm2
 }
+# The Linear layers Pusa's LoRA (pusa_v1.pt) adapts in every block, in diffusers' names: Wan's
+# self_attn.{q,k,v,o}, cross_attn.{q,k,v,o}, ffn.0, ffn.2.
+PUSA_LORA_TARGETS = tuple(
+    _BLOCK_MODULES[name]
+    for name in (*(f"{attn}.{x}" for attn in ("self_attn", "cross_attn") for x in "qkvo"), "ffn.0", "ffn.2")
+)
 # ... and outside the blocks.
 _TOP_MODULES = {
     "time_embedding.0": "condition_embedder.time_embedder.linear_1",

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pusa.loading import PUSA_LORA_TARGETS
 from pusa.model import PusaTransformer3DModel
 from pusa.schedule import shift_sigmas
 from pusa.train.data import LatentBatch, LatentFolder, LatentPool, world_pixel_batch
@@ -48,20 +49,7 @@ from pusa.train.world import (
     sample_clip_spec,
 )
 
-# The modules Pusa's LoRA targets in every block (diffusers names; Wan's: self_attn.{q,k,v,o},
-# cross_attn.{q,k,v,o}, ffn.0, ffn.2).
-LORA_TARGETS = (
-    "attn1.to_q",
-    "attn1.to_k",
-    "attn1.to_v",
-    "attn1.to_out.0",
-    "attn2.to_q",
-    "attn2.to_k",
-    "attn2.to_v",
-    "attn2.to_out.0",
-    "ffn.net.0.proj",
-    "ffn.net.2",
-)
+LORA_TARGETS = PUSA_LORA_TARGETS
 STAGES = ("tokenizer", "vae", "pool", "base", "vta", "export")
 
 
