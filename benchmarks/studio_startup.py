@@ -9,7 +9,7 @@ the page in headless chromium (Playwright, /usr/bin/chromium) like a user:
 - first step:       from clicking Generate to the status box showing "Step 1/N"
 - I2V end to end:   from clicking Generate to the finished video being loaded in the page's <video>
 
-Run: `python benchmarks/studio_startup.py [--model tiny-random] [--repeats 3]`. Without chromium it
+Run: `python benchmarks/studio_startup.py [--model pusa-tiny] [--repeats 3]`. Without chromium it
 reports the first two rows and an end-to-end time through gradio_client instead.
 """
 
@@ -105,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="tiny-random")
+    parser.add_argument("--model", default="pusa-tiny", help="built-in model or folder (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="pusa-studio-bench-"))

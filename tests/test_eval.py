@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -76,3 +77,30 @@ def test_evaluation_on_two_clips_fills_every_column(pipe):
         assert all(not math.isnan(value) for value in metrics.values()), metrics
     table = format_table({name: r["metrics"] for name, r in results.items()})
     assert table.splitlines()[0] == "| metric | base | VTA |"
+
+
+@needs_demo
+def test_cli_and_studio_default_to_the_shipped_model(tmp_path):
+    from pusa.app import serve
+    from pusa.cli import main
+    from pusa.video import read_video
+
+    defaults = model_defaults("pusa-tiny")
+    assert serve.defaults_for(serve.DEFAULT_MODEL) == defaults
+    out = tmp_path / "t2v.mp4"
+    assert (
+        main(
+            ["generate", "t2v", "-p", "a red circle slides to the left", "--steps", "2", "-q", "-o", str(out)]
+        )
+        == 0
+    )
+    video, _ = read_video(out)
+    assert video.shape == (defaults.num_frames, defaults.height, defaults.width, 3)  # the model's native clip
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["model"] == "pusa-tiny" and settings["lora"].endswith("pusa_tiny_lora.safetensors")
+    assert (
+        main(["generate", "t2v", "-p", "x", "--steps", "2", "-q", "--no-lora", "-o", str(tmp_path / "b.mp4")])
+        == 0
+    )
+    base = json.loads((tmp_path / "b.json").read_text())
+    assert base["model"] == "pusa-tiny (base, no LoRA)" and base["lora"] is None

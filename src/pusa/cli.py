@@ -214,7 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_STAGES = ("tokenizer", "vae", "pool", "base", "vta", "export")  # pusa.train.recipe.STAGES, import-free
+TRAIN_STAGES = (
+    "tokenizer",
+    "vae",
+    "decoder",
+    "pool",
+    "base",
+    "vta",
+    "export",
+)  # pusa.train.recipe.STAGES, import-free
 EVAL_TASKS = ("t2v", "i2v", "start_end", "keyframes", "extension")  # pusa.train.evaluate.TASKS
 
 
@@ -228,8 +236,8 @@ def _add_train_commands(commands) -> None:
     )  # fmt: skip
     kinds = train.add_subparsers(dest="train_kind", required=True, metavar="{demo,vta}")
     demo = kinds.add_parser(
-        "demo", help="the whole pusa-tiny recipe on the procedural world (about 1-2 hours on 2 CPU cores)",
-        description="Train pusa-tiny end to end (tokenizer, vae, pool, base, vta, export). Run it again to "
+        "demo", help="the whole pusa-tiny recipe on the procedural world (about 2.5 hours on 2 CPU cores)",
+        description="Train pusa-tiny end to end (tokenizer, vae, decoder, pool, base, vta, export). Run it again to "
         "resume; finished stages are skipped.",
     )  # fmt: skip
     demo.add_argument(
