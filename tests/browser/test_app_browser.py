@@ -1,5 +1,5 @@
 """The studio in a real browser (Debian's chromium driven by Playwright), against `python -m pusa.app`
-(what `pusa serve` runs) on the tiny-random model.
+(what `pusa serve` runs) on the default model (the shipped pusa-tiny).
 
 One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
 video play; type bad positions in Multi-Frames, see the error, fix them and generate; restart the

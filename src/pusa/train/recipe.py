@@ -1010,6 +1010,9 @@ def export_demo_model(run_dir: str | Path, out_dir: str | Path, lora_alpha: floa
         "lora_alpha": lora_alpha,
         "trained_steps": {
             "vae": load_checkpoint(run_dir, "vae")["step"],
+            "decoder": load_checkpoint(run_dir, "decoder")["step"]
+            if checkpoint_path(run_dir, "decoder").is_file()
+            else None,
             "base": load_checkpoint(run_dir, "base")["step"],
             "vta": lora_steps,
         },
