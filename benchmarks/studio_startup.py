@@ -105,7 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="pusa-tiny", help="built-in model or folder (default: %(default)s)")
+    parser.add_argument(
+        "--model", default="pusa-tiny", help="built-in model or folder (default: %(default)s)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="pusa-studio-bench-"))
