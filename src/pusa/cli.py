@@ -214,20 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_STAGES = (
-    "tokenizer",
-    "vae",
-    "decoder",
-    "pool",
-    "base",
-    "vta",
-    "export",
-)  # pusa.train.recipe.STAGES, import-free
-EVAL_TASKS = ("t2v", "i2v", "start_end", "keyframes", "extension")  # pusa.train.evaluate.TASKS
-
-
 def _add_train_commands(commands) -> None:
     """`pusa train demo|vta` and `pusa eval demo` (the recipe and evaluation import torch only when run)."""
+    from .train import EVAL_TASKS, STAGES
+
     train = commands.add_parser(
         "train", help="train the pusa-tiny demo model, or a VTA LoRA on a real model",
         description="Pusa's recipe: VAE, then a text-to-video base with one timestep per clip, then the VTA "
@@ -245,8 +235,8 @@ def _add_train_commands(commands) -> None:
     )
     demo.add_argument(
         "--stages",
-        default=",".join(TRAIN_STAGES),
-        help=f"comma list of {', '.join(TRAIN_STAGES)} (default: all)",
+        default=",".join(STAGES),
+        help=f"comma list of {', '.join(STAGES)} (default: all)",
     )
     demo.add_argument("--export-dir", default=None, help="where the model folder goes (default: RUN/export)")
     demo.add_argument(
@@ -310,6 +300,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from .train import EVAL_TASKS
     from .train.evaluate import EvalSettings, evaluate_demo, format_table
 
     tasks = tuple(t for t in args.tasks.split(",") if t)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pusa.train import EVAL_TASKS
 from pusa.train.detector import analyze_clip
 from pusa.train.world import (
     LINEAR_MOTIONS,
@@ -37,7 +38,7 @@ from pusa.train.world import (
 )
 
 EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)
-TASKS = ("t2v", "i2v", "start_end", "keyframes", "extension")
+TASKS = EVAL_TASKS
 # (key, label, unit-format) in table order
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("t2v_color", "T2V colour accuracy", "pct"),

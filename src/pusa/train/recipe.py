@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from pusa.loading import PUSA_LORA_TARGETS
 from pusa.model import PusaTransformer3DModel
 from pusa.schedule import shift_sigmas
+from pusa.train import STAGES
 from pusa.train.data import LatentBatch, LatentFolder, LatentPool, world_pixel_batch
 from pusa.train.world import (
     TRAIN_SEED_LIMIT,
@@ -51,7 +52,6 @@ from pusa.train.world import (
 )
 
 LORA_TARGETS = PUSA_LORA_TARGETS
-STAGES = ("tokenizer", "vae", "decoder", "pool", "base", "vta", "export")
 
 
 # ---------------------------------------------------------------------------------------------- configs
