@@ -62,7 +62,12 @@ from pusa.acceleration import (
 )
 from pusa.loading import PUSA_LORA_TARGETS, LoraFuser, LoraWeights
 from pusa.model import PusaTransformer3DModel
-from pusa.presets import TINY_TEXT_ENCODER_CONFIG, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
+from pusa.presets import (
+    TINY_TEXT_ENCODER_CONFIG,
+    TINY_TRANSFORMER_CONFIG,
+    TINY_VAE_CONFIG,
+    WAN_14B_TRANSFORMER_CONFIG,
+)
 from pusa.sampling import guided_velocity
 from pusa.schedule import flow_sigmas
 
@@ -76,18 +81,7 @@ DIT_VARIANTS = ("ours-fused", "ours-adapter", "diffusers-stock")
 PARTS = ("dit", "compile", "fp8", "tiers", "text", "vae")
 DEFAULT_PARTS = ("dit", "tiers", "text", "vae")
 
-WAN_14B = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    rope_max_seq_len=1024,
-)
+WAN_14B = WAN_14B_TRANSFORMER_CONFIG
 UMT5_XXL = dict(
     vocab_size=256384,
     d_model=4096,

@@ -30,19 +30,9 @@ from pusa.acceleration import (
 from pusa.loading import PUSA_LORA_TARGETS, LoraFuser, LoraWeights
 from pusa.model import PusaTransformer3DModel
 from pusa.pipeline import PusaPipeline
-from pusa.presets import tiny_random_components
+from pusa.presets import WAN_14B_TRANSFORMER_CONFIG, tiny_random_components
+from tiny_configs import TINY_DIT
 
-TINY_DIT = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=12,
-    ffn_dim=32,
-    text_dim=32,
-    freq_dim=16,
-    in_channels=4,
-    out_channels=4,
-    rope_max_seq_len=32,
-)
 TARGETS = PUSA_LORA_TARGETS
 RANK = 4
 GB = 10**9
@@ -365,17 +355,7 @@ def test_dit_forward_flops_matches_flop_counter_and_wan_14b():
     counted = counter.get_total_flops()
     assert dit_forward_flops(one_layer.config, 5, 30, 52) == pytest.approx(counted, rel=0.01)
 
-    wan_14b = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=40,
-        attention_head_dim=128,
-        in_channels=16,
-        out_channels=16,
-        text_dim=4096,
-        freq_dim=256,
-        ffn_dim=13824,
-        num_layers=40,
-    )
+    wan_14b = WAN_14B_TRANSFORMER_CONFIG
     assert dit_forward_flops(wan_14b, 21, 60, 104) == pytest.approx(1.68e15, rel=0.01)
     assert dit_forward_flops(wan_14b, 21, 90, 160) > 3.5 * dit_forward_flops(wan_14b, 21, 60, 104)
 

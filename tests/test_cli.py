@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -181,3 +182,25 @@ def test_console_script(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout and out.exists()
+
+
+def test_help_imports_no_torch_and_attention_is_checked_when_named(capsys):
+    # `pusa --help` and the argument checks must stay instant: no torch, diffusers or gradio behind them.
+    code = (
+        "import sys\n"
+        "from pusa.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "args = parser.parse_args(['generate', 't2v', '-p', 'x'])\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules)\n"
+        "print('heavy:', heavy, args.attention, args.cfg, args.lora_alpha, args.shift)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "heavy: [] auto 3.0 1.4 5.0" in result.stdout
+    from pusa.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "t2v", "--attention", "nope"])
+    err = capsys.readouterr().err
+    assert "--attention: 'nope' is not an attention backend" in err and "native" in err
+    assert build_parser().parse_args(["generate", "t2v", "--attention", "native"]).attention == "native"

@@ -30,18 +30,9 @@ from pusa.loading import (
     load_vae,
 )
 from pusa.model import PusaTransformer3DModel
+from tiny_configs import TINY_DIT
 
-TINY_DIT = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=12,
-    ffn_dim=32,
-    text_dim=32,
-    freq_dim=16,
-    in_channels=4,
-    out_channels=4,
-    rope_max_seq_len=1024,  # what the loader sets for Wan's original configs
-)
+TINY_DIT = {**TINY_DIT, "rope_max_seq_len": 1024}  # what the loader sets for Wan's original configs
 # Wan's original config for the same model.
 TINY_DIT_ORIGINAL = {
     "_class_name": "WanModel",

@@ -23,18 +23,8 @@ from pusa.loading import (
     validate_lora_alpha,
 )
 from pusa.model import PusaTransformer3DModel
+from tiny_configs import TINY_DIT
 
-TINY_DIT = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=12,
-    ffn_dim=32,
-    text_dim=32,
-    freq_dim=16,
-    in_channels=4,
-    out_channels=4,
-    rope_max_seq_len=32,
-)
 RANK = 4
 # Pusa's targets in every block, Wan's original naming -> diffusers naming, with [out, in] of the tiny model.
 TARGETS = {

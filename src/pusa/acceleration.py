@@ -34,6 +34,7 @@ from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_a
 from torch import nn
 
 from .loading import LoraWeights
+from .presets import MEMORY_TIER_CHOICES, MEMORY_TIERS
 
 __all__ = [
     "ATTENTION_CHOICES",
@@ -69,8 +70,6 @@ GiB = 2**30
 # Memory tiers
 # ---------------------------------------------------------------------------------------------------
 
-MEMORY_TIERS = ("full", "balanced", "low")
-MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS)
 # The card each tier is meant for (bytes of VRAM; None = as much as the models need). Documentation and
 # the benchmark's targets; the decision itself is `choose_memory_tier`, from measured sizes.
 MEMORY_TIER_BUDGETS: dict[str, int | None] = {

@@ -34,10 +34,29 @@ def parse_float_list(text: str, flag: str) -> list[float]:
         ) from None
 
 
+def _attention_backend(value: str) -> str:
+    """`--attention` values, checked against diffusers' backends only when one is named (keeps --help fast)."""
+    if value == "auto":
+        return value
+    from .acceleration import ATTENTION_CHOICES
+
+    if value not in ATTENTION_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an attention backend; choose from {', '.join(ATTENTION_CHOICES)}"
+        )
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    from .pipeline import DEFAULT_CFG, DEFAULT_LORA_ALPHA
-    from .presets import DEFAULT_MODEL, PRESETS
-    from .schedule import DEFAULT_SHIFT
+    # Only the import-light presets module here: `pusa --help` must not pay for torch and diffusers.
+    from .presets import (
+        DEFAULT_CFG,
+        DEFAULT_LORA_ALPHA,
+        DEFAULT_MODEL,
+        DEFAULT_SHIFT,
+        MEMORY_TIER_CHOICES,
+        PRESETS,
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -62,16 +81,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
 
-    from .acceleration import ATTENTION_CHOICES, MEMORY_TIER_CHOICES
-
     model.add_argument(
         "--memory", default="auto", choices=MEMORY_TIER_CHOICES,
         help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB); "
         "auto picks from free VRAM (default: auto)",
     )  # fmt: skip
     model.add_argument(
-        "--attention", default="auto", choices=ATTENTION_CHOICES, metavar="BACKEND",
-        help="attention kernel (a diffusers backend name); auto times the fused ones and keeps the fastest",
+        "--attention", default="auto", type=_attention_backend, metavar="BACKEND",
+        help="attention kernel: auto (times the fused ones and keeps the fastest) or a diffusers backend "
+        "name such as native, flash, _flash_3, sage, xformers (default: auto)",
     )  # fmt: skip
     model.add_argument("--compile", action="store_true", help="torch.compile the repeated transformer blocks")
     model.add_argument(

@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .conditioning import Conditioning, num_latent_frames, validate_positions
 from .loading import LORA_ALPHA_MAX, LORA_ALPHA_MIN
-from .presets import WAN_DEFAULTS, ModelDefaults
+from .presets import DEFAULT_CFG, DEFAULT_LORA_ALPHA, WAN_DEFAULTS, ModelDefaults
 from .sampling import StepInfo, sample
 from .schedule import DEFAULT_SHIFT, flow_sigmas
 from .video import fit_image, fit_video, load_image, read_video, write_video
@@ -33,8 +33,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
     "picture, messy background, three legs, many people in the background, walking backwards"
 )
-DEFAULT_CFG = 3.0
-DEFAULT_LORA_ALPHA = 1.4
 DEFAULT_I2V_NOISE_MULTIPLIER = 0.2
 LORA_ALPHA_RANGE = (LORA_ALPHA_MIN, LORA_ALPHA_MAX)
 STEPS_RANGE = (1, 50)

@@ -26,6 +26,14 @@ MODEL_MANIFEST = "pusa_model.json"  # in a model folder: native clip settings, t
 PRESETS = ("pusa-tiny", "tiny-random")
 DEFAULT_MODEL = "pusa-tiny"
 
+# Generation defaults the CLI and the studio show before anything heavy is imported (pipeline.py,
+# schedule.py and acceleration.py re-export them).
+DEFAULT_CFG = 3.0
+DEFAULT_LORA_ALPHA = 1.4
+DEFAULT_SHIFT = 5.0  # Wan2.1 T2V sample_shift
+MEMORY_TIERS = ("full", "balanced", "low")
+MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS)
+
 
 @dataclass(frozen=True)
 class ModelDefaults:
@@ -42,6 +50,20 @@ class ModelDefaults:
 WAN_DEFAULTS = ModelDefaults()
 TINY_DEFAULTS = ModelDefaults(
     num_frames=17, width=64, height=64, num_inference_steps=4, fps=8.0, max_sequence_length=32
+)
+
+# Wan2.1-T2V-14B's transformer (the model Pusa V1 adapts): benchmarks and FLOP counts build it on the meta device.
+WAN_14B_TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    rope_max_seq_len=1024,
 )
 
 TINY_TRANSFORMER_CONFIG = dict(

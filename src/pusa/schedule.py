@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from .presets import DEFAULT_SHIFT
+
+__all__ = ["DEFAULT_SHIFT", "NUM_TRAIN_TIMESTEPS", "flow_sigmas", "shift_sigmas", "sigma_to_timestep"]
+
 NUM_TRAIN_TIMESTEPS = 1000
-DEFAULT_SHIFT = 5.0
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
