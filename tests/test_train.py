@@ -24,6 +24,7 @@ from pusa.train.recipe import (
     build_vae,
     flow_matching_loss,
     lora_state,
+    object_mask,
     train_stage,
     vta_sigmas,
 )
@@ -63,6 +64,26 @@ def test_vae_steps_reduce_reconstruction_loss():
 
     before, after = _fit([vae], list(vae.parameters()), loss_fn, steps=10)
     assert after < 0.8 * before
+
+
+def test_object_mask_finds_the_world_object_and_nothing_else():
+    from pusa.train.world import render_clip, sample_clip_spec, shape_coverage, trajectory
+
+    specs = [
+        sample_clip_spec(seed, 9, 32, 32, background=bg) for seed, bg in ((1, "black"), (2, "dark blue"))
+    ]
+    videos = np.stack([render_clip(spec) for spec in specs])  # [2, 9, 32, 32, 3]
+    pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    mask = object_mask(pixels, grow=0)  # [2, 1, 9, 32, 32]
+    grown = object_mask(pixels, grow=1)
+    assert mask.shape == (2, 1, 9, 32, 32) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    for i, spec in enumerate(specs):
+        truth = shape_coverage(spec.shape, *trajectory(spec), 32, 32)  # [9, 32, 32]
+        found = mask[i, 0].numpy() > 0
+        assert found[truth >= 0.75].all()  # every mostly-covered pixel is object
+        assert not found[truth == 0].any()  # no background pixel is
+        assert (grown[i, 0].numpy() > 0)[truth > 0].all()  # grown by a pixel: the anti-aliased edge too
+        assert grown[i].sum() > mask[i].sum()
 
 
 def _latents(batch=4, frames=3, size=4, seed=0) -> torch.Tensor:

@@ -102,6 +102,11 @@ class DecoderConfig:
     lr: float = 5e-4
     warmup: int = 10
     latent_noise: float = 0.05
+    # Pixels of the object (far from their row's background) weigh 1 + object_weight in the loss. The object
+    # covers ~3% of a frame, so an unweighted loss buys PSNR with the background and leaves the object's
+    # colour and outline blurred (measured before this: red decoded as orange, cyan and purple as blue, every
+    # shape as a round blob, while the clip PSNR read 28 dB).
+    object_weight: float = 10.0
     eval_every: int = 100
     eval_clips: int = 4
     minutes: float | None = 20
@@ -514,18 +519,44 @@ def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     return 99.0 if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
+def object_mask(pixels: torch.Tensor, threshold: float = 40.0, grow: int = 1) -> torch.Tensor:
+    """`[B, 1, F, H, W]` float mask of the object in world clips `[B, 3, F, H, W]` (values in -1..1).
+
+    As the detector does it: a pixel is object when it lies more than `threshold` (0..255 RGB units) from
+    its row's median colour (world backgrounds vary only slowly down a row), grown by `grow` pixels.
+    """
+    background = pixels.median(dim=-1, keepdim=True).values  # [B, 3, F, H, 1]
+    distance = (pixels - background).norm(dim=1, keepdim=True) * 127.5  # [B, 1, F, H, W]
+    mask = (distance > threshold).float()
+    if grow:
+        size = 2 * grow + 1
+        mask = F.max_pool3d(mask, (1, size, size), stride=1, padding=(0, grow, grow))
+    return mask
+
+
 @torch.no_grad()
 def vae_psnr(vae, cfg: RunConfig, num_clips: int, seed: int = 1) -> dict[str, float]:
-    """Reconstruction PSNR on held-out clips: the whole clip, and the first frame encoded alone."""
+    """Reconstruction quality on held-out clips: PSNR of the whole clip, of its object pixels alone, of the
+    first frame encoded alone, and how often the detector reads the right colour and shape from the clip."""
+    from pusa.train.detector import analyze_clip
+
     specs = eval_specs(num_clips, seed, cfg.clip.num_frames, cfg.clip.width, cfg.clip.height)
     videos = np.stack([render_clip(spec) for spec in specs])  # [B, F, H, W, 3]
     pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
     recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
     recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 4, 1).numpy()
+    on_object = object_mask(pixels, grow=0)[:, 0].numpy() > 0  # [B, F, H, W]
     last = pixels[:, :, -1:]
     last_recon = vae.decode(vae.encode(last).latent_dist.mode()).sample
     last_recon = ((last_recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 4, 1).numpy()
-    return {"psnr_clip": psnr(recon, videos), "psnr_image": psnr(last_recon[:, 0], videos[:, -1])}
+    analyses = [analyze_clip(clip.astype(np.uint8)) for clip in recon]
+    return {
+        "psnr_clip": psnr(recon, videos),
+        "psnr_object": psnr(recon[on_object], videos[on_object]),
+        "psnr_image": psnr(last_recon[:, 0], videos[:, -1]),
+        "color_acc": float(np.mean([a.color == s.color for a, s in zip(analyses, specs, strict=True)])),
+        "shape_acc": float(np.mean([a.shape == s.shape for a, s in zip(analyses, specs, strict=True)])),
+    }
 
 
 def _random_crop(pixels: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -621,7 +652,10 @@ def train_decoder(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
         generator = torch.Generator().manual_seed(seed)
         latents = mean + d.latent_noise * torch.randn(mean.shape, generator=generator)
         recon = vae.decode(latents).sample
-        l1, mse = (recon - pixels).abs().mean(), (recon - pixels).pow(2).mean()
+        weight = 1.0 + d.object_weight * object_mask(pixels)  # [B, 1, F, H, W]
+        weight = weight / weight.mean()
+        l1 = ((recon - pixels).abs() * weight).mean()
+        mse = ((recon - pixels).pow(2) * weight).mean()
         return l1 + mse, {"l1": l1.item(), "mse": mse.item()}
 
     stage = Stage(
