@@ -176,6 +176,45 @@ def _pool(num=6) -> LatentPool:
     )
 
 
+def test_swap_attribute_changes_one_attribute_and_its_caption_words():
+    from pusa.train.recipe import swap_attribute
+    from pusa.train.world import canonical_caption, sample_clip_spec
+
+    spec = sample_clip_spec(3, 9, 32, 32, motion="left", color="red", shape="circle")
+    rng = np.random.default_rng(0)
+    for attribute, field_name in (("color", "color"), ("shape", "shape"), ("direction", "motion")):
+        swapped = swap_attribute(spec, attribute, rng)
+        changed = [
+            f
+            for f in ("color", "shape", "motion", "background", "x", "y")
+            if getattr(swapped, f) != getattr(spec, f)
+        ]
+        assert changed == [field_name]
+        assert canonical_caption(swapped) != canonical_caption(spec)
+
+
+def test_caption_sensitivity_is_zero_for_a_model_deaf_to_text_and_positive_otherwise():
+    from pusa.presets import PUSA_TINY_DIR
+    from pusa.train.recipe import TextEncoding, caption_sensitivity, load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(PUSA_TINY_DIR / "tokenizer")
+    text_encoder = build_text_encoder(TINY_TEXT, vocab_size=len(tokenizer)).eval()
+    transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model).eval()
+    pool = _pool(num=40)
+    encode = TextEncoding(tokenizer, text_encoder, 32)
+    gaps = caption_sensitivity(transformer, encode, pool, num_clips=8, sigmas=(0.9,))
+    assert set(gaps) == {"text_gap_color", "text_gap_shape", "text_gap_direction", "loss"}
+    assert gaps["loss"] > 0 and all(
+        abs(gaps[f"text_gap_{a}"]) > 1e-7 for a in ("color", "shape", "direction")
+    )
+    with torch.no_grad():  # a text encoder whose output ignores the tokens: every gap is exactly 0
+        for param in text_encoder.parameters():
+            param.zero_()
+    deaf = caption_sensitivity(transformer, encode, pool, num_clips=8, sigmas=(0.9,))
+    assert all(deaf[f"text_gap_{a}"] == 0.0 for a in ("color", "shape", "direction"))
+
+
 def _dit_stage(steps: int, pool: LatentPool) -> tuple[Stage, torch.nn.Module]:
     torch.manual_seed(0)
     transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model)

@@ -44,7 +44,11 @@ from pusa.schedule import shift_sigmas
 from pusa.train import STAGES
 from pusa.train.data import LatentBatch, LatentFolder, LatentPool, world_pixel_batch
 from pusa.train.world import (
+    LINEAR_MOTIONS,
+    OBJECT_COLORS,
+    SHAPES,
     TRAIN_SEED_LIMIT,
+    ClipSpec,
     caption,
     eval_specs,
     render_clip,
@@ -87,6 +91,7 @@ class VaeConfig:
     latent_noise: float = 0.1  # decoder input = posterior mean + this * N(0, 1): a smooth latent space
     latent_weight: float = 1e-4  # penalty on mean(latent**2); keeps the scale bounded (rescaled later anyway)
     anchor_weight: float = 1.0  # see train_vae
+    object_weight: float = 0.0  # object pixels weigh 1 + this in the loss (see DecoderConfig.object_weight)
     eval_every: int = 100
     eval_clips: int = 4
     minutes: float | None = None  # wall-clock budget; the stage ends at `steps` or at this, whichever first
@@ -154,6 +159,7 @@ class BaseConfig:
     caption_dropout: float = 0.1  # -> "" or the default negative prompt, so classifier-free guidance works
     ema_decay: float = 0.998
     minutes: float | None = None  # wall-clock budget (see VaeConfig.minutes)
+    eval_every: int = 500  # log `caption_sensitivity` (a few seconds) every this many steps; 0: never
 
 
 @dataclass
@@ -590,14 +596,18 @@ def train_vae(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         seed = (cfg.seed * 1_000_003 + step) % TRAIN_SEED_LIMIT
         pixels = world_pixel_batch(seed, v.batch_size, c.num_frames, c.width, c.height, v.window)
+        weight = 1.0 + v.object_weight * object_mask(pixels)  # on whole frames: the row medians need them
         if v.crop and v.crop < min(c.width, c.height):
-            pixels = _random_crop(pixels, v.crop, np.random.default_rng((seed, 2)))
+            both = _random_crop(torch.cat([pixels, weight], 1), v.crop, np.random.default_rng((seed, 2)))
+            pixels, weight = both[:, :3], both[:, 3:]
+        weight = weight / weight.mean()
         mean = vae.encode(pixels).latent_dist.mean  # [B, 16, F_lat, h, w]
         # The posterior mean plus a small fixed noise, not a posterior sample: sampling at the initial unit
         # variance drowns the tiny latents and the decoder collapses to the average clip (measured).
         latents = mean + v.latent_noise * torch.randn_like(mean)
         recon = vae.decode(latents).sample
-        l1, mse = (recon - pixels).abs().mean(), (recon - pixels).pow(2).mean()
+        l1 = ((recon - pixels).abs() * weight).mean()
+        mse = ((recon - pixels).pow(2) * weight).mean()
         # Anchor: the first 3 latent channels regress the 8x8-average colour of their pixels. At toy width the
         # Wan VAE otherwise sits for hundreds of steps on the average clip (encoder features barely depend on
         # the input at init); the anchor gives the decoder a usable signal from the first step.
@@ -802,6 +812,71 @@ def build_base_models(run_dir: Path, cfg: RunConfig):
     return tokenizer, text_encoder, transformer
 
 
+CAPTION_ATTRIBUTES = ("color", "shape", "direction")
+
+
+def swap_attribute(spec: ClipSpec, attribute: str, rng: np.random.Generator) -> ClipSpec:
+    """`spec` with its colour, shape or (straight) direction replaced by another value drawn from `rng`."""
+    field_name, values = {
+        "color": ("color", tuple(OBJECT_COLORS)),
+        "shape": ("shape", SHAPES),
+        "direction": ("motion", LINEAR_MOTIONS),
+    }[attribute]
+    current = getattr(spec, field_name)
+    others = [v for v in values if v != current]
+    return dataclasses.replace(spec, **{field_name: others[int(rng.integers(len(others)))]})
+
+
+@torch.no_grad()
+def caption_sensitivity(
+    transformer: nn.Module,
+    encode: TextEncoding,
+    pool: LatentPool,
+    num_clips: int = 64,
+    sigmas: Iterable[float] = (0.8, 0.9, 0.95),
+    seed: int = 0,
+) -> dict[str, float]:
+    """How much the model listens to each part of the caption.
+
+    For clips of the pool that move in a straight line: the flow-matching loss with every caption's colour,
+    shape or direction swapped for a wrong one, minus the loss with the true captions (same latents, noise,
+    sigmas and wording), averaged over `sigmas`. A gap near 0 means the model ignores those words: text-to-video
+    then draws that attribute at random, whatever the prompt says. Keys `text_gap_<attribute>` and `loss`.
+    """
+    specs, index = [], []
+    for i, clip_seed in enumerate(pool.seeds.tolist()):
+        spec = sample_clip_spec(int(clip_seed), pool.num_frames, pool.width, pool.height)
+        if spec.motion in LINEAR_MOTIONS:
+            specs.append(spec)
+            index.append(i)
+        if len(index) == num_clips:
+            break
+    latents = pool.latents[index]
+    noise = torch.from_numpy(
+        np.random.default_rng((seed, 41)).standard_normal(latents.shape, dtype=np.float32)
+    )
+    swap_rng = np.random.default_rng((seed, 42))
+
+    def texts(attribute: str | None) -> torch.Tensor:
+        out = []
+        for k, spec in enumerate(specs):
+            if attribute is not None:
+                spec = swap_attribute(spec, attribute, swap_rng)
+            out.append(caption(spec, np.random.default_rng((seed, 43, k))))  # the same template per clip
+        return encode(out)
+
+    def loss(text: torch.Tensor) -> float:
+        values = [
+            flow_matching_loss(transformer, latents, torch.full((len(index),), float(s)), text, noise).item()
+            for s in sigmas
+        ]
+        return float(np.mean(values))
+
+    reference = loss(texts(None))
+    result = {f"text_gap_{a}": loss(texts(a)) - reference for a in CAPTION_ATTRIBUTES}
+    return {**result, "loss": reference}
+
+
 def train_base(
     run_dir: Path, cfg: RunConfig, log: RunLog, source: LatentPool | LatentFolder | None = None
 ) -> None:
@@ -826,6 +901,10 @@ def train_base(
         modules={"transformer": transformer, "text_encoder": text_encoder},
         trainable=trainable,
         loss_fn=loss_fn,
+        eval_fn=(lambda: caption_sensitivity(transformer, encode, source))
+        if isinstance(source, LatentPool)
+        else None,
+        eval_every=b.eval_every,
         steps=b.steps,
         lr=b.lr,
         warmup=b.warmup,
