@@ -315,6 +315,7 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     assert main(["train", "demo", "--run-dir", str(run), "--stages", "vta"]) == 0
     assert main(args) == 2 and "--tiny starts new runs only" in capsys.readouterr().err
 
+    assert json.loads((model / "training_config.json").read_text())["vta"]["steps"] == 3  # what made it
     pipe = PusaPipeline.from_model(model)  # the folder's manifest: native size + its LoRA
     assert pipe.lora is not None and pipe.defaults.num_frames == 9
     out = pipe.text_to_video("a red circle moves left", num_inference_steps=1, seed=0)
