@@ -38,13 +38,12 @@ def _attention_backend(value: str) -> str:
     """`--attention` values, checked against diffusers' backends only when one is named (keeps --help fast)."""
     if value == "auto":
         return value
-    from .acceleration import ATTENTION_CHOICES
+    from .acceleration import validate_attention_backend
 
-    if value not in ATTENTION_CHOICES:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an attention backend; choose from {', '.join(ATTENTION_CHOICES)}"
-        )
-    return value
+    try:
+        return validate_attention_backend(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

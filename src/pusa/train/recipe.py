@@ -43,6 +43,7 @@ from pusa.model import PusaTransformer3DModel
 from pusa.schedule import shift_sigmas
 from pusa.train import STAGES
 from pusa.train.data import LatentBatch, LatentFolder, LatentPool, world_pixel_batch
+from pusa.train.detector import DEFAULT_THRESHOLD, analyze_clip
 from pusa.train.world import (
     LINEAR_MOTIONS,
     OBJECT_COLORS,
@@ -529,7 +530,7 @@ def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     return 99.0 if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
-def object_mask(pixels: torch.Tensor, threshold: float = 40.0, grow: int = 1) -> torch.Tensor:
+def object_mask(pixels: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, grow: int = 1) -> torch.Tensor:
     """`[B, 1, F, H, W]` float mask of the object in world clips `[B, 3, F, H, W]` (values in -1..1).
 
     As the detector does it: a pixel is object when it lies more than `threshold` (0..255 RGB units) from
@@ -544,12 +545,19 @@ def object_mask(pixels: torch.Tensor, threshold: float = 40.0, grow: int = 1) ->
     return mask
 
 
+def weighted_reconstruction_loss(
+    recon: torch.Tensor, pixels: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, MSE) of `recon` vs `pixels` `[B, 3, F, H, W]`, each pixel weighted by `weight` `[B, 1, F, H, W]`
+    rescaled to mean 1 (a uniform weight gives the plain means)."""
+    weight = weight / weight.mean()
+    return ((recon - pixels).abs() * weight).mean(), ((recon - pixels).pow(2) * weight).mean()
+
+
 @torch.no_grad()
 def vae_psnr(vae, cfg: RunConfig, num_clips: int, seed: int = 1) -> dict[str, float]:
     """Reconstruction quality on held-out clips: PSNR of the whole clip, of its object pixels alone, of the
     first frame encoded alone, and how often the detector reads the right colour and shape from the clip."""
-    from pusa.train.detector import analyze_clip
-
     specs = eval_specs(num_clips, seed, cfg.clip.num_frames, cfg.clip.width, cfg.clip.height)
     videos = np.stack([render_clip(spec) for spec in specs])  # [B, F, H, W, 3]
     pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
@@ -604,14 +612,12 @@ def train_vae(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
         if v.crop and v.crop < min(c.width, c.height):
             both = _random_crop(torch.cat([pixels, weight], 1), v.crop, np.random.default_rng((seed, 2)))
             pixels, weight = both[:, :3], both[:, 3:]
-        weight = weight / weight.mean()
         mean = vae.encode(pixels).latent_dist.mean  # [B, 16, F_lat, h, w]
         # The posterior mean plus a small fixed noise, not a posterior sample: sampling at the initial unit
         # variance drowns the tiny latents and the decoder collapses to the average clip (measured).
         latents = mean + v.latent_noise * torch.randn_like(mean)
         recon = vae.decode(latents).sample
-        l1 = ((recon - pixels).abs() * weight).mean()
-        mse = ((recon - pixels).pow(2) * weight).mean()
+        l1, mse = weighted_reconstruction_loss(recon, pixels, weight)
         # Anchor: the first 3 latent channels regress the 8x8-average colour of their pixels. At toy width the
         # Wan VAE otherwise sits for hundreds of steps on the average clip (encoder features barely depend on
         # the input at init); the anchor gives the decoder a usable signal from the first step.
@@ -667,9 +673,7 @@ def train_decoder(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
         latents = mean + d.latent_noise * torch.randn(mean.shape, generator=generator)
         recon = vae.decode(latents).sample
         weight = 1.0 + d.object_weight * object_mask(pixels)  # [B, 1, F, H, W]
-        weight = weight / weight.mean()
-        l1 = ((recon - pixels).abs() * weight).mean()
-        mse = ((recon - pixels).pow(2) * weight).mean()
+        l1, mse = weighted_reconstruction_loss(recon, pixels, weight)
         return l1 + mse, {"l1": l1.item(), "mse": mse.item()}
 
     stage = Stage(
