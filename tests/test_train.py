@@ -347,3 +347,29 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     assert fuser is not None
     assert main([*vta_args, "--set", "base.steps=1"]) == 2
     assert "pusa train vta takes vta.*" in capsys.readouterr().err
+
+
+def test_recipe_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
+    """vae.dim_mult with 2 downsamples gives 4x spatial (still 4x temporal); dit.patch_size (1, 4, 4) keeps the
+    token count. The exported model generates at its native size and the pipeline reads the new factors."""
+    from pusa.cli import main
+    from pusa.pipeline import PusaPipeline
+
+    run, model = tmp_path / "run", tmp_path / "model"
+    args = ["train", "demo", "--tiny", "--run-dir", str(run), "--export-dir", str(model)]
+    overrides = ["--set", "vae.dim_mult=[1,1,1]", "--set", "dit.patch_size=[1,4,4]", "--set", "vta.steps=2"]
+    assert main([*args, *overrides]) == 0
+    assert json.loads((run / "config.json").read_text())["dit"]["patch_size"] == [1, 4, 4]
+    pipe = PusaPipeline.from_model(model)
+    assert pipe.vae_scale == (4, 4) and tuple(pipe.transformer.config.patch_size) == (1, 4, 4)
+    out = pipe.text_to_video("a red circle moves left", num_inference_steps=1, seed=0)
+    assert out.frames.shape == (9, 32, 32, 3)
+
+
+def test_vae_needs_two_downsamples_for_4x_temporal():
+    from pusa.train.recipe import vae_temporal_downsample
+
+    assert vae_temporal_downsample((1, 2, 4, 4)) == [False, True, True]
+    assert vae_temporal_downsample((1, 2, 4)) == [True, True]
+    with pytest.raises(ValueError, match=r"vae.dim_mult=\[1, 2\] gives 1 downsample"):
+        build_vae(VaeConfig(dim_mult=(1, 2)))

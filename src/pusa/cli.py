@@ -243,7 +243,7 @@ def _add_train_commands(commands) -> None:
     )  # fmt: skip
     kinds = train.add_subparsers(dest="train_kind", required=True, metavar="{demo,vta}")
     demo = kinds.add_parser(
-        "demo", help="the whole pusa-tiny recipe on the procedural world (about 2.5 hours on 2 CPU cores)",
+        "demo", help="the whole pusa-tiny recipe on the procedural world (about 4 hours on 2 CPU cores)",
         description="Train pusa-tiny end to end (tokenizer, vae, decoder, pool, base, vta, export). Run it again to "
         "resume; finished stages are skipped.",
     )  # fmt: skip
