@@ -46,13 +46,13 @@ def main() -> None:
     print(f"{pipe.identity} ({args.model})")
     print(
         f"defaults: {d.num_frames} frames {d.width}x{d.height}, {d.num_inference_steps} steps, cfg 3.0, "
-        f"LoRA alpha 1.4; torch threads {torch.get_num_threads()}"
+        f"LoRA alpha {d.lora_alpha}; torch threads {torch.get_num_threads()}"
     )
     print(f"load (components + LoRA): {load_s:.2f} s\n")
     print("| task | median s | min s |")
     print("|---|---:|---:|")
     for name, run in tasks.items():
-        run()  # warm-up: first-call allocations, the LoRA fuse at alpha 1.4
+        run()  # warm-up: first-call allocations, the LoRA fuse at the model's alpha
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()

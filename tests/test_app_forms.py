@@ -6,6 +6,7 @@ No web server here: `pusa.app.forms` is plain Python. The pipeline's own checks 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -70,6 +71,12 @@ def common(**overrides) -> CommonForm:
 
 
 # ---------------------------------------------------------------------------------------------- mapping
+def test_an_empty_lora_alpha_is_the_models_own():
+    spec = forms.text_to_video(common(lora_alpha=None), dataclasses.replace(D, lora_alpha=0.6))
+    assert spec.request.lora_alpha == 0.6 and spec.form["lora_alpha"] == 0.6
+    assert forms.text_to_video(common(lora_alpha=2.0), D).request.lora_alpha == 2.0
+
+
 def test_image_to_video_maps_every_field(files):
     kept = []
 
@@ -268,7 +275,6 @@ def test_common_field_messages(files):
     )
     expect(r"Seed: 1.5 is not a whole number", forms.text_to_video, common(seed=1.5), D)
     expect(r"Inference Steps: 2.5 is not a whole number", forms.text_to_video, common(steps=2.5), D)
-    expect(r"LoRA Alpha: empty; give a number", forms.text_to_video, common(lora_alpha=None), D)
     expect(r"CFG: empty; give a number", forms.text_to_video, common(cfg=""), D)
     expect(r"Width: 'wide' is not a number", forms.text_to_video, common(width="wide"), D)
     expect(r"FPS: True is not a number", forms.text_to_video, common(fps=True), D)

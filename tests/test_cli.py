@@ -196,7 +196,7 @@ def test_help_imports_no_torch_and_attention_is_checked_when_named(capsys):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "heavy: [] auto 3.0 1.4 5.0" in result.stdout
+    assert "heavy: [] auto 3.0 None 5.0" in result.stdout
     from pusa.cli import build_parser
 
     with pytest.raises(SystemExit):

@@ -321,6 +321,9 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     out = pipe.text_to_video("a red circle moves left", num_inference_steps=1, seed=0)
     assert out.frames.shape == (9, 32, 32, 3)
     assert out.settings["lora"].endswith("pusa_tiny_lora.safetensors")
+    # The model's own LoRA strength (vta.alpha) is its default; a request may still name another.
+    assert out.settings["lora_alpha"] == pipe.defaults.lora_alpha == VtaConfig().alpha
+    assert pipe.text_to_video("x", num_inference_steps=1, lora_alpha=2.0).settings["lora_alpha"] == 2.0
     base = PusaPipeline.from_model(model, lora=None)
     assert base.lora is None
     fused = dict(pipe.transformer.named_parameters())

@@ -103,8 +103,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--lora-alpha",
         type=float,
-        default=DEFAULT_LORA_ALPHA,
-        help="LoRA strength 0.1-5.0 (default: %(default)s)",
+        default=None,
+        help=f"LoRA strength 0.1-5.0 (default: the model's; {DEFAULT_LORA_ALPHA} for Pusa V1)",
     )
     gen.add_argument(
         "--steps", type=int, default=None, help="inference steps 1-50 (default: the model's, 10 for Pusa V1)"
@@ -296,7 +296,7 @@ def _add_train_commands(commands) -> None:
     edemo.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     edemo.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: %(default)s)")
     edemo.add_argument(
-        "--alphas", default="1.4", help="comma list of LoRA alphas to score (default: %(default)s)"
+        "--alphas", default=None, help="comma list of LoRA alphas to score (default: the model's own)"
     )
     edemo.add_argument("--no-base", action="store_true", help="skip the base model column")
     edemo.add_argument("--tasks", default=",".join(EVAL_TASKS), help=f"comma list of {', '.join(EVAL_TASKS)}")
@@ -328,7 +328,7 @@ def run_eval(args: argparse.Namespace) -> None:
         )
     if args.num_clips < 1:
         raise ValueError(f"--num-clips={args.num_clips}: must be 1 or more")
-    alphas = parse_float_list(args.alphas, "--alphas")
+    alphas = parse_float_list(args.alphas, "--alphas") if args.alphas is not None else None
     settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, tasks=tasks)
     results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base)
     print(format_table({name: r["metrics"] for name, r in results.items()}))

@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .conditioning import Conditioning, num_latent_frames, validate_positions
 from .loading import LORA_ALPHA_MAX, LORA_ALPHA_MIN
-from .presets import DEFAULT_CFG, DEFAULT_LORA_ALPHA, WAN_DEFAULTS, ModelDefaults
+from .presets import DEFAULT_CFG, WAN_DEFAULTS, ModelDefaults
 from .sampling import StepInfo, sample
 from .schedule import DEFAULT_SHIFT, flow_sigmas
 from .video import fit_image, fit_video, load_image, read_video, write_video
@@ -58,7 +58,7 @@ class GenerationRequest:
     video: Media | None = None
     positions: Sequence[int] = ()
     noise_multipliers: Sequence[float] = ()
-    lora_alpha: float = DEFAULT_LORA_ALPHA
+    lora_alpha: float | None = None
     num_inference_steps: int | None = None
     cfg: float = DEFAULT_CFG
     shift: float = DEFAULT_SHIFT
@@ -466,6 +466,7 @@ class PusaPipeline:
             width=request.width if request.width is not None else d.width,
             height=request.height if request.height is not None else d.height,
             fps=request.fps if request.fps is not None else d.fps,
+            lora_alpha=request.lora_alpha if request.lora_alpha is not None else d.lora_alpha,
             seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
         )
 

@@ -45,6 +45,7 @@ class ModelDefaults:
     num_inference_steps: int = 10
     fps: float = 16.0
     max_sequence_length: int = 512
+    lora_alpha: float = DEFAULT_LORA_ALPHA  # the strength its own LoRA works best at (Pusa V1: 1.4)
 
 
 WAN_DEFAULTS = ModelDefaults()

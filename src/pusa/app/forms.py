@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..conditioning import num_latent_frames, validate_positions
 from ..jobs import JobSpec
-from ..pipeline import DEFAULT_CFG, DEFAULT_LORA_ALPHA, DEFAULT_NEGATIVE_PROMPT, MAX_SEED, GenerationRequest
+from ..pipeline import DEFAULT_CFG, DEFAULT_NEGATIVE_PROMPT, MAX_SEED, GenerationRequest
 from ..presets import ModelDefaults
 
 LABELS = {
@@ -101,7 +101,7 @@ class CommonForm:
 
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    lora_alpha: float = DEFAULT_LORA_ALPHA
+    lora_alpha: float | None = None
     steps: int | None = None
     seed: int | None = -1
     cfg: float = DEFAULT_CFG
@@ -337,10 +337,9 @@ def _common(common: CommonForm, defaults: ModelDefaults, tab: str) -> tuple[dict
         num_frames=check_num_frames(common.num_frames, defaults),
         fps=_number("fps", common.fps),
     )
-    for name, value in (("lora_alpha", fields["lora_alpha"]), ("cfg", fields["cfg"])):
-        if value is None:
-            raise FormError(name, "empty; give a number")
-    for name in ("num_inference_steps", "width", "height", "fps"):
+    if fields["cfg"] is None:
+        raise FormError("cfg", "empty; give a number")
+    for name in ("lora_alpha", "num_inference_steps", "width", "height", "fps"):
         if fields[name] is None:
             fields[name] = getattr(defaults, name)
     form = {"tab": tab, **{k: v for k, v in fields.items() if k != "num_inference_steps"}}

@@ -30,7 +30,6 @@ from ..pipeline import (
     CFG_RANGE,
     DEFAULT_CFG,
     DEFAULT_I2V_NOISE_MULTIPLIER,
-    DEFAULT_LORA_ALPHA,
     DEFAULT_NEGATIVE_PROMPT,
     LORA_ALPHA_RANGE,
     STEPS_RANGE,
@@ -197,7 +196,7 @@ class Studio:
         image: str | None,
         prompt: str = "",
         noise_multiplier: float = DEFAULT_I2V_NOISE_MULTIPLIER,
-        lora_alpha: float = DEFAULT_LORA_ALPHA,
+        lora_alpha: float | None = None,
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
@@ -224,7 +223,7 @@ class Studio:
         prompt: str = "",
         positions: str = "",
         noise_multipliers: str = "",
-        lora_alpha: float = DEFAULT_LORA_ALPHA,
+        lora_alpha: float | None = None,
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
@@ -253,7 +252,7 @@ class Studio:
         noise_multipliers: str = "",
         recipe: str = "custom",
         end_video: str | None = None,
-        lora_alpha: float = DEFAULT_LORA_ALPHA,
+        lora_alpha: float | None = None,
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
@@ -286,7 +285,7 @@ class Studio:
     def text_to_video(
         self,
         prompt: str,
-        lora_alpha: float = DEFAULT_LORA_ALPHA,
+        lora_alpha: float | None = None,
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
@@ -449,7 +448,7 @@ class Studio:
     # ================================================================== layout
     def _generation_sliders(self, tab: TabWidgets) -> None:
         tab.fields["lora_alpha"] = gr.Slider(
-            *LORA_ALPHA_RANGE, value=DEFAULT_LORA_ALPHA, step=0.1, label="LoRA Alpha",
+            *LORA_ALPHA_RANGE, value=self.defaults.lora_alpha, step=0.1, label="LoRA Alpha",
             info="strength of the Pusa LoRA; too high stiffens, too low loses coherence",
         )  # fmt: skip
         tab.fields["steps"] = gr.Slider(

@@ -95,7 +95,9 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def evaluate_pipeline(pipe: Any, settings: EvalSettings = EvalSettings(), lora_alpha: float = 1.4) -> dict:
+def evaluate_pipeline(
+    pipe: Any, settings: EvalSettings = EvalSettings(), lora_alpha: float | None = None
+) -> dict:
     """Run every task on the held-out clips; returns {"metrics": {key: value}, "clips": [per-clip records]}."""
     d = pipe.defaults
     specs = eval_specs(settings.num_clips, settings.eval_seed, d.num_frames, d.width, d.height)
@@ -201,11 +203,11 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
 def evaluate_demo(
     model_dir: str | Path | None = None,
     settings: EvalSettings = EvalSettings(),
-    lora_alphas: Sequence[float] = (1.4,),
+    lora_alphas: Sequence[float] | None = None,
     include_base: bool = True,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Base model (no LoRA) and the VTA model at each alpha, on the same clips and seeds."""
+    """Base model (no LoRA) and the VTA model at each alpha (None: the model's own), on the same clips and seeds."""
     from pusa.pipeline import PusaPipeline
 
     model = model_dir if model_dir is not None else "pusa-tiny"
@@ -214,11 +216,11 @@ def evaluate_demo(
         if progress:
             print("evaluating base (no LoRA) ...", flush=True)
         results["base"] = evaluate_pipeline(PusaPipeline.from_model(model, lora=None), settings)
-    if lora_alphas:
+    if lora_alphas is None or lora_alphas:
         pipe = PusaPipeline.from_model(model)
         if pipe.lora is None:
             raise ValueError(f"{model}: the model folder ships no LoRA (pusa_model.json names none)")
-        for alpha in lora_alphas:
+        for alpha in lora_alphas if lora_alphas is not None else [pipe.defaults.lora_alpha]:
             if progress:
                 print(f"evaluating VTA (LoRA alpha {alpha}) ...", flush=True)
             results[f"VTA alpha {alpha}"] = evaluate_pipeline(pipe, settings, lora_alpha=alpha)
