@@ -104,3 +104,15 @@ def test_cli_and_studio_default_to_the_shipped_model(tmp_path):
     )
     base = json.loads((tmp_path / "b.json").read_text())
     assert base["model"] == "pusa-tiny (base, no LoRA)" and base["lora"] is None
+
+
+@needs_demo
+def test_evaluation_scores_the_models_own_alpha_by_default():
+    from pusa.train.evaluate import evaluate_demo
+
+    settings = EvalSettings(num_clips=1, num_inference_steps=1, tasks=("t2v",))
+    results = evaluate_demo(settings=settings, include_base=False, progress=False)
+    alpha = model_defaults("pusa-tiny").lora_alpha
+    assert list(results) == [f"VTA alpha {alpha}"]
+    assert results[f"VTA alpha {alpha}"]["clips"][0]["t2v"]["color"] is not None
+    assert list(evaluate_demo(settings=settings, lora_alphas=[], progress=False)) == ["base"]
