@@ -207,7 +207,7 @@ class Studio:
         fps: float | None = None,
     ) -> Iterator[Update]:
         """Image-to-Video: the image becomes the first frame, noised by `noise_multiplier` (0 keeps it exactly).
-        `steps`, `width`, `height`, `num_frames`, `fps` default to the model's; `seed` -1 is random."""
+        `lora_alpha`, `steps`, `width`, `height`, `num_frames`, `fps` default to the model's; `seed` -1 is random."""
         common = CommonForm(
             prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps
         )
