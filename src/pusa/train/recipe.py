@@ -639,7 +639,7 @@ def train_vae(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
         latents = mean + v.latent_noise * torch.randn_like(mean)
         recon = vae.decode(latents).sample
         l1, mse = weighted_reconstruction_loss(recon, pixels, weight)
-        # Anchor: the first 3 latent channels regress the 8x8-average colour of their pixels. At toy width the
+        # Anchor: the first 3 latent channels regress the average colour of their pixels (8x8 at 8x spatial). At toy width the
         # Wan VAE otherwise sits for hundreds of steps on the average clip (encoder features barely depend on
         # the input at init); the anchor gives the decoder a usable signal from the first step.
         anchor = (mean[:, :3] - _pool_like(pixels, mean)).pow(2).mean()
