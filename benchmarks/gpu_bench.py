@@ -8,7 +8,7 @@ Rows, per size (480x832x81 = 32,760 tokens; 1280x720x81 = 75,600 tokens), one mo
   diffusers-stock  WanTransformer3DModel, per-token timesteps [B, L], the same LoRA through diffusers' PEFT
   ours-compile     ours-fused with torch.compile of the repeated blocks                      (--compile)
   ours-fp8         ours-fused with float8 weights; relative error of the output vs bf16      (--fp8)
-  tier-<name>      ours-fused under memory tier full / balanced / low (first size only)
+  tier-<name>      ours (no LoRA) under memory tier full / balanced / low (first size only)
 then umT5-XXL encoding of 512 tokens (resident, and as the "full" tier runs it: onload, encode, offload),
 Wan VAE encode of one 480p image and decode of 21 latent frames, and a 10-step I2V estimate at 480p:
 2 text encodes (prompt, negative) + VAE encode + 10 CFG steps (2 forwards each) + VAE decode.
@@ -372,14 +372,18 @@ class Results:
         return row
 
 
+def dit_tokens(spec: Spec, size: Size) -> int:
+    p_t, p_h, p_w = spec.dit["patch_size"]
+    return (size.num_latent_frames // p_t) * (size.height // p_h) * (size.width // p_w)
+
+
 def dit_row(spec: Spec, size: Size, model: torch.nn.Module, per_token: bool) -> dict[str, Any]:
     x = dit_inputs(spec, size, per_token)
     reset_peak(spec.device)
     forward = measure(forward_fn(model, x), spec.device, spec.warmup, spec.repeats)
     cfg = measure(cfg_step_fn(model, x), spec.device, 0, spec.cfg_repeats)
     flops = dit_forward_flops(spec.dit, size.num_latent_frames, size.height, size.width, spec.text_len)
-    p_t, p_h, p_w = spec.dit["patch_size"]
-    tokens = (size.num_latent_frames // p_t) * (size.height // p_h) * (size.width // p_w)
+    tokens = dit_tokens(spec, size)
     achieved = flops / (forward["ms"] / 1e3)
     return {
         "tokens": tokens,
@@ -477,17 +481,28 @@ def dit_variant(
         results.run(part, variant, size, spec.device, timed)
 
 
-def tiers_part(spec: Spec, size: Size, lora: LoraWeights, attention: str, results: Results) -> None:
+def tiers_part(spec: Spec, size: Size, attention: str, results: Results) -> None:
+    """Each tier on the same seeded weights and inputs; the output of every tier after the first is
+    compared with the first's (offloading must not change a bit)."""
+    reference: dict[str, torch.Tensor] = {}
     for tier in MEMORY_TIERS:
 
         def body(tier: str = tier) -> dict:
-            model, _ = build_variant("ours-fused", spec, lora, attention, {})
+            # No LoRA here: a fused LoRA changes the weights' values, not the cost of moving or using them,
+            # and fusing 14B weights (~47 s, mostly pinning the pristine copies) would triple this part.
+            model = build_dit(PusaTransformer3DModel, spec)
+            apply_attention_backend(model, attention, spec.device)
             model.to("cpu")  # where a real load leaves it before the tier places it
             free_memory(spec.device)
             started = time.perf_counter()
             placement = apply_memory_tier({"transformer": model}, tier, spec.device)
             setup_s = time.perf_counter() - started
             row = dit_row(spec, size, model, per_token=False)
+            output = forward_fn(model, dit_inputs(spec, size, False))().float().cpu()
+            if reference:
+                row["rel_error_vs_first_tier"] = relative_error(output, reference["output"])
+            else:
+                reference["output"] = output
             return {**row, "tier_setup_s": setup_s, "placement": placement["transformer"]}
 
         results.run("tiers", f"tier-{tier}", size, spec.device, body)
@@ -640,9 +655,13 @@ def print_table(meta: dict[str, Any], rows: list[dict]) -> None:
     print(f"\n{meta.get('mode', '?')} mode on {meta.get('device_name', '?')}; torch {meta.get('torch')}, "
           f"diffusers {meta.get('diffusers')}")  # fmt: skip
     attention = meta.get("attention", {})
-    print(
-        f"attention backend: {attention.get('selected')}  (timings ms: {attention.get('timings') or 'n/a'})"
-    )
+    print(f"attention backend: {attention.get('selected')}")
+    for label, timings in (attention.get("timings") or {}).items():
+        cells = [
+            f"{name} {ms:.2f}" if isinstance(ms, float) else f"{name} {ms[:40]}"
+            for name, ms in timings.items()
+        ]
+        print(f"  ms per self-attention at {label}: " + "; ".join(cells))
     header = (
         f"{'row':<26}{'size':<14}{'tokens':>7}{'ms/fwd':>10}{'ms/CFG':>10}{'peak GiB':>9}"
         f"{'TFLOP/s':>10}{'MFU':>7}  notes"
@@ -665,6 +684,8 @@ def print_table(meta: dict[str, Any], rows: list[dict]) -> None:
                 notes.append(f"{key}={row[key]}")
         if "rel_error_vs_bf16" in row:
             notes.append(f"rel.err vs bf16={row['rel_error_vs_bf16']:.2e}")
+        if "rel_error_vs_first_tier" in row:
+            notes.append(f"rel.err vs tier-full={row['rel_error_vs_first_tier']:.2e}")
         if row.get("tiled"):
             notes.append("tiled")
         mfu = row.get("mfu")
@@ -754,10 +775,16 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [spec.sizes[key] for key in args.sizes.split(",")]
     torch.set_grad_enabled(False)
 
-    timings = {}
+    # Each backend timed at every size's own sequence length (the winner changes with length); "auto"
+    # picks the fastest at the first size.
+    timings_by_size: dict[str, dict] = {}
     if device.type == "cuda":
         heads, head_dim = spec.dit["num_attention_heads"], spec.dit["attention_head_dim"]
-        timings = attention_backend_timings(device, num_heads=heads, head_dim=head_dim)
+        for size in sizes:
+            timings_by_size[size.label] = attention_backend_timings(
+                device, num_heads=heads, head_dim=head_dim, seq_len=dit_tokens(spec, size), repeats=3
+            )
+    timings = timings_by_size.get(sizes[0].label, {})
     usable = {name: ms for name, ms in timings.items() if isinstance(ms, float)}
     attention = args.attention
     if attention == "auto":
@@ -771,7 +798,7 @@ def main(argv: list[str] | None = None) -> None:
         "diffusers": diffusers.__version__,
         "dtype": str(spec.dtype),
         "peak_flops": PEAK_FLOPS,
-        "attention": {"requested": args.attention, "selected": attention, "timings": timings},
+        "attention": {"requested": args.attention, "selected": attention, "timings": timings_by_size},
         "lora": {"rank": spec.lora_rank, "alpha": LORA_ALPHA},
         "dit_layers": spec.dit["num_layers"],
         "parts": parts,
@@ -788,7 +815,7 @@ def main(argv: list[str] | None = None) -> None:
         results.log(f"random rank-{spec.lora_rank} LoRA drawn in {time.perf_counter() - started:.1f}s")
         dit_part(spec, dit_variants, sizes, lora, attention, results)
         if "tiers" in parts:
-            tiers_part(spec, sizes[0], lora, attention, results)
+            tiers_part(spec, sizes[0], attention, results)
         del lora
     if "text" in parts:
         text_part(spec, results)

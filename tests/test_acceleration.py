@@ -366,3 +366,25 @@ def test_from_preset_applies_the_named_tier_and_records_it(tier, baseline_video)
     out = pipe.text_to_video("a fox", **PIPELINE_ARGS)
     assert out.settings["acceleration"]["memory_tier"] == tier
     assert np.array_equal(out.frames, baseline_video)
+
+
+def test_attention_is_chosen_at_the_models_native_length():
+    """ "auto" times the kernels at the length attention will run at: 32,760 tokens for Wan's 81x480x832 (the
+    winner changes with length: on an H100 plain SDPA won at 4,096 tokens and cuDNN at 32,760)."""
+    from types import SimpleNamespace
+
+    from pusa.pipeline import native_tokens
+    from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
+
+    wan_vae = SimpleNamespace(config=SimpleNamespace(temperal_downsample=[False, True, True]))
+    wan_dit = SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2)))
+    assert native_tokens(wan_dit, wan_vae, WAN_DEFAULTS) == 21 * 30 * 52 == 32_760
+    pipe = PusaPipeline.from_model("pusa-tiny")
+    assert (
+        native_tokens(pipe.transformer, pipe.vae, pipe.defaults) == 5 * 4 * 4
+    )  # 17 frames 64x64, 4x + 1x4x4
+    tiny = tiny_random_components()
+    tokens = native_tokens(tiny["transformer"], tiny["vae"], TINY_DEFAULTS)
+    assert tokens == 5 * (64 // 8 // 2) ** 2
+    model = tiny_dit()
+    assert apply_attention_backend(model, "auto", "cpu", seq_len=tokens) == "native"

@@ -376,3 +376,17 @@ def test_vae_needs_two_downsamples_for_4x_temporal():
     assert vae_temporal_downsample((1, 2, 4)) == [True, True]
     with pytest.raises(ValueError, match=r"vae.dim_mult=\[1, 2\] gives 1 downsample"):
         build_vae(VaeConfig(dim_mult=(1, 2)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no GPU is")
+def test_train_demo_names_a_device_it_cannot_use(tmp_path, capsys):
+    from pusa.cli import main
+
+    run = str(tmp_path / "run")
+    assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "cuda"]) == 2
+    assert "device 'cuda': no CUDA device is available here; use cpu" in capsys.readouterr().err
+    assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "gpu0"]) == 2
+    assert "device 'gpu0' is not a torch device; use cpu or cuda (cuda:N)" in capsys.readouterr().err
+    assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "meta"]) == 2
+    assert "the recipe runs on cpu or cuda" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -73,19 +73,20 @@ GiB = 2**30
 # The card each tier is meant for (bytes of VRAM; None = as much as the models need). Documentation and
 # the benchmark's targets; the decision itself is `choose_memory_tier`, from measured sizes.
 MEMORY_TIER_BUDGETS: dict[str, int | None] = {
-    # transformer and VAE resident; the text encoder is onloaded for an encode and moved off after it
+    # transformer and VAE resident; the text encoder streamed through the GPU for each encode
     "full": None,
-    # transformer offloaded block by block, the next block prefetched on a CUDA stream while the current
-    # one computes; text encoder onloaded whole for an encode (umT5-XXL bf16 is 11.4 GB); VAE resident
+    # on CUDA, transformer and text encoder streamed leaf by leaf from pinned CPU memory, the next layer
+    # prefetched on a CUDA stream while the current one computes; VAE resident and untiled (a 480p decode
+    # of 21 latent frames peaks near 9.3 GiB). Without streams (non-CUDA targets): groups of 4 blocks
     "balanced": 24 * 10**9,
-    # every leaf layer of the transformer and the text encoder offloaded, prefetched on a CUDA stream;
-    # VAE resident and tiled
+    # as balanced, and the VAE tiled
     "low": 12 * 10**9,
 }
 # Activations of one forward at 720p (75,600 tokens, fused attention) or a VAE decode, with headroom.
 WORKING_BYTES = 10 * GiB
-# Share of the transformer resident under "balanced": two of its blocks (current + prefetched) plus the
-# embeddings and the head. Two of Wan-14B's 40 blocks is 5%; 10% leaves room for smaller models.
+# Share of the transformer resident under "balanced" (what `choose_memory_tier` budgets): streamed leaf by
+# leaf, only the current and the prefetched layers are on the GPU; without streams, groups of 4 of
+# Wan-14B's 40 blocks. 10% also leaves room for smaller models.
 BALANCED_RESIDENT_FRACTION = 0.10
 # Blocks per offload group when no stream can prefetch (non-CUDA targets); with streams diffusers
 # needs exactly one.
@@ -215,29 +216,48 @@ def apply_memory_tier(
         if tier == "full":
             transformer.to(device)
             placement["transformer"] = f"resident on {device}"
-        elif tier == "balanced":
-            blocks_per_group = 1 if stream else BALANCED_BLOCKS_PER_GROUP
-            apply_group_offloading(
-                transformer,
-                onload_device=device,
-                offload_device=offload_device,
-                offload_type="block_level",
-                num_blocks_per_group=blocks_per_group,
-                use_stream=stream,
-                record_stream=stream,
-            )
-            placement["transformer"] = f"block-level offload, {blocks_per_group} block(s) per group{prefetch}"
-        else:
+        elif stream:
+            # Leaf-level, not block-level: diffusers' block-level offload puts every module outside the
+            # block list (patch/text/time embedders, head; 235M parameters at 14B) into one group that is
+            # moved synchronously from pageable memory and back on every forward (measured on an H100 at
+            # 2 of 40 blocks: 725 ms per forward vs 171 resident), while leaf-level groups are all pinned
+            # and prefetched on the stream (187 ms).
             apply_group_offloading(
                 transformer,
                 onload_device=device,
                 offload_device=offload_device,
                 offload_type="leaf_level",
-                use_stream=stream,
+                use_stream=True,
             )
             placement["transformer"] = f"leaf-level offload{prefetch}"
+        elif tier == "balanced":
+            apply_group_offloading(
+                transformer,
+                onload_device=device,
+                offload_device=offload_device,
+                offload_type="block_level",
+                num_blocks_per_group=BALANCED_BLOCKS_PER_GROUP,
+            )
+            placement["transformer"] = f"block-level offload, {BALANCED_BLOCKS_PER_GROUP} block(s) per group"
+        else:
+            apply_group_offloading(
+                transformer, onload_device=device, offload_device=offload_device, offload_type="leaf_level"
+            )
+            placement["transformer"] = "leaf-level offload"
     if text_encoder is not None:
-        if tier in ("full", "balanced"):
+        if stream:
+            # Every tier streams the encoder leaf by leaf from pinned memory: whole-model moves go through
+            # pageable memory (umT5-XXL, 10.8 GiB: 10.7 s per encode measured on an H100) and the encoder
+            # does little compute per byte, so streaming costs about one pass over the bus.
+            apply_group_offloading(
+                text_encoder,
+                onload_device=device,
+                offload_device=offload_device,
+                offload_type="leaf_level",
+                use_stream=True,
+            )
+            placement["text_encoder"] = f"leaf-level offload{prefetch}, onloaded for each encode"
+        elif tier in ("full", "balanced"):
             # umT5 has no top-level ModuleList, so block-level offloading makes the whole encoder one group:
             # onloaded when an encode starts, offloaded when it ends.
             apply_group_offloading(
@@ -250,13 +270,9 @@ def apply_memory_tier(
             placement["text_encoder"] = f"onloaded to {device} for each encode, offloaded after"
         else:
             apply_group_offloading(
-                text_encoder,
-                onload_device=device,
-                offload_device=offload_device,
-                offload_type="leaf_level",
-                use_stream=stream,
+                text_encoder, onload_device=device, offload_device=offload_device, offload_type="leaf_level"
             )
-            placement["text_encoder"] = f"leaf-level offload{prefetch}"
+            placement["text_encoder"] = "leaf-level offload"
     if vae is not None:
         vae.to(device)
         placement["vae"] = f"resident on {device}"
@@ -356,16 +372,19 @@ def select_attention_backend(
     return min(usable, key=usable.__getitem__) if usable else "native"
 
 
-def apply_attention_backend(transformer: nn.Module, backend: str, device: str | torch.device) -> str:
+def apply_attention_backend(
+    transformer: nn.Module, backend: str, device: str | torch.device, seq_len: int | None = None
+) -> str:
     """Set `backend` ("auto" = `select_attention_backend`) on every attention of `transformer` and return
     its name. A named backend is tried first on CUDA; one that cannot run on `device` (a missing package,
-    a CUDA kernel off CUDA) raises ValueError naming it and why."""
+    a CUDA kernel off CUDA) raises ValueError naming it and why. `seq_len`: the token count "auto" times
+    the kernels at (the model's native clip; the winner changes with length), default 4096."""
     backend = validate_attention_backend(backend)
     device = torch.device(device)
     config = getattr(transformer, "config", None)
-    shape = {}
+    shape: dict[str, int] = {} if seq_len is None else {"seq_len": int(seq_len)}
     if config is not None and hasattr(config, "num_attention_heads"):
-        shape = {"num_heads": config.num_attention_heads, "head_dim": config.attention_head_dim}
+        shape.update(num_heads=config.num_attention_heads, head_dim=config.attention_head_dim)
     if backend == "auto":
         backend = select_attention_backend(device, **shape)
     elif device.type != "cuda" and backend not in _PORTABLE_ATTENTION:
@@ -473,11 +492,13 @@ def prepare_for_device(
     compile: bool = False,
     compute_dtype: torch.dtype | None = None,
     compile_kwargs: Mapping[str, Any] | None = None,
+    attention_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Everything above, in the order that works: fp8 weights -> memory tier -> attention backend ->
     compile. `components` is a pipeline, `loading.Components` or a dict, best still on the CPU and with
     any `LoraFuser` already built (it keeps pristine copies of the weights fp8 would round). Names are
-    checked before anything changes. Returns what was done, for logs and the settings record."""
+    checked before anything changes. `attention_tokens`: the sequence length "auto" attention is chosen
+    at. Returns what was done, for logs and the settings record."""
     device = torch.device(device)
     validate_memory_tier(memory, allow_auto=True)
     validate_attention_backend(attention)
@@ -490,7 +511,7 @@ def prepare_for_device(
         enable_fp8_weights(transformer, compute_dtype=compute_dtype or transformer.dtype)
     report["memory_tier"] = resolve_memory_tier(memory, device, components)
     report["placement"] = apply_memory_tier(components, report["memory_tier"], device)
-    report["attention"] = apply_attention_backend(transformer, attention, device)
+    report["attention"] = apply_attention_backend(transformer, attention, device, seq_len=attention_tokens)
     if compile:
         compile_blocks(transformer, **(compile_kwargs or {}))
     return report

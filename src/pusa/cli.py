@@ -261,6 +261,10 @@ def _add_train_commands(commands) -> None:
         help="change a config value, e.g. --set base.steps=2000 --set base.minutes=60 (saved in RUN/config.json)",
     )  # fmt: skip
     demo.add_argument("--tiny", action="store_true", help="the seconds-long toy config (a smoke test)")
+    demo.add_argument(
+        "--device", default="cpu",
+        help="torch device of the pool, base and vta stages, e.g. cuda (default: cpu; the others run on the CPU)",
+    )  # fmt: skip
     vta = kinds.add_parser(
         "vta", help="VTA-fine-tune a LoRA on a real model folder from pre-encoded latents",
         description="The recipe's VTA stage on any model folder (a Wan2.1 folder on GPUs): a LoRA with a "
@@ -308,7 +312,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     if args.train_kind == "demo":
         stages = [s for s in args.stages.split(",") if s]
-        recipe.run_recipe_cli(args.run_dir, stages, args.set, args.tiny, args.export_dir)
+        recipe.run_recipe_cli(args.run_dir, stages, args.set, args.tiny, args.export_dir, args.device)
     else:
         path = recipe.train_vta_on_folder(
             args.model, args.latents, args.run_dir, args.set, device=args.device, dtype=args.dtype

@@ -108,6 +108,19 @@ def _check_range(name: str, value: Any, low: float, high: float, integer: bool =
         raise ValueError(f"{name}={value!r} is not allowed; {name} must be {kind} in {low}..{high}")
 
 
+def vae_compression(vae: Any) -> tuple[int, int]:
+    """(temporal, spatial) compression of a Wan VAE, from its config."""
+    return 2 ** sum(vae.config.temperal_downsample), 2 ** len(vae.config.temperal_downsample)
+
+
+def native_tokens(transformer: Any, vae: Any, defaults: ModelDefaults) -> int:
+    """DiT tokens of one clip at the model's native size: the sequence length attention runs at."""
+    temporal, spatial = vae_compression(vae)
+    p_t, p_h, p_w = transformer.config.patch_size
+    frames = (defaults.num_frames - 1) // temporal + 1
+    return (frames // p_t) * (defaults.height // spatial // p_h) * (defaults.width // spatial // p_w)
+
+
 class PusaPipeline:
     """Pusa V1 (Wan2.1 DiT with per-frame timesteps) for every task.
 
@@ -238,6 +251,7 @@ class PusaPipeline:
             fp8=fp8,
             compile=compile,
             compute_dtype=dtype,
+            attention_tokens=native_tokens(components.transformer, components.vae, defaults),
         )
         pipe = cls(
             components.transformer,
@@ -257,9 +271,7 @@ class PusaPipeline:
     @property
     def vae_scale(self) -> tuple[int, int]:
         """(temporal, spatial) compression of the VAE."""
-        temporal = 2 ** sum(self.vae.config.temperal_downsample)
-        spatial = 2 ** len(self.vae.config.temperal_downsample)
-        return temporal, spatial
+        return vae_compression(self.vae)
 
     @property
     def size_multiple(self) -> int:

@@ -420,6 +420,8 @@ def train_stage(stage: Stage, run_dir: Path, log: RunLog, checkpoint_every: int,
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         ema = state.get("ema")
+        if ema is not None:  # saved from wherever it trained; continue where the parameters are now
+            ema = {name: ema[name].to(p.device) for name, p in stage.trainable.items()}
         step, elapsed_before = state["step"], state.get("elapsed_s", 0.0)
         torch.set_rng_state(state["torch_rng"])
         log.write(stage=stage.name, event="resume", step=step)
@@ -714,13 +716,13 @@ def train_decoder(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
 
 # ---------------------------------------------------------------------------------------------- stage: pool
 @torch.no_grad()
-def encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog) -> LatentPool:
-    """Encode `pool.num_clips` world clips with the frozen VAE; normalize them per channel."""
+def encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog, device: str = "cpu") -> LatentPool:
+    """Encode `pool.num_clips` world clips with the frozen VAE (on `device`); normalize them per channel."""
     path = run_dir / "pool.safetensors"
     if path.is_file():
         return LatentPool.load(path)
     c, p = cfg.clip, cfg.pool
-    vae = load_vae(run_dir, cfg)
+    vae = load_vae(run_dir, cfg).to(device)
     seeds = np.random.default_rng((cfg.seed, 11)).integers(TRAIN_SEED_LIMIT, size=p.num_clips)
     latents, image_latents = [], []
     for start in tqdm(range(0, p.num_clips, p.batch_size), desc="pool", dynamic_ncols=True):
@@ -729,12 +731,12 @@ def encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog) -> LatentPool:
             for s in seeds[start : start + p.batch_size]
         ]
         videos = np.stack([render_clip(spec) for spec in specs])  # [B, F, H, W, 3]
-        pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [B, 3, F, H, W]
-        latents.append(vae.encode(pixels).latent_dist.mode())  # [B, 16, F_lat, h, w]
+        pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).to(device).float() / 127.5 - 1.0
+        latents.append(vae.encode(pixels).latent_dist.mode().cpu())  # [B, 16, F_lat, h, w]
         if p.image_positions:
             frames = pixels[:, :, [4 * k for k in p.image_positions]]  # [B, 3, K, H, W]
             singles = frames.permute(0, 2, 1, 3, 4).flatten(0, 1).unsqueeze(2)  # [B*K, 3, 1, H, W]
-            encoded = vae.encode(singles).latent_dist.mode()  # [B*K, 16, 1, h, w]
+            encoded = vae.encode(singles).latent_dist.mode().cpu()  # [B*K, 16, 1, h, w]
             encoded = encoded.squeeze(2).unflatten(
                 0, (len(specs), len(p.image_positions))
             )  # [B, K, 16, h, w]
@@ -907,12 +909,19 @@ def caption_sensitivity(
 
 
 def train_base(
-    run_dir: Path, cfg: RunConfig, log: RunLog, source: LatentPool | LatentFolder | None = None
+    run_dir: Path,
+    cfg: RunConfig,
+    log: RunLog,
+    source: LatentPool | LatentFolder | None = None,
+    device: str = "cpu",
 ) -> None:
-    """Stage (b): the text-to-video base with one shared timestep per clip; umT5 trains jointly."""
+    """Stage (b): the text-to-video base with one shared timestep per clip; umT5 trains jointly. Batches are
+    drawn on the CPU (the same ones on any device) and the models train in float32 on `device`."""
     b = cfg.base
     source = source or LatentPool.load(run_dir / "pool.safetensors")
     tokenizer, text_encoder, transformer = build_base_models(run_dir, cfg)
+    text_encoder.to(device)
+    transformer.to(device)
     encode = TextEncoding(tokenizer, text_encoder, cfg.tokenizer.max_sequence_length)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -1021,6 +1030,7 @@ def train_vta(
     log: RunLog,
     source: LatentPool | LatentFolder | None = None,
     base: tuple[Any, nn.Module, nn.Module] | None = None,
+    device: str | None = None,
 ) -> dict[str, LoraLinear]:
     """Stage (c): Pusa's VTA. A LoRA on the frozen base; an independent timestep per latent frame.
 
@@ -1031,6 +1041,9 @@ def train_vta(
     v = cfg.vta
     source = source or LatentPool.load(run_dir / "pool.safetensors")
     tokenizer, text_encoder, transformer = base or load_base(run_dir, cfg)
+    if device is not None:  # None: where `base` already is
+        text_encoder.to(device)
+        transformer.to(device)
     for p in [*transformer.parameters(), *text_encoder.parameters()]:
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed + 2)
@@ -1174,14 +1187,31 @@ def load_run_config(run_dir: Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(path.read_text()))
 
 
+def check_device(device: str) -> torch.device:
+    """`device` as a torch device, or a ValueError naming it and what is allowed here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device; use cpu or cuda (cuda:N)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is available here; use cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: the recipe runs on cpu or cuda (cuda:N)")
+    return parsed
+
+
 def run_recipe(
     run_dir: str | Path,
     cfg: RunConfig | None = None,
     stages: Iterable[str] = STAGES,
     export_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Run `stages` in order (finished ones are skipped, interrupted ones resume). The run's config is saved
-    on the first call; later calls must agree with it or pass `cfg=None` to reuse it."""
+    on the first call; later calls must agree with it or pass `cfg=None` to reuse it. `device` runs the
+    pool, base and vta stages (the bulk of the time); the tokenizer, VAE and decoder stages stay on the CPU.
+    A stage may resume on another device than it started on."""
+    check_device(device)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
@@ -1214,11 +1244,11 @@ def run_recipe(
         elif name == "decoder":
             train_decoder(run_dir, cfg, log)
         elif name == "pool":
-            encode_pool(run_dir, cfg, log)
+            encode_pool(run_dir, cfg, log, device)
         elif name == "base":
-            train_base(run_dir, cfg, log)
+            train_base(run_dir, cfg, log, device=device)
         elif name == "vta":
-            train_vta(run_dir, cfg, log)
+            train_vta(run_dir, cfg, log, device=device)
         elif name == "export":
             export_demo_model(run_dir, export_dir or run_dir / "export")
         log.write(stage=name, event="end", elapsed_s=round(time.perf_counter() - started, 1))
@@ -1247,6 +1277,7 @@ def run_recipe_cli(
     assignments: Iterable[str] = (),
     tiny: bool = False,
     export_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> Path:
     """`pusa train demo`: a new run starts from the default (or `tiny`) config plus `assignments`; an existing
     run keeps its saved config, changed only by `assignments` (e.g. a longer time budget to train further)."""
@@ -1261,7 +1292,7 @@ def run_recipe_cli(
             (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     else:
         cfg = _override(tiny_test_config() if tiny else RunConfig(), assignments)
-    return run_recipe(run_dir, cfg, stages, export_dir)
+    return run_recipe(run_dir, cfg, stages, export_dir, device)
 
 
 VTA_LORA_NAME = "pusa_lora.safetensors"
