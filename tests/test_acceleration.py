@@ -388,3 +388,14 @@ def test_attention_is_chosen_at_the_models_native_length():
     assert tokens == 5 * (64 // 8 // 2) ** 2
     model = tiny_dit()
     assert apply_attention_backend(model, "auto", "cpu", seq_len=tokens) == "native"
+
+
+def test_attention_backends_name_the_package_they_need():
+    from pusa.acceleration import attention_package
+
+    assert attention_package("flash") == attention_package("flash_varlen") == "flash_attn"
+    assert attention_package("_flash_3") == attention_package("_flash_varlen_3") == "flash_attn_interface"
+    assert attention_package("sage") == attention_package("_sage_qk_int8_pv_fp16_cuda") == "sageattention"
+    assert attention_package("xformers") == "xformers"
+    for builtin in ("native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math", "flex"):
+        assert attention_package(builtin) is None, builtin

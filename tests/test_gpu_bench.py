@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
 
@@ -26,6 +27,7 @@ def gpu_bench():
 def test_tiny_benchmark_runs_every_part_and_tiers_match(gpu_bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
     gpu_bench.main(["--tiny", "--repeats", "1", "--sizes", "480p", "--json", str(out)])
+    assert torch.is_grad_enabled()  # the bench runs under no_grad without leaking it to its caller
     result = json.loads(out.read_text())
     rows = {row["name"]: row for row in result["rows"]}
     assert all(row["status"] == "ok" for row in result["rows"]), [

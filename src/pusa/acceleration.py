@@ -20,6 +20,7 @@ ones, cross the bus, and the layer is upcast on the GPU.
 from __future__ import annotations
 
 import collections
+import importlib.util
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -314,6 +315,16 @@ def validate_attention_backend(name: str) -> str:
     return name
 
 
+def attention_package(backend: str) -> str | None:
+    """The Python package an attention backend needs beyond PyTorch (None: PyTorch's own kernels). Without
+    it diffusers fails with a bare TypeError, so the timings report this name instead."""
+    if "flash" in backend and not backend.startswith("_native"):
+        return "flash_attn_interface" if "_3" in backend else "flash_attn"
+    if "sage" in backend:
+        return "sageattention"
+    return "xformers" if backend == "xformers" else None
+
+
 def attention_backend_timings(
     device: str | torch.device,
     candidates: Sequence[str] = AUTO_ATTENTION_CANDIDATES,
@@ -341,6 +352,10 @@ def attention_backend_timings(
     for name in candidates:
         validate_attention_backend(name)
         backend = AttentionBackendName(name)
+        package = attention_package(name)
+        if package is not None and importlib.util.find_spec(package) is None:
+            results[name] = f"unavailable: needs the {package} package, which is not installed"
+            continue
         try:
             with torch.inference_mode():
                 output = dispatch_attention_fn(query, key, value, backend=backend)
