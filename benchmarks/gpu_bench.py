@@ -57,6 +57,7 @@ from pusa.acceleration import (
     compile_blocks,
     dit_forward_flops,
     enable_fp8_weights,
+    fastest_attention_backend,
     module_bytes,
     relative_error,
 )
@@ -750,6 +751,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@torch.no_grad()  # not set_grad_enabled(False): the caller (a test) keeps its grad mode
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.merge:
@@ -773,55 +775,52 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"--parts must be among {','.join(PARTS)} and --sizes among {','.join(spec.sizes)}; "
                  f"got {unknown or ''} {bad_sizes or ''}")  # fmt: skip
     sizes = [spec.sizes[key] for key in args.sizes.split(",")]
-    with torch.no_grad():  # not set_grad_enabled: a caller (a test) keeps its grad mode
-        # Each backend timed at every size's own sequence length (the winner changes with length); "auto"
-        # picks the fastest at the first size.
-        timings_by_size: dict[str, dict] = {}
-        if device.type == "cuda":
-            heads, head_dim = spec.dit["num_attention_heads"], spec.dit["attention_head_dim"]
-            for size in sizes:
-                timings_by_size[size.label] = attention_backend_timings(
-                    device, num_heads=heads, head_dim=head_dim, seq_len=dit_tokens(spec, size), repeats=3
-                )
-        timings = timings_by_size.get(sizes[0].label, {})
-        usable = {name: ms for name, ms in timings.items() if isinstance(ms, float)}
-        attention = args.attention
-        if attention == "auto":
-            attention = min(usable, key=usable.__getitem__) if usable else "native"
-        meta = {
-            "mode": spec.mode,
-            "device_name": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or "cpu",
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "dtype": str(spec.dtype),
-            "peak_flops": PEAK_FLOPS,
-            "attention": {"requested": args.attention, "selected": attention, "timings": timings_by_size},
-            "lora": {"rank": spec.lora_rank, "alpha": LORA_ALPHA},
-            "dit_layers": spec.dit["num_layers"],
-            "parts": parts,
-        }
-        strict = args.tiny if args.strict is None else args.strict
-        results = Results(meta=meta, json_path=args.json, strict=strict)
-        results.log(f"{spec.mode} mode on {meta['device_name']}, parts {parts}, attention {attention}")
+    # Each backend timed at every size's own sequence length (the winner changes with length); "auto"
+    # picks the fastest at the first size.
+    timings_by_size: dict[str, dict] = {}
+    if device.type == "cuda":
+        heads, head_dim = spec.dit["num_attention_heads"], spec.dit["attention_head_dim"]
+        for size in sizes:
+            timings_by_size[size.label] = attention_backend_timings(
+                device, num_heads=heads, head_dim=head_dim, seq_len=dit_tokens(spec, size), repeats=3
+            )
+    attention = args.attention
+    if attention == "auto":
+        attention = fastest_attention_backend(timings_by_size.get(sizes[0].label, {}))
+    meta = {
+        "mode": spec.mode,
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "dtype": str(spec.dtype),
+        "peak_flops": PEAK_FLOPS,
+        "attention": {"requested": args.attention, "selected": attention, "timings": timings_by_size},
+        "lora": {"rank": spec.lora_rank, "alpha": LORA_ALPHA},
+        "dit_layers": spec.dit["num_layers"],
+        "parts": parts,
+    }
+    strict = args.tiny if args.strict is None else args.strict
+    results = Results(meta=meta, json_path=args.json, strict=strict)
+    results.log(f"{spec.mode} mode on {meta['device_name']}, parts {parts}, attention {attention}")
 
-        dit_variants = [v for v in DIT_VARIANTS if "dit" in parts]
-        dit_variants += [v for v, part in (("ours-compile", "compile"), ("ours-fp8", "fp8")) if part in parts]
-        if dit_variants or "tiers" in parts:
-            started = time.perf_counter()
-            lora = random_lora(spec)
-            results.log(f"random rank-{spec.lora_rank} LoRA drawn in {time.perf_counter() - started:.1f}s")
-            dit_part(spec, dit_variants, sizes, lora, attention, results)
-            if "tiers" in parts:
-                tiers_part(spec, sizes[0], attention, results)
-            del lora
-        if "text" in parts:
-            text_part(spec, results)
-        if "vae" in parts:
-            vae_part(spec, spec.sizes["480p"], results)
-        results.save()
-        print_table(meta, results.rows)
+    dit_variants = [v for v in DIT_VARIANTS if "dit" in parts]
+    dit_variants += [v for v, part in (("ours-compile", "compile"), ("ours-fp8", "fp8")) if part in parts]
+    if dit_variants:
+        started = time.perf_counter()
+        lora = random_lora(spec)
+        results.log(f"random rank-{spec.lora_rank} LoRA drawn in {time.perf_counter() - started:.1f}s")
+        dit_part(spec, dit_variants, sizes, lora, attention, results)
+        del lora
+    if "tiers" in parts:
+        tiers_part(spec, sizes[0], attention, results)
+    if "text" in parts:
+        text_part(spec, results)
+    if "vae" in parts:
+        vae_part(spec, spec.sizes["480p"], results)
+    results.save()
+    print_table(meta, results.rows)
 
 
 if __name__ == "__main__":

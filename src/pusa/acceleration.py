@@ -54,6 +54,7 @@ __all__ = [
     "component_bytes",
     "dit_forward_flops",
     "enable_fp8_weights",
+    "fastest_attention_backend",
     "free_device_bytes",
     "module_bytes",
     "prepare_for_device",
@@ -212,7 +213,12 @@ def apply_memory_tier(
             raise ValueError(f"{name} is already group-offloaded; apply a memory tier only once")
 
     placement = {"tier": tier}
-    prefetch = ", CUDA-stream prefetch" if stream else ""
+
+    def offload(module: nn.Module, offload_type: str, **options: Any) -> None:
+        apply_group_offloading(
+            module, onload_device=device, offload_device=offload_device, offload_type=offload_type, **options
+        )
+
     if transformer is not None:
         if tier == "full":
             transformer.to(device)
@@ -223,56 +229,28 @@ def apply_memory_tier(
             # moved synchronously from pageable memory and back on every forward (measured on an H100 at
             # 2 of 40 blocks: 725 ms per forward vs 171 resident), while leaf-level groups are all pinned
             # and prefetched on the stream (187 ms).
-            apply_group_offloading(
-                transformer,
-                onload_device=device,
-                offload_device=offload_device,
-                offload_type="leaf_level",
-                use_stream=True,
-            )
-            placement["transformer"] = f"leaf-level offload{prefetch}"
+            offload(transformer, "leaf_level", use_stream=True)
+            placement["transformer"] = "leaf-level offload, CUDA-stream prefetch"
         elif tier == "balanced":
-            apply_group_offloading(
-                transformer,
-                onload_device=device,
-                offload_device=offload_device,
-                offload_type="block_level",
-                num_blocks_per_group=BALANCED_BLOCKS_PER_GROUP,
-            )
+            offload(transformer, "block_level", num_blocks_per_group=BALANCED_BLOCKS_PER_GROUP)
             placement["transformer"] = f"block-level offload, {BALANCED_BLOCKS_PER_GROUP} block(s) per group"
         else:
-            apply_group_offloading(
-                transformer, onload_device=device, offload_device=offload_device, offload_type="leaf_level"
-            )
+            offload(transformer, "leaf_level")
             placement["transformer"] = "leaf-level offload"
     if text_encoder is not None:
         if stream:
             # Every tier streams the encoder leaf by leaf from pinned memory: whole-model moves go through
             # pageable memory (umT5-XXL, 10.8 GiB: 10.7 s per encode measured on an H100) and the encoder
             # does little compute per byte, so streaming costs about one pass over the bus.
-            apply_group_offloading(
-                text_encoder,
-                onload_device=device,
-                offload_device=offload_device,
-                offload_type="leaf_level",
-                use_stream=True,
-            )
-            placement["text_encoder"] = f"leaf-level offload{prefetch}, onloaded for each encode"
+            offload(text_encoder, "leaf_level", use_stream=True)
+            placement["text_encoder"] = "leaf-level offload, CUDA-stream prefetch, onloaded for each encode"
         elif tier in ("full", "balanced"):
             # umT5 has no top-level ModuleList, so block-level offloading makes the whole encoder one group:
             # onloaded when an encode starts, offloaded when it ends.
-            apply_group_offloading(
-                text_encoder,
-                onload_device=device,
-                offload_device=offload_device,
-                offload_type="block_level",
-                num_blocks_per_group=1,
-            )
+            offload(text_encoder, "block_level", num_blocks_per_group=1)
             placement["text_encoder"] = f"onloaded to {device} for each encode, offloaded after"
         else:
-            apply_group_offloading(
-                text_encoder, onload_device=device, offload_device=offload_device, offload_type="leaf_level"
-            )
+            offload(text_encoder, "leaf_level")
             placement["text_encoder"] = "leaf-level offload"
     if vae is not None:
         vae.to(device)
@@ -377,14 +355,18 @@ def attention_backend_timings(
     return results
 
 
+def fastest_attention_backend(timings: Mapping[str, float | str]) -> str:
+    """The backend with the lowest time in `attention_backend_timings`' result; "native" if none ran."""
+    usable = {name: ms for name, ms in timings.items() if isinstance(ms, float)}
+    return min(usable, key=usable.__getitem__) if usable else "native"
+
+
 def select_attention_backend(
     device: str | torch.device, candidates: Sequence[str] = AUTO_ATTENTION_CANDIDATES, **shape: Any
 ) -> str:
     """The fastest attention backend on `device` among `candidates` (timed by `attention_backend_timings`;
     `shape` overrides its sizes); "native" (PyTorch SDPA, whatever kernel it picks) off CUDA or if none ran."""
-    timings = attention_backend_timings(device, candidates, **shape)
-    usable = {name: ms for name, ms in timings.items() if isinstance(ms, float)}
-    return min(usable, key=usable.__getitem__) if usable else "native"
+    return fastest_attention_backend(attention_backend_timings(device, candidates, **shape))
 
 
 def apply_attention_backend(
