@@ -4,6 +4,7 @@ history on disk (SQLite + outputs folder) that survives a restart. Tiny-random m
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -209,3 +210,109 @@ def _with_form(image_path: str) -> JobSpec:
     spec = t2v()
     spec.form = {"tab": "t2v", "image": image_path}
     return spec
+
+
+def test_unfinished_jobs_run_again_after_a_restart(pipe, tmp_path, image):
+    """Jobs submitted before a shutdown (the running one and the waiting ones) run after the next start,
+    in their order, under their ids; finished and cancelled jobs do not come back."""
+    history = History(tmp_path / "out")
+    kept = history.keep_input(image)
+    i2v = JobSpec(
+        GenerationRequest(task="i2v", prompt="kept", images=[kept], positions=[0], noise_multipliers=[0.2], **FAST),
+        form={"tab": "i2v", "image": kept, "prompt": "kept"},
+    )  # fmt: skip
+    queue = JobQueue(lambda: pipe, history).start()
+    try:
+        done = finish(queue, queue.submit(t2v("done before")).id)
+        running = queue.submit(t2v("running", num_inference_steps=50))
+        waiting, dropped = queue.submit(i2v), queue.submit(t2v("cancelled"))
+        assert queue.cancel(dropped.id)
+        view = queue.view(running.id)
+        while view.step < 1:
+            view = queue.wait(running.id, view.version, timeout=30)
+    finally:
+        queue.close(10)
+    assert queue.view(running.id).state == CANCELLED  # stopped by the shutdown...
+    assert [job_id for job_id, *_ in history.pending()] == [running.id, waiting.id]  # ...but still stored
+
+    release = threading.Event()
+    restarted = JobQueue(lambda: release.wait(30) and pipe, History(tmp_path / "out")).start()
+    try:
+        active = restarted.active()
+        assert [v.id for v in active] == [running.id, waiting.id]
+        assert all(v.restored and v.state == QUEUED for v in active)
+        assert [v.prompt for v in active] == ["running", "kept"]
+        assert restarted.cancel(running.id)  # the user can still cancel a restored job
+        release.set()
+        view = finish(restarted, waiting.id)
+        assert view.state == DONE and view.entry.form == i2v.form
+        assert view.entry.settings["images"][0]["path"] == kept
+        assert [e.id for e in restarted.history.list()] == [waiting.id, done.id]
+    finally:
+        restarted.close(10)
+    assert History(tmp_path / "out").pending() == []
+
+
+def test_a_job_that_keeps_stopping_the_server_is_not_started_again(tmp_path):
+    history = History(tmp_path / "out")
+    spec = t2v("crashes the server")
+    assert history.remember("crasher", 1.0, spec) and history.remember("fine", 2.0, t2v("fine"))
+    for _ in range(2):  # it was running when the server stopped, twice
+        history.started("crasher")
+    assert [job_id for job_id, *_ in history.pending()] == ["crasher", "fine"]
+    queue = JobQueue(lambda: None, history)
+    assert [view.id for view in queue.active()] == ["fine"]
+    assert [job_id for job_id, *_ in history.pending()] == ["fine"]
+
+
+def test_jobs_with_in_memory_inputs_run_but_are_not_stored(pipe, tmp_path):
+    history = History(tmp_path / "out")
+    array = np.zeros((32, 32, 3), dtype=np.uint8)
+    spec = JobSpec(
+        GenerationRequest(
+            task="i2v", prompt="x", images=[array], positions=[0], noise_multipliers=[0.2], **FAST
+        )
+    )
+    assert not history.remember("memory", 1.0, spec)
+    queue = JobQueue(lambda: pipe, history).start()
+    try:
+        view = queue.submit(spec)
+        assert history.pending() == []
+        assert finish(queue, view.id).state == DONE, queue.view(view.id).error
+    finally:
+        queue.close(10)
+
+
+def test_stored_spec_round_trips_and_unreadable_rows_are_dropped(tmp_path):
+    spec = JobSpec(
+        GenerationRequest(task="v2v", prompt="p", video="/a/b.mp4", positions=[0, 1], noise_multipliers=[0.0, 0.3],
+                          lora_alpha=1.2, cfg=4.0, seed=9),
+        recipe="transition", end_video="/a/c.mp4", form={"tab": "v2v", "recipe": "transition"},
+    )  # fmt: skip
+    history = History(tmp_path / "out")
+    assert history.remember("j1", 1.0, spec)
+    ((job_id, created, again, starts),) = history.pending()
+    assert (job_id, created, starts) == ("j1", 1.0, 0)
+    assert again.request == GenerationRequest(
+        task="v2v", prompt="p", video="/a/b.mp4", positions=(0, 1), noise_multipliers=(0.0, 0.3),
+        lora_alpha=1.2, cfg=4.0, seed=9,
+    )  # fmt: skip
+    assert (again.recipe, again.end_video, again.form) == (spec.recipe, spec.end_video, spec.form)
+    # A row from another version of pusa (an unknown request field) is dropped, not fatal.
+    with sqlite3.connect(history.database) as db:
+        db.execute(
+            "UPDATE pending SET spec = ? WHERE id = 'j1'", ('{"request": {"task": "t2v", "warp": 1}}',)
+        )
+    assert history.pending() == [] and History(tmp_path / "out").pending() == []
+
+
+def test_deleting_an_entry_keeps_inputs_a_waiting_job_needs(pipe, tmp_path, image):
+    history = History(tmp_path / "out")
+    kept = history.keep_input(image)
+    queue = JobQueue(lambda: pipe, history).start()
+    try:
+        entry = finish(queue, queue.submit(_with_form(kept)).id).entry
+    finally:
+        queue.close(10)
+    assert history.remember("waiting", 5.0, _with_form(kept))  # e.g. queued again, not run yet
+    assert history.delete(entry.id) and Path(kept).exists()

@@ -5,7 +5,9 @@ before the weights are in memory), then runs jobs one at a time in the order the
 Every job reports its place in the queue and its step, can be cancelled between two steps, and on
 success is saved into the outputs folder (mp4 + JSON sidecar, `PusaOutput.save`) and recorded in
 `history.sqlite` there, so finished videos and their settings survive a restart. Jobs belong to the
-server, not to a browser tab: closing the page neither stops nor loses them.
+server, not to a browser tab: closing the page neither stops nor loses them. Jobs that have not
+finished are written to the same database when they are submitted, so a restart (or a crash) runs
+them again: the one that was running starts over, the waiting ones keep their order.
 
 Nothing here knows about the web page; the studio (`pusa.app`) and tests drive it directly.
 """
@@ -24,7 +26,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +119,46 @@ CREATE TABLE IF NOT EXISTS history (
     form      TEXT NOT NULL,     -- JSON: the studio form values, to refill the form
     video     TEXT NOT NULL,     -- the mp4, relative to the outputs folder
     elapsed_s REAL NOT NULL      -- time from the job's start to its saved mp4
+);
+CREATE TABLE IF NOT EXISTS pending (
+    id       TEXT PRIMARY KEY,
+    created  REAL NOT NULL,          -- unix time the job was submitted
+    spec     TEXT NOT NULL,          -- JSON: the job spec (`spec_to_json`); its inputs are file paths
+    starts   INTEGER NOT NULL DEFAULT 0  -- how many times a worker started it
 )
 """
+# A job that was running when the server stopped this many times is not started again: it may be
+# what stopped it (out of memory, a crash in a kernel).
+MAX_STARTS = 2
+
+
+def spec_to_json(spec: JobSpec) -> str | None:
+    """The spec as JSON, or None when it cannot be stored (an input is an in-memory image or array)."""
+    request = spec.request
+    media = [*request.images, request.video, spec.end_video]
+    if any(item is not None and not isinstance(item, (str, Path)) for item in media):
+        return None
+    record = {f.name: getattr(request, f.name) for f in fields(request)}
+    record["images"] = [str(item) for item in request.images]
+    record["video"] = None if request.video is None else str(request.video)
+    record["positions"] = list(request.positions)
+    record["noise_multipliers"] = list(request.noise_multipliers)
+    try:
+        return json.dumps(
+            {"request": record, "recipe": spec.recipe, "end_video": spec.end_video, "form": spec.form},
+            sort_keys=True,
+        )
+    except (TypeError, ValueError):  # a form or a record that is not JSON-able stays in memory only
+        return None
+
+
+def spec_from_json(text: str) -> JobSpec:
+    data = json.loads(text)
+    record = dict(data["request"])
+    record["images"] = tuple(record["images"])
+    record["positions"] = tuple(record["positions"])
+    record["noise_multipliers"] = tuple(record["noise_multipliers"])
+    return JobSpec(GenerationRequest(**record), data["recipe"], data["end_video"], data["form"])
 
 
 class History:
@@ -136,7 +176,7 @@ class History:
         for folder in (self.videos_dir, self.inputs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -221,19 +261,60 @@ class History:
         return self._entry(row) if row else None
 
     def delete(self, entry_id: str) -> bool:
-        """Forget an entry and delete its mp4, its sidecar and the inputs no other entry uses."""
+        """Forget an entry and delete its mp4, its sidecar and the inputs no other entry or pending job uses."""
         entry = self.get(entry_id)
         if entry is None:
             return False
         with self._connect() as db:
             db.execute("DELETE FROM history WHERE id = ?", (entry_id,))
         still_used = {path for other in self.list() for path in _input_paths(other.form)}
+        still_used |= {path for _, _, spec, _ in self.pending() for path in _spec_paths(spec)}
         doomed = [entry.video, entry.video.with_suffix(".json")]
         doomed += [Path(path) for path in _input_paths(entry.form) if path not in still_used]
         for path in doomed:
             if self.inside(path) and path.is_file():
                 path.unlink()
         return True
+
+    # ------------------------------------------------------------------ jobs not finished yet
+    def remember(self, job_id: str, created: float, spec: JobSpec) -> bool:
+        """Store a submitted job so a restart runs it. False if it cannot be stored (in-memory inputs)."""
+        text = spec_to_json(spec)
+        if text is None:
+            return False
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, 0)", (job_id, created, text))
+        return True
+
+    def started(self, job_id: str) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE pending SET starts = starts + 1 WHERE id = ?", (job_id,))
+
+    def forget(self, job_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM pending WHERE id = ?", (job_id,))
+
+    def pending(self) -> list[tuple[str, float, JobSpec, int]]:
+        """Stored jobs that have not finished, oldest first: (id, created, spec, starts).
+
+        A row this version cannot read (written by another version of pusa) is logged and dropped.
+        """
+        with self._connect() as db:
+            rows = db.execute("SELECT id, created, spec, starts FROM pending ORDER BY created").fetchall()
+        jobs = []
+        for job_id, created, text, starts in rows:
+            try:
+                jobs.append((job_id, created, spec_from_json(text), starts))
+            except (KeyError, TypeError, ValueError) as error:
+                log.warning("dropping stored job %s that cannot be read: %s", job_id, error)
+                self.forget(job_id)
+        return jobs
+
+
+def _spec_paths(spec: JobSpec) -> list[str]:
+    request = spec.request
+    media = [*request.images, request.video, spec.end_video]
+    return [str(item) for item in media if isinstance(item, (str, Path))] + _input_paths(spec.form)
 
 
 def _input_paths(form: dict[str, Any]) -> list[str]:
@@ -256,6 +337,7 @@ class JobView:
     id: str
     task: str
     recipe: str | None
+    prompt: str
     seed: int | None
     state: str  # queued | running | done | failed | cancelled
     phase: str  # what a running job is doing, in words
@@ -269,6 +351,7 @@ class JobView:
     error: str | None
     entry: HistoryEntry | None
     version: int  # grows on every change
+    restored: bool  # submitted before the server restarted
 
     @property
     def done(self) -> bool:
@@ -291,6 +374,7 @@ class _Job:
     entry: HistoryEntry | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     version: int = 0
+    restored: bool = False
 
     def eta_s(self, now: float) -> float | None:
         if self.state != RUNNING or not self.step or self.started is None:
@@ -303,7 +387,8 @@ class JobQueue:
     """One worker thread, a FIFO of jobs, and the model it loads first.
 
     `load_pipeline` is called once, in the worker thread. Keep at most `keep_finished` finished jobs
-    in memory (their videos are in the history anyway).
+    in memory (their videos are in the history anyway). Jobs the history holds as pending (submitted
+    before a restart and not finished) are queued again, in their order, before any new one.
     """
 
     def __init__(
@@ -322,13 +407,14 @@ class JobQueue:
         self._status = ModelStatus(LOADING, LOADING_MESSAGE)
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="pusa-worker", daemon=True)
+        self._restore()
 
     def start(self) -> JobQueue:
         self._thread.start()
         return self
 
     def close(self, timeout: float | None = None) -> None:
-        """Cancel everything and stop the worker (after its current step)."""
+        """Stop the worker after its current step. Unfinished jobs stay stored: the next start runs them."""
         with self._changed:
             self._closing = True
             for job in self._jobs.values():
@@ -361,6 +447,7 @@ class JobQueue:
             if self._closing:
                 raise RuntimeError("the studio is shutting down")
             job = _Job(uuid.uuid4().hex[:12], spec, time.time())
+            self.history.remember(job.id, job.created, spec)
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._forget_old()
@@ -400,6 +487,23 @@ class JobQueue:
             running = [job for job in self._jobs.values() if job.state == RUNNING]
             return [self._view(job) for job in running + list(self._waiting)]
 
+    def _restore(self) -> None:
+        for job_id, created, spec, starts in self.history.pending():
+            if starts >= MAX_STARTS:
+                log.warning(
+                    "job %s was running when the server stopped %d times; it is not started again",
+                    job_id,
+                    starts,
+                )
+                self.history.forget(job_id)
+                continue
+            phase = "waiting (submitted before a restart)"
+            job = _Job(job_id, spec, created, phase=phase, restored=True)
+            self._jobs[job.id] = job
+            self._waiting.append(job)
+        if self._waiting:
+            log.info("%d job(s) from before the restart are queued again", len(self._waiting))
+
     # ------------------------------------------------------------------ internals (hold the lock)
     def _view(self, job: _Job) -> JobView:
         position = self._waiting.index(job) + 1 if job.state == QUEUED else 0
@@ -408,6 +512,7 @@ class JobQueue:
             id=job.id,
             task=request.task,
             recipe=job.spec.recipe,
+            prompt=request.prompt,
             seed=request.seed,
             state=job.state,
             phase=job.phase,
@@ -421,14 +526,20 @@ class JobQueue:
             error=job.error,
             entry=job.entry,
             version=job.version,
+            restored=job.restored,
         )
 
     def _touch(self, job: _Job) -> None:
         job.version += 1
         self._changed.notify_all()
 
-    def _finish(self, job: _Job, state: str, phase: str, error: str | None = None) -> None:
+    def _finish(
+        self, job: _Job, state: str, phase: str, error: str | None = None, keep: bool = False
+    ) -> None:
+        """End a job. `keep` (or a shutdown) leaves it stored, so the next start runs it again."""
         job.state, job.phase, job.error, job.finished = state, phase, error, time.time()
+        if not (keep or self._closing):
+            self.history.forget(job.id)
         # Every waiting job moved up one place.
         for other in self._waiting:
             other.version += 1
@@ -449,7 +560,8 @@ class JobQueue:
             with self._changed:
                 self._status = ModelStatus(FAILED, f"{type(error).__name__}: {error}")
                 while self._waiting:
-                    self._finish(self._waiting.popleft(), FAILED, "failed", self._status.message)
+                    # Kept stored: they run once the studio starts with a model that loads.
+                    self._finish(self._waiting.popleft(), FAILED, "failed", self._status.message, keep=True)
                 self._changed.notify_all()
             return
         with self._changed:
@@ -463,6 +575,7 @@ class JobQueue:
                     return
                 job = self._waiting.popleft()
                 job.state, job.phase, job.started = RUNNING, "preparing inputs", time.time()
+                self.history.started(job.id)
                 for other in self._waiting:
                     other.version += 1
                 self._touch(job)
