@@ -26,7 +26,14 @@ from pusa.video import read_video, read_video_metadata  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 
 FAST = dict(steps=2, width=32, height=32, seed=11)
-ENDPOINTS = ["/image_to_video", "/frames_to_video", "/video_to_video", "/text_to_video"]
+ENDPOINTS = [
+    "/image_to_video",
+    "/frames_to_video",
+    "/video_to_video",
+    "/text_to_video",
+    "/jobs",
+    "/cancel_job",
+]
 
 
 def free_port() -> int:
@@ -45,7 +52,7 @@ def server(tmp_path_factory):
     port = free_port()
     launch_app(demo, history, port=port, block=False, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/", history
+        yield f"http://127.0.0.1:{port}/", history, queue
     finally:
         demo.close()
         queue.close(10)
@@ -150,6 +157,48 @@ def test_errors_come_back_with_the_page_message(client, images):
         client.predict("", **FAST, api_name="/text_to_video")
 
 
+def wait_for(condition, timeout: float = 60, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return value
+
+
+def test_jobs_are_listed_and_cancelled_by_id_or_by_the_client(client, server, request):
+    """/jobs lists every unfinished job; /cancel_job cancels one by id; a client that cancels its own
+    stream (job.cancel()) cancels the server's job too, instead of leaving it to run for nobody."""
+    queue: JobQueue = server[2]
+    # The tiny model takes ~7 ms a step: slow each forward down so the jobs are still there to list.
+    slow = queue.wait_ready(60) and queue.pipeline.transformer.register_forward_pre_hook(
+        lambda *_: time.sleep(0.05)
+    )
+    request.addfinalizer(slow.remove)
+    long = {**FAST, "steps": 50}
+    running = client.submit("runs long", **long, api_name="/text_to_video")
+    wait_for(lambda: client.predict(api_name="/jobs"))  # in this order: submit returns before the job exists
+    waiting = client.submit("waits", **long, api_name="/text_to_video")
+    jobs = wait_for(lambda: (listed := client.predict(api_name="/jobs")) and len(listed) == 2 and listed)
+    assert [job["prompt"] for job in jobs] == ["runs long", "waits"]
+    assert [job["state"] for job in jobs] == ["running", "queued"] and jobs[1]["position"] == 1
+    assert jobs[0]["num_steps"] in (0, 50) and jobs[1]["task"] == "t2v" and jobs[1]["seed"] == 11
+
+    assert client.predict(jobs[1]["id"], api_name="/cancel_job") == "cancelled before it started"
+    assert queue.view(jobs[1]["id"]).state == "cancelled"
+    with pytest.raises(Exception, match=r"already ended \(cancelled\)"):
+        client.predict(jobs[1]["id"], api_name="/cancel_job")
+    with pytest.raises(Exception, match=r"job_id='nope' is not a job of this studio; /jobs lists"):
+        client.predict("nope", api_name="/cancel_job")
+    with pytest.raises(Exception, match=r"cancelled"):
+        waiting.result(timeout=30)  # its stream ends with the page's message
+
+    wait_for(lambda: queue.view(jobs[0]["id"]).step >= 1, what="the long job never stepped")
+    running.cancel()
+    view = wait_for(lambda: (v := queue.view(jobs[0]["id"])).done and v, 30, "the server kept running it")
+    assert view.state == "cancelled" and view.step < 50
+    assert client.predict(api_name="/jobs") == []
+
+
 def test_page_answers_while_the_model_loads_and_auth_protects_it(tmp_path):
     from pusa.app.studio import WAITING_LABEL, build_app, launch_app
 
@@ -213,3 +262,44 @@ def test_uploads_are_checked_as_they_arrive(tmp_path, images):
         "images", [images[0], str(text)]
     )
     assert 'data-state="idle"' in studio.check_upload("video", None)
+
+
+def test_queue_panel_lists_every_unfinished_job_and_cancels_one(tmp_path):
+    """After a reload a page no longer holds its job's id: the queue panel lists every unfinished job
+    (whoever submitted it) and cancels the one picked. The model is held loading, so jobs stay queued."""
+    import gradio as gr
+
+    from pusa.app.studio import Studio
+    from pusa.jobs import JobSpec
+    from pusa.pipeline import GenerationRequest
+
+    release = threading.Event()
+    queue = JobQueue(lambda: release.wait(60) and PusaPipeline.from_preset("tiny-random"), History(tmp_path))
+    studio = Studio(queue.start(), TINY_DEFAULTS, "tiny-random")
+    try:
+        box, table, pick, shown = studio.queue_refresh(None, None)
+        assert (box["label"], table["value"], pick["choices"]) == ("Queue: empty", [], [])
+        first, second = (
+            queue.submit(JobSpec(GenerationRequest(task="t2v", prompt=prompt, seed=seed)))
+            for prompt, seed in (("a red circle", 1), ("a blue square", None))
+        )
+        box, table, pick, shown = studio.queue_refresh(shown, None)
+        assert box["label"] == "Queue: 0 running, 2 waiting"
+        assert [row[:5] for row in table["value"]] == [
+            [first.id, "waiting, #1 in line", "Text-to-Video", "a red circle", 1],
+            [second.id, "waiting, #2 in line", "Text-to-Video", "a blue square", "random"],
+        ]
+        assert [value for _, value in pick["choices"]] == [first.id, second.id] and pick["value"] == first.id
+        assert studio.queue_refresh(shown, first.id) == (gr.skip(), gr.skip(), gr.skip(), shown)  # unchanged
+
+        outcome = studio.queue_cancel(second.id)
+        assert (
+            'data-state="cancelled"' in outcome and f"job {second.id}: cancelled before it started" in outcome
+        )
+        box, table, pick, shown = studio.queue_refresh(shown, second.id)  # the pick falls back to a live job
+        assert box["label"] == "Queue: 0 running, 1 waiting" and pick["value"] == first.id
+        assert "has already ended (cancelled)" in studio.queue_cancel(second.id)
+        assert "job_id=&#x27;&#x27; is not a job of this studio" in studio.queue_cancel(None)
+    finally:
+        release.set()
+        queue.close(10)

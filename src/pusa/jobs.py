@@ -406,6 +406,7 @@ class JobQueue:
         self._pipeline: PusaPipeline | None = None
         self._status = ModelStatus(LOADING, LOADING_MESSAGE)
         self._closing = False
+        self.videos_made = 0  # jobs that ended with a saved video since the start
         self._thread = threading.Thread(target=self._work, name="pusa-worker", daemon=True)
         self._restore()
 
@@ -600,6 +601,7 @@ class JobQueue:
             entry = self.history.add(job.id, job.spec, output, time.time() - job.started)
             with self._changed:
                 job.entry = entry
+                self.videos_made += 1
                 self._finish(job, DONE, "done")
         except Cancelled:
             with self._changed:

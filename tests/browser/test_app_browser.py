@@ -3,7 +3,8 @@
 
 One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
 video play; type bad positions in Multi-Frames, see the error, fix them and generate; restart the
-server and find both videos in History, then refill a form from one. Every request the page makes is
+server (with a job left in its queue, which it then runs) and find the videos in History, then refill
+a form from one. Every request the page makes is
 recorded and must stay on this machine. Screenshots go to test-artifacts/.
 """
 
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from pusa.jobs import History, JobSpec
+from pusa.pipeline import GenerationRequest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -233,8 +237,11 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
         "() => document.querySelector('#v2v-positions textarea').value === '0,4'", timeout=10_000
     )
 
-    # A restart: the history lives on disk.
+    # A restart: the history lives on disk, and so does a job left unfinished (stored here as a
+    # server killed mid-queue would have left it): the restarted studio runs it.
     studio.stop()
+    left = JobSpec(GenerationRequest(task="t2v", prompt="left in the queue", seed=5), form={"tab": "t2v"})
+    assert History(studio.outputs).remember("leftover0001", time.time(), left)
     studio.start()
     page.goto(studio.url)
     open_tab(page, "History")
@@ -242,6 +249,11 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
     page.wait_for_function(
         "() => (document.querySelector('#history-table')?.innerText || '').includes('Multi-Frames to Video')",
         timeout=15_000,
+    )
+    # The restored job runs once the model is loaded (the table refreshes whenever a job saves a video).
+    page.wait_for_function(
+        "() => (document.querySelector('#history-table')?.innerText || '').includes('left in the queue')",
+        timeout=30_000,
     )
     assert "Image-to-Video" in table.inner_text()
     assert "a red circle slides to the left" in table.inner_text()

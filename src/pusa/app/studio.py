@@ -104,18 +104,30 @@ def thumbnail(path: Any, size: int = 96) -> str | None:
 
 
 def _api(stream_method: Callable[..., Iterator[Update]]) -> Callable:
-    """A named endpoint: streams (video, settings, status); a failure raises the page's message."""
+    """A named endpoint: streams (video, settings, status); a failure raises the page's message.
+
+    A client that cancels (gradio_client's `job.cancel()`) makes gradio close this stream: the job
+    is cancelled with it, so nobody is left waiting behind a video that nobody will fetch.
+    """
+    queue: JobQueue = stream_method.__self__.queue
 
     @functools.wraps(stream_method)
     def endpoint(*args, **kwargs):
-        for update in stream_method(*args, **kwargs):
-            if update.error is not None:
-                raise gr.Error(update.error, print_exception=False)
-            yield (
-                update.video if update.video is not None else gr.skip(),
-                update.settings if update.settings is not None else gr.skip(),
-                update.progress,
-            )
+        job_id = None
+        try:
+            for update in stream_method(*args, **kwargs):
+                job_id = update.job_id or job_id
+                if update.error is not None:
+                    raise gr.Error(update.error, print_exception=False)
+                yield (
+                    update.video if update.video is not None else gr.skip(),
+                    update.settings if update.settings is not None else gr.skip(),
+                    update.progress,
+                )
+        except GeneratorExit:
+            if job_id is not None:
+                queue.cancel(job_id)
+            raise
 
     return endpoint
 
@@ -307,6 +319,46 @@ class Studio:
             return views.progress_html(view) if view else gr.skip()
         return gr.skip()
 
+    # ================================================================== the queue
+    def jobs(self) -> list[dict]:
+        """The unfinished jobs, the running one first: id, task, prompt, seed, state, step..."""
+        return [views.job_record(view) for view in self.queue.active()]
+
+    def cancel_job(self, job_id: str) -> str:
+        """Cancel a waiting job, or a running one after its current step; returns its state then."""
+        job_id = job_id.strip() if isinstance(job_id, str) else ""
+        view = self.queue.view(job_id) if job_id else None
+        if view is None:
+            message = f"job_id={job_id!r} is not a job of this studio; /jobs lists the unfinished ones"
+            raise gr.Error(message, print_exception=False)
+        if not self.queue.cancel(job_id):
+            raise gr.Error(f"job {job_id} has already ended ({view.state})", print_exception=False)
+        return views.job_state_text(self.queue.view(job_id))
+
+    def queue_cancel(self, job_id: str | None) -> str:
+        """The queue's Cancel button: the outcome in words, in the page."""
+        try:
+            return views.cancelled_html(f"job {job_id}: {self.cancel_job(job_id or '')}")
+        except gr.Error as error:
+            return error_html(error.message)
+
+    def queue_refresh(self, shown: str | None, picked: str | None) -> tuple:
+        """The queue panel, changed only when its jobs or their states did (it is polled every second)."""
+        active = self.queue.active()
+        rows = views.queue_rows(active)
+        signature = json.dumps(rows)
+        if signature == shown:
+            return gr.skip(), gr.skip(), gr.skip(), shown
+        ids = [view.id for view in active]
+        value = picked if picked in ids else (ids[0] if ids else None)
+        choices = [views.queue_choice(view) for view in active]
+        return (
+            gr.update(label=views.queue_label(active)),
+            gr.update(value=rows),
+            gr.update(choices=choices, value=value),
+            signature,
+        )
+
     def check_upload(self, field: str, value: Any) -> str:
         """Feedback as soon as a file arrives: its type, size, duration and resolution, or what is wrong."""
         if not value:
@@ -387,8 +439,8 @@ class Studio:
         return recipe, fields[0], fields[1], second_clip
 
     # ================================================================== status line
-    def tick(self, shown: str | None) -> tuple:
-        """Status line every second; the Generate buttons change only when the model's state does."""
+    def tick(self, shown: str | None, queue_shown: str | None = None, picked: str | None = None) -> tuple:
+        """Status line and queue every second; the Generate buttons change only when the model's state does."""
         status = self.queue.status
         line = views.status_html(status, self.queue.active(), self.model_label)
         if status.state == shown:
@@ -398,7 +450,13 @@ class Studio:
             label = GENERATE_LABEL if ready else WAITING_LABEL
             # One update object per button: gradio consumes them as it applies them.
             buttons = [gr.update(interactive=ready, value=label) for _ in self.tabs]
-        return (line, *buttons, status.state)
+        return (
+            line,
+            *buttons,
+            status.state,
+            *self.queue_refresh(queue_shown, picked),
+            self.queue.videos_made,
+        )
 
     # ================================================================== history
     def history_refresh(self, selected: str | None) -> tuple:
@@ -633,7 +691,7 @@ class Studio:
 
     def _history_tab(self) -> None:
         with gr.Row():
-            refresh = gr.Button("Refresh", size="sm", scale=0)
+            refresh = gr.Button("Refresh", size="sm", scale=0, elem_id="history-refresh")
             picker = gr.Dropdown(label="Video", choices=[], scale=5, elem_id="history-picker")
         table = gr.Dataframe(
             headers=views.HISTORY_HEADERS, value=[], interactive=False, wrap=True, max_height=320,
@@ -666,6 +724,8 @@ class Studio:
         self.demo.load(**refresh_event)
         for tab in self.tabs.values():
             tab.generate_event.then(**refresh_event)
+        # Also when any job ends well (one from another page, the API, or from before a restart).
+        self.videos_made.change(**refresh_event)
         table.select(self.history_pick, None, picker, **private)
         picker.change(self.history_show, picker, [video, settings, summary, download, use, delete], **private)
         refill = [self.tab_switch, self.end_video_row] + [c for tab in self.tabs.values() for c in tab.inputs]
@@ -675,6 +735,32 @@ class Studio:
             "(entry) => confirm('Delete this video, its settings and its unused inputs?') ? entry : null"
         )
         delete.click(self.history_delete, picker, [table, picker], js=confirm, **private)
+
+    def _queue_panel(self) -> tuple:
+        """Every unfinished job, whichever page or client submitted it (so a reloaded page can cancel)."""
+        with gr.Accordion(views.queue_label([]), open=False, elem_id="pusa-queue") as box:
+            table = gr.Dataframe(
+                headers=views.QUEUE_HEADERS, value=[], interactive=False, wrap=True, max_height=240,
+                elem_id="queue-table", label="Unfinished jobs: the running one, then the waiting ones in order",
+            )  # fmt: skip
+            with gr.Row(equal_height=True):
+                pick = gr.Dropdown(label="Job", choices=[], scale=5, elem_id="queue-picker")
+                cancel = gr.Button("Cancel job", variant="stop", scale=1, elem_id="queue-cancel")
+            outcome = gr.HTML(elem_id="queue-outcome")
+        private = dict(api_visibility="private", show_progress="hidden")
+        table.select(self.history_pick, None, pick, **private)
+        cancel.click(self.queue_cancel, pick, outcome, queue=False, **private)
+        # For gradio_client: list the unfinished jobs, cancel one by id.
+        gr.Button(visible=False).click(self.jobs, None, gr.JSON(visible=False), api_name="jobs", queue=False)
+        job_id = gr.Textbox(visible=False, label="job_id")
+        gr.Button(visible=False).click(
+            self.cancel_job,
+            job_id,
+            gr.Textbox(visible=False, label="state"),
+            api_name="cancel_job",
+            queue=False,
+        )
+        return box, table, pick
 
     @property
     def defaults_num_latent(self) -> int:
@@ -695,6 +781,7 @@ class Studio:
             )
             if self.exposed_host:
                 gr.HTML(views.exposure_warning_html(self.exposed_host))
+            queue_box, queue_table, queue_pick = self._queue_panel()
             with gr.Tabs() as self.tab_switch:
                 with gr.Tab("Image-to-Video", id="i2v"):
                     self.tabs["i2v"] = self._i2v_tab()
@@ -726,11 +813,25 @@ class Studio:
                     _api(methods[name]), tab.inputs, outputs, api_name=methods[name].__name__,
                     concurrency_limit=None, show_progress="hidden",
                 )  # fmt: skip
+            self.videos_made = gr.State(self.queue.videos_made)
             with history_slot:
                 self._history_tab()
-            shown = gr.State(self.initial_state)
+            shown, queue_shown = gr.State(self.initial_state), gr.State(None)
             buttons = [tab.generate for tab in self.tabs.values()]
-            tick = dict(fn=self.tick, inputs=shown, outputs=[status, *buttons, shown])
+            tick = dict(
+                fn=self.tick,
+                inputs=[shown, queue_shown, queue_pick],
+                outputs=[
+                    status,
+                    *buttons,
+                    shown,
+                    queue_box,
+                    queue_table,
+                    queue_pick,
+                    queue_shown,
+                    self.videos_made,
+                ],
+            )
             gr.Timer(1.0).tick(**tick, show_progress="hidden", api_visibility="private")
             self.demo.load(**tick, show_progress="hidden", api_visibility="private")
         return self.demo

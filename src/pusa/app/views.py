@@ -104,6 +104,70 @@ def status_html(status: ModelStatus, active: list[JobView], model: str) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------- queue
+QUEUE_HEADERS = ["id", "state", "task", "prompt", "seed", "submitted"]
+
+
+def job_state_text(view: JobView) -> str:
+    """A job's state in a few words: "running, step 3/10", "waiting, 2nd in line"..."""
+    if view.state == QUEUED:
+        text = f"waiting, #{view.position} in line"
+        return text + " (submitted before a restart)" if view.restored else text
+    if view.state == "running":
+        if "cancelling" in view.phase:
+            return view.phase
+        return f"running, step {view.step}/{view.num_steps}" if view.num_steps else f"running, {view.phase}"
+    return view.phase if view.state == CANCELLED else view.state
+
+
+def queue_rows(active: list[JobView]) -> list[list]:
+    return [
+        [
+            view.id,
+            job_state_text(view),
+            TASK_NAMES.get(view.recipe or view.task, view.task),
+            view.prompt,
+            view.seed if view.seed is not None else "random",
+            _when(view.created),
+        ]
+        for view in active
+    ]
+
+
+def queue_choice(view: JobView) -> tuple[str, str]:
+    """(label, value) of an unfinished job in the queue's picker."""
+    prompt = view.prompt if len(view.prompt) <= 40 else view.prompt[:39] + "…"
+    task = TASK_NAMES.get(view.recipe or view.task, view.task)
+    return f"{view.id} · {task} · “{prompt}” · {job_state_text(view)}", view.id
+
+
+def queue_label(active: list[JobView]) -> str:
+    if not active:
+        return "Queue: empty"
+    waiting = sum(view.state == QUEUED for view in active)
+    running = len(active) - waiting
+    return f"Queue: {running} running, {waiting} waiting"
+
+
+def job_record(view: JobView) -> dict:
+    """What `/jobs` returns for one job (JSON)."""
+    return {
+        "id": view.id,
+        "task": view.task,
+        "recipe": view.recipe,
+        "prompt": view.prompt,
+        "seed": view.seed,
+        "state": view.state,
+        "phase": view.phase,
+        "position": view.position,
+        "step": view.step,
+        "num_steps": view.num_steps,
+        "eta_s": None if view.eta_s is None else round(view.eta_s, 1),
+        "submitted": view.created,
+        "restored": view.restored,
+    }
+
+
 def exposure_warning_html(host: str) -> str:
     return (
         f'<div class="pusa-warning" role="alert" style="{_BOX} border: 1px solid #d97706; '
