@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pusa.cli import build_parser, main
+from pusa.pipeline import PusaPipeline
 from pusa.video import read_video, read_video_metadata
 
 FAST = ["--model", "tiny-random", "--steps", "2", "--seed", "3", "--width", "32", "--height", "32", "-q"]
@@ -204,3 +206,27 @@ def test_help_imports_no_torch_and_attention_is_checked_when_named(capsys):
     err = capsys.readouterr().err
     assert "--attention: attention backend 'nope' is not allowed" in err and "native" in err
     assert build_parser().parse_args(["generate", "t2v", "--attention", "native"]).attention == "native"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no GPU is")
+def test_every_command_names_a_device_it_cannot_use(capsys):
+    """generate, serve and train vta refuse a device this machine lacks before loading anything."""
+    from pusa.app.serve import main as serve_main
+
+    assert main(["generate", "t2v", "-p", "x", "--device", "cuda"]) == 2
+    assert "device 'cuda': no CUDA device is available here" in capsys.readouterr().err
+    assert main(["generate", "t2v", "-p", "x", "--device", "gpu"]) == 2
+    assert (
+        "device 'gpu' is not a torch device; use cpu, cuda (cuda:N) or mps [--device]"
+        in capsys.readouterr().err
+    )
+    assert main(["generate", "t2v", "-p", "x", "--device", "meta"]) == 2
+    assert "device 'meta': pusa runs on cpu, cuda (cuda:N) or mps" in capsys.readouterr().err
+    assert serve_main(["--device", "cuda:1"]) == 2
+    assert "pusa serve: error: device 'cuda:1': no CUDA device" in capsys.readouterr().err
+    assert (
+        main(["train", "vta", "--model", "m", "--latents", "l", "--run-dir", "r", "--device", "xla:0"]) == 2
+    )
+    assert "device 'xla:0': the recipe runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="device 'cuda'"):
+        PusaPipeline.from_preset("tiny-random", device="cuda")

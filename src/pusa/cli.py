@@ -454,6 +454,7 @@ FLAGS = {
     "end_video": "--end-video",
     "start_video": "--video",
     "negative_prompt": "--negative-prompt",
+    "device": "--device",
 }
 
 

@@ -167,8 +167,9 @@ class PusaPipeline:
         lora: "auto" = the LoRA the folder ships with (pusa-tiny's VTA LoRA; none for a plain Wan folder),
         None = no LoRA (pusa-tiny's base T2V model), or a LoRA file. `acceleration`: see `from_pretrained`.
         """
-        from .presets import PUSA_TINY_DIR, resolve_model
+        from .presets import PUSA_TINY_DIR, check_device, resolve_model
 
+        check_device(device)
         resolved = resolve_model(model, lora)
         if resolved == "tiny-random":
             return cls.from_preset("tiny-random", device=device, dtype=dtype, **acceleration)
@@ -191,8 +192,9 @@ class PusaPipeline:
         "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
         same structure (`seed` picks it)."""
         from .acceleration import prepare_for_device
-        from .presets import PRESETS, tiny_random_components
+        from .presets import PRESETS, check_device, tiny_random_components
 
+        check_device(device)
         if name == "pusa-tiny":
             return cls.from_model("pusa-tiny", device=device, dtype=dtype, **acceleration)
         if name != "tiny-random":
@@ -229,9 +231,10 @@ class PusaPipeline:
         """
         from .acceleration import prepare_for_device, validate_attention_backend, validate_memory_tier
         from .loading import LoraFuser, load_components, load_lora
-        from .presets import folder_defaults, folder_lora
+        from .presets import check_device, folder_defaults, folder_lora
 
         # Names are checked before a 14B load, not after.
+        check_device(device)
         validate_memory_tier(memory, allow_auto=True)
         validate_attention_backend(attention)
         if defaults is None:

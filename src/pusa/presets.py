@@ -192,3 +192,35 @@ def model_defaults(model: str | Path, prefix: str = "") -> ModelDefaults:
     """Native clip settings of a `--model` value, known before any weights load (the studio needs them at once)."""
     resolved = resolve_model(model, prefix=prefix)
     return TINY_DEFAULTS if resolved == "tiny-random" else folder_defaults(resolved)
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(device: Any, types: tuple[str, ...] = DEVICE_TYPES, what: str = "pusa") -> Any:
+    """`device` as a `torch.device` this machine has, or a ValueError naming it and what is allowed.
+
+    `types` are the device types the caller runs on; `what` says who (in the message).
+    """
+    import torch
+
+    names = [t if t != "cuda" else "cuda (cuda:N)" for t in types]
+    allowed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    try:
+        parsed = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device; use {allowed}") from None
+    if parsed.type not in types:
+        raise ValueError(f"device {device!r}: {what} runs on {allowed}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = " (this torch is a CPU build)" if torch.version.cuda is None else ""
+            raise ValueError(f"device {device!r}: no CUDA device is available here{build}; use cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device {device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS (Apple GPU) is not available here; use cpu")
+    return parsed

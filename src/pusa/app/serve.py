@@ -88,9 +88,10 @@ def pipeline_loader(
     model: str, lora: str | None = None, device: str = "cpu", dtype: str | None = None
 ) -> Callable:
     """Check the model arguments now; return a function that loads the pipeline (run in the worker)."""
-    from ..presets import resolve_model
+    from ..presets import check_device, resolve_model
 
     resolve_model(model, lora, prefix="--")
+    check_device(device)
 
     def load():
         import torch

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pusa import presets
 from pusa.loading import PUSA_LORA_TARGETS
 from pusa.model import PusaTransformer3DModel
 from pusa.schedule import shift_sigmas
@@ -1188,16 +1189,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 
 def check_device(device: str) -> torch.device:
-    """`device` as a torch device, or a ValueError naming it and what is allowed here."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device {device!r} is not a torch device; use cpu or cuda (cuda:N)") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA device is available here; use cpu")
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: the recipe runs on cpu or cuda (cuda:N)")
-    return parsed
+    """`device` as a torch device the recipe can train on here, or a ValueError naming it."""
+    return presets.check_device(device, ("cpu", "cuda"), "the recipe")
 
 
 def run_recipe(
@@ -1313,6 +1306,7 @@ def train_vta_on_folder(
     `RUN/pusa_lora.safetensors` (pusa_v1.pt's key style, loadable with `--lora`)."""
     from pusa.loading import load_components, save_lora_original
 
+    check_device(device)
     run_dir = Path(run_dir)
     assignments = list(assignments)
     for assignment in assignments:
