@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -116,3 +117,22 @@ def test_evaluation_scores_the_models_own_alpha_by_default():
     assert list(results) == [f"VTA alpha {alpha}"]
     assert results[f"VTA alpha {alpha}"]["clips"][0]["t2v"]["color"] is not None
     assert list(evaluate_demo(settings=settings, lora_alphas=[], progress=False)) == ["base"]
+
+
+@needs_demo
+def test_a_folder_without_lora_is_scored_as_a_base_model(tmp_path):
+    """A run exported before its VTA stage has no LoRA: the base column alone, and asking for alphas is
+    refused before any clip runs (it used to fail after scoring the whole base column)."""
+    from pusa.train.evaluate import evaluate_demo
+
+    folder = tmp_path / "base-only"
+    shutil.copytree(PUSA_TINY_DIR, folder)
+    (folder / "pusa_tiny_lora.safetensors").unlink()
+    manifest = json.loads((folder / "pusa_model.json").read_text())
+    (folder / "pusa_model.json").write_text(json.dumps({**manifest, "lora": None}))
+    settings = EvalSettings(num_clips=1, num_inference_steps=1, tasks=("t2v",))
+    assert list(evaluate_demo(folder, settings, progress=False)) == ["base"]
+    with pytest.raises(ValueError, match=r"ships no LoRA .*; drop --alphas"):
+        evaluate_demo(folder, settings, lora_alphas=[1.0], progress=False)
+    with pytest.raises(ValueError, match="only the base model to score"):
+        evaluate_demo(folder, settings, include_base=False, progress=False)

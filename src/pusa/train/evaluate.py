@@ -207,19 +207,29 @@ def evaluate_demo(
     include_base: bool = True,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Base model (no LoRA) and the VTA model at each alpha (None: the model's own), on the same clips and seeds."""
+    """Base model (no LoRA) and the VTA model at each alpha (None: the model's own), on the same clips and seeds.
+
+    A folder without a LoRA (a run exported before its VTA stage) is scored as a base model alone, unless
+    alphas are asked for: that is refused before anything runs."""
     from pusa.pipeline import PusaPipeline
+    from pusa.presets import folder_lora, resolve_model
 
     model = model_dir if model_dir is not None else "pusa-tiny"
+    resolved = resolve_model(model)
+    has_lora = resolved != "tiny-random" and folder_lora(resolved) is not None
+    if not has_lora and lora_alphas:
+        raise ValueError(
+            f"{model}: the model folder ships no LoRA (pusa_model.json names none); drop --alphas"
+        )
+    if not has_lora and not include_base:
+        raise ValueError(f"{model}: the model folder ships no LoRA, so there is only the base model to score")
     results: dict[str, dict] = {}
     if include_base:
         if progress:
             print("evaluating base (no LoRA) ...", flush=True)
         results["base"] = evaluate_pipeline(PusaPipeline.from_model(model, lora=None), settings)
-    if lora_alphas is None or lora_alphas:
+    if has_lora and (lora_alphas is None or lora_alphas):
         pipe = PusaPipeline.from_model(model)
-        if pipe.lora is None:
-            raise ValueError(f"{model}: the model folder ships no LoRA (pusa_model.json names none)")
         for alpha in lora_alphas if lora_alphas is not None else [pipe.defaults.lora_alpha]:
             if progress:
                 print(f"evaluating VTA (LoRA alpha {alpha}) ...", flush=True)
