@@ -136,3 +136,34 @@ def test_a_folder_without_lora_is_scored_as_a_base_model(tmp_path):
         evaluate_demo(folder, settings, lora_alphas=[1.0], progress=False)
     with pytest.raises(ValueError, match="only the base model to score"):
         evaluate_demo(folder, settings, include_base=False, progress=False)
+
+
+@needs_demo
+def test_eval_demo_command_prints_the_table_and_writes_what_it_used(tmp_path, capsys):
+    from pusa.cli import main
+
+    out = tmp_path / "eval.json"
+    args = [
+        "eval",
+        "demo",
+        "--num-clips",
+        "1",
+        "--steps",
+        "1",
+        "--tasks",
+        "t2v",
+        "--shift",
+        "7",
+        "--cfg",
+        "2",
+    ]
+    assert main([*args, "--alphas", "1.2", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| metric | base | VTA alpha 1.2 |" in table and "| T2V colour accuracy |" in table
+    results = json.loads(out.read_text())
+    assert list(results) == ["base", "VTA alpha 1.2"]
+    used = results["VTA alpha 1.2"]["settings"]
+    assert (used["shift"], used["cfg"], used["num_inference_steps"], used["lora_alpha"]) == (7.0, 2.0, 1, 1.2)
+    assert used["tasks"] == ["t2v"] and results["base"]["settings"]["lora_alpha"] is None
+    assert main([*args, "--tasks", "t2v,dance"]) == 2
+    assert "--tasks='t2v,dance': ['dance'] are not tasks" in capsys.readouterr().err

@@ -299,6 +299,7 @@ def _add_train_commands(commands) -> None:
     edemo.add_argument("--eval-seed", type=int, default=0, help="which held-out set (default: %(default)s)")
     edemo.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     edemo.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: %(default)s)")
+    edemo.add_argument("--shift", type=float, default=None, help="sigma shift (default: the pipeline's)")
     edemo.add_argument(
         "--alphas", default=None, help="comma list of LoRA alphas to score (default: the model's own)"
     )
@@ -333,7 +334,7 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.num_clips < 1:
         raise ValueError(f"--num-clips={args.num_clips}: must be 1 or more")
     alphas = parse_float_list(args.alphas, "--alphas") if args.alphas is not None else None
-    settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, tasks=tasks)
+    settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, args.shift, tasks=tasks)
     results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base)
     print(format_table({name: r["metrics"] for name, r in results.items()}))
     if args.json:

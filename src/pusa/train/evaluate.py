@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class EvalSettings:
     eval_seed: int = 0  # which held-out set (`world.eval_specs(n, seed)`)
     num_inference_steps: int | None = None  # None: the model's default
     cfg: float = 3.0
+    shift: float | None = None  # None: the pipeline's default
     i2v_noise_multiplier: float = 0.2
     tasks: tuple[str, ...] = TASKS
 
@@ -98,11 +99,14 @@ def _mean(values: list[float]) -> float:
 def evaluate_pipeline(
     pipe: Any, settings: EvalSettings = EvalSettings(), lora_alpha: float | None = None
 ) -> dict:
-    """Run every task on the held-out clips; returns {"metrics": {key: value}, "clips": [per-clip records]}."""
+    """Run every task on the held-out clips; returns {"metrics": {key: value}, "clips": [per-clip records],
+    "settings": the evaluation settings and the model's sampling defaults that applied}."""
     d = pipe.defaults
     specs = eval_specs(settings.num_clips, settings.eval_seed, d.num_frames, d.width, d.height)
     num_latent = pipe.num_latent_frames()
     common = dict(num_inference_steps=settings.num_inference_steps, cfg=settings.cfg, lora_alpha=lora_alpha)
+    if settings.shift is not None:
+        common["shift"] = settings.shift
     per: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
     records, started, videos = [], time.perf_counter(), 0
     for i, spec in enumerate(specs):
@@ -177,7 +181,9 @@ def evaluate_pipeline(
     for key in ("t2v_color", "t2v_shape", "t2v_direction", "t2v_motion", "i2v_motion", "i2v_kept"):
         if not math.isnan(metrics[key]):
             metrics[key] *= 100.0
-    return {"metrics": metrics, "clips": records, "num_clips": len(specs), "videos": videos}
+    used = {**asdict(settings), "lora_alpha": lora_alpha, "model": getattr(pipe, "identity", None)}
+    used["num_inference_steps"] = settings.num_inference_steps or d.num_inference_steps
+    return {"metrics": metrics, "clips": records, "num_clips": len(specs), "videos": videos, "settings": used}
 
 
 def format_table(columns: dict[str, dict[str, float]]) -> str:
