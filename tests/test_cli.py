@@ -49,6 +49,31 @@ def test_t2v(tmp_path):
     assert settings["model"] == "tiny-random(seed=0)" and settings["num_inference_steps"] == 2
 
 
+def test_several_videos_with_one_model_load(tmp_path, inputs, capsys):
+    """--num-videos: consecutive seeds from --seed, one file per seed beside --output's name."""
+    args = [
+        "generate",
+        "i2v",
+        "--image",
+        str(inputs["a"]),
+        "-p",
+        "x",
+        *FAST,
+        "-n",
+        "3",
+        "-o",
+        str(tmp_path / "v.mp4"),
+    ]
+    assert main(args) == 0
+    assert sorted(path.name for path in tmp_path.glob("*.mp4")) == ["v-3.mp4", "v-4.mp4", "v-5.mp4"]
+    for seed in (3, 4, 5):
+        settings = json.loads((tmp_path / f"v-{seed}.json").read_text())
+        assert (settings["seed"], settings["task"]) == (seed, "i2v")
+    frames = [read_video(tmp_path / f"v-{seed}.mp4")[0] for seed in (3, 4, 5)]
+    assert not np.array_equal(frames[1], frames[2])  # different seeds, different videos
+    assert capsys.readouterr().out.count("wrote ") == 3
+
+
 def test_i2v(tmp_path, inputs):
     settings = run_ok(
         ["generate", "i2v", "--image", str(inputs["a"]), "--noise-multiplier", "0.0", "-p", "x"],
@@ -121,6 +146,8 @@ BAD = [
     (["t2v", "--lora-alpha", "5.5"], r"lora_alpha=5\.5 .*0\.1\.\.5\.0"),
     (["t2v", "--cfg", "0.5"], r"cfg=0\.5"),
     (["t2v", "--output", "x.gif"], r"--output='x\.gif'.*\.mp4"),
+    (["t2v", "--num-videos", "0"], r"--num-videos=0 is not allowed; make 1 to 100 videos"),
+    (["t2v", "-n", "101"], r"--num-videos=101 is not allowed"),
     (["t2v", "--model", "/no/such/dir"], r"--model='/no/such/dir' is neither a folder nor a built-in model"),
     (["i2v", "--image", "/no/such.png"], r"image='/no/such\.png': no such file"),
     (["frames", "--images", "{a}", "{b}", "--positions", "0,9"], r"positions contains 9.*0\.\.4"),

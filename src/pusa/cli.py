@@ -125,6 +125,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="random seed (default: random; the seed used is printed and saved)",
     )
     gen.add_argument(
+        "--num-videos",
+        "-n",
+        type=int,
+        default=1,
+        help="videos to make with one model load, 1-100: seeds --seed, --seed+1, ... (random ones without "
+        "--seed); with several, --output FILE.mp4 becomes FILE-<seed>.mp4 (default: 1)",
+    )
+    gen.add_argument(
         "--frames",
         type=int,
         default=None,
@@ -359,11 +367,18 @@ def load_pipeline(args: argparse.Namespace):
     return PusaPipeline.from_model(args.model, lora=lora, device=args.device, dtype=dtype, **acceleration)
 
 
-def run_generate(args: argparse.Namespace) -> Path:
+def run_generate(args: argparse.Namespace) -> list[Path]:
     from tqdm import tqdm
 
     from .pipeline import DEFAULT_NEGATIVE_PROMPT
 
+    count = args.num_videos
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
+        raise ValueError(f"--num-videos={count!r} is not allowed; make 1 to 100 videos per command")
+    if args.output and Path(args.output).suffix.lower() != ".mp4":
+        raise ValueError(
+            f"--output={args.output!r}: the video is written as H.264 mp4; give a path ending in .mp4"
+        )
     pipe = load_pipeline(args)
     common = dict(
         negative_prompt=args.negative_prompt if args.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
@@ -371,7 +386,6 @@ def run_generate(args: argparse.Namespace) -> Path:
         num_inference_steps=args.steps,
         cfg=args.cfg,
         shift=args.shift,
-        seed=args.seed,
         num_frames=args.frames,
         width=args.width,
         height=args.height,
@@ -383,64 +397,66 @@ def run_generate(args: argparse.Namespace) -> Path:
         if getattr(args, "noise_multipliers", None)
         else None
     )
-    bars = []
+    task = _task_call(args, pipe, positions, multipliers)
+    outputs = []
+    for index in range(count):
+        seed = None if args.seed is None else args.seed + index
+        label = f"pusa {args.task}" + (f" {index + 1}/{count}" if count > 1 else "")
+        bars = []
 
-    def progress(info) -> None:  # the bar starts once the inputs are checked and the first step ran
-        if not bars:
-            bars.append(tqdm(total=info.num_steps, desc=f"pusa {args.task}", unit="step", disable=args.quiet))
-        bars[0].update(1)
+        def progress(info, bars=bars, label=label) -> None:  # starts once the inputs are checked
+            if not bars:
+                bars.append(tqdm(total=info.num_steps, desc=label, unit="step", disable=args.quiet))
+            bars[0].update(1)
 
-    def generate(method, *method_args, **kwargs):
-        return method(*method_args, **kwargs, **common, callback=progress)
-
-    if args.task == "t2v":
-        out = generate(pipe.text_to_video, args.prompt)
-    elif args.task == "i2v":
-        out = generate(pipe.image_to_video, args.image, args.prompt, noise_multiplier=args.noise_multiplier)
-    elif args.task == "frames":
-        out = generate(
-            pipe.frames_to_video, args.images, args.prompt, positions=positions, noise_multipliers=multipliers
+        method, method_args, kwargs = task
+        out = method(*method_args, **kwargs, **common, seed=seed, callback=progress)
+        for bar in bars:
+            bar.close()
+        settings = out.settings
+        if args.output:
+            output = Path(args.output)
+            output = output if count == 1 else output.with_name(f"{output.stem}-{settings['seed']}.mp4")
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            output = Path("outputs") / f"{args.task}-{stamp}-{settings['seed']}.mp4"
+        out.save(output)
+        print(
+            f"wrote {output} ({settings['num_frames']} frames, {settings['width']}x{settings['height']}, "
+            f"seed {settings['seed']}, {settings['elapsed_s']:.1f} s) and {output.with_suffix('.json')}"
         )
-    elif args.recipe is None:
+        outputs.append(output)
+    return outputs
+
+
+def _task_call(args: argparse.Namespace, pipe, positions, multipliers) -> tuple:
+    """(method, positional args, keyword args) of the pipeline call `args` ask for; inputs checked here."""
+    if args.task == "t2v":
+        return pipe.text_to_video, (args.prompt,), {}
+    if args.task == "i2v":
+        return pipe.image_to_video, (args.image, args.prompt), {"noise_multiplier": args.noise_multiplier}
+    if args.task == "frames":
+        kwargs = {"positions": positions, "noise_multipliers": multipliers}
+        return pipe.frames_to_video, (args.images, args.prompt), kwargs
+    if args.recipe is None:
         if positions is None:
             raise ValueError("--positions: required for v2v without --recipe, e.g. --positions 0,1,2,3")
-        out = generate(
-            pipe.video_to_video, args.video, args.prompt, positions=positions, noise_multipliers=multipliers
-        )
-    else:
-        if args.recipe != "transition" and args.end_video:
-            raise ValueError(f"--end-video is only used by --recipe transition, not {args.recipe!r}")
-        if positions is not None:
-            raise ValueError(
-                f"--positions={args.positions!r}: the {args.recipe} recipe sets the positions itself"
-            )
-        recipe_kwargs = {"noise_multipliers": multipliers} if multipliers is not None else {}
-        if args.recipe == "extension":
-            out = generate(pipe.extend_video, args.video, args.prompt, **recipe_kwargs)
-        elif args.recipe == "completion":
-            out = generate(pipe.complete_video, args.video, args.prompt, **recipe_kwargs)
-        else:
-            if not args.end_video:
-                raise ValueError("--end-video: required by --recipe transition (the clip to arrive at)")
-            out = generate(pipe.transition, args.video, args.end_video, args.prompt, **recipe_kwargs)
-    for bar in bars:
-        bar.close()
-    settings = out.settings
-    output = (
-        Path(args.output)
-        if args.output
-        else Path("outputs") / (f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}-{settings['seed']}.mp4")
-    )
-    if output.suffix.lower() != ".mp4":
+        kwargs = {"positions": positions, "noise_multipliers": multipliers}
+        return pipe.video_to_video, (args.video, args.prompt), kwargs
+    if args.recipe != "transition" and args.end_video:
+        raise ValueError(f"--end-video is only used by --recipe transition, not {args.recipe!r}")
+    if positions is not None:
         raise ValueError(
-            f"--output={str(output)!r}: the video is written as H.264 mp4; give a path ending in .mp4"
+            f"--positions={args.positions!r}: the {args.recipe} recipe sets the positions itself"
         )
-    out.save(output)
-    print(
-        f"wrote {output} ({settings['num_frames']} frames, {settings['width']}x{settings['height']}, "
-        f"seed {settings['seed']}, {settings['elapsed_s']:.1f} s) and {output.with_suffix('.json')}"
-    )
-    return output
+    kwargs = {"noise_multipliers": multipliers} if multipliers is not None else {}
+    if args.recipe == "extension":
+        return pipe.extend_video, (args.video, args.prompt), kwargs
+    if args.recipe == "completion":
+        return pipe.complete_video, (args.video, args.prompt), kwargs
+    if not args.end_video:
+        raise ValueError("--end-video: required by --recipe transition (the clip to arrive at)")
+    return pipe.transition, (args.video, args.end_video, args.prompt), kwargs
 
 
 FLAGS = {
