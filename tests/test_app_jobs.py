@@ -316,3 +316,17 @@ def test_deleting_an_entry_keeps_inputs_a_waiting_job_needs(pipe, tmp_path, imag
         queue.close(10)
     assert history.remember("waiting", 5.0, _with_form(kept))  # e.g. queued again, not run yet
     assert history.delete(entry.id) and Path(kept).exists()
+
+
+def test_a_database_that_cannot_record_pending_jobs_does_not_stop_the_worker(pipe, tmp_path, caplog):
+    history = History(tmp_path / "out")
+    with sqlite3.connect(history.database) as db:
+        db.execute("DROP TABLE pending")  # e.g. a damaged or read-only database: every write fails
+    queue = JobQueue(lambda: pipe, history).start()
+    try:
+        assert finish(queue, queue.submit(t2v()).id).state == DONE
+        assert finish(queue, queue.submit(t2v("again")).id).state == DONE
+    finally:
+        queue.close(10)
+    assert "could not record a pending job" in caplog.text
+    assert len(history.list()) == 2

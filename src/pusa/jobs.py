@@ -282,25 +282,36 @@ class History:
         text = spec_to_json(spec)
         if text is None:
             return False
-        with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, 0)", (job_id, created, text))
-        return True
+        return self._write("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, 0)", (job_id, created, text))
 
     def started(self, job_id: str) -> None:
-        with self._connect() as db:
-            db.execute("UPDATE pending SET starts = starts + 1 WHERE id = ?", (job_id,))
+        self._write("UPDATE pending SET starts = starts + 1 WHERE id = ?", (job_id,))
 
     def forget(self, job_id: str) -> None:
-        with self._connect() as db:
-            db.execute("DELETE FROM pending WHERE id = ?", (job_id,))
+        self._write("DELETE FROM pending WHERE id = ?", (job_id,))
+
+    def _write(self, query: str, values: tuple) -> bool:
+        """Book-keeping of pending jobs: a failure (disk full, locked database) is logged, never raised,
+        so it cannot stop the worker; the job then just would not survive a restart."""
+        try:
+            with self._connect() as db:
+                db.execute(query, values)
+            return True
+        except sqlite3.Error as error:
+            log.warning("could not record a pending job in %s: %s", self.database, error)
+            return False
 
     def pending(self) -> list[tuple[str, float, JobSpec, int]]:
         """Stored jobs that have not finished, oldest first: (id, created, spec, starts).
 
         A row this version cannot read (written by another version of pusa) is logged and dropped.
         """
-        with self._connect() as db:
-            rows = db.execute("SELECT id, created, spec, starts FROM pending ORDER BY created").fetchall()
+        try:
+            with self._connect() as db:
+                rows = db.execute("SELECT id, created, spec, starts FROM pending ORDER BY created").fetchall()
+        except sqlite3.Error as error:
+            log.warning("could not read the pending jobs in %s: %s", self.database, error)
+            return []
         jobs = []
         for job_id, created, text, starts in rows:
             try:
