@@ -182,6 +182,9 @@ def test_jobs_are_listed_and_cancelled_by_id_or_by_the_client(client, server, re
     assert [job["prompt"] for job in jobs] == ["runs long", "waits"]
     assert [job["state"] for job in jobs] == ["running", "queued"] and jobs[1]["position"] == 1
     assert jobs[0]["num_steps"] in (0, 50) and jobs[1]["task"] == "t2v" and jobs[1]["seed"] == 11
+    stored = {job_id: spec for job_id, _, spec, _ in server[1].pending()}  # a restart would run them again
+    assert {job["id"] for job in jobs} <= set(stored)
+    assert stored[jobs[1]["id"]].form["prompt"] == "waits" and stored[jobs[1]["id"]].request.seed == 11
 
     assert client.predict(jobs[1]["id"], api_name="/cancel_job") == "cancelled before it started"
     assert queue.view(jobs[1]["id"]).state == "cancelled"
