@@ -306,3 +306,33 @@ def test_queue_panel_lists_every_unfinished_job_and_cancels_one(tmp_path):
     finally:
         release.set()
         queue.close(10)
+
+
+def test_a_reloaded_tab_follows_its_job_again(tmp_path):
+    """`Studio.follow` is what a reloaded page runs with the job id the browser kept for the tab."""
+    from pusa.app.studio import Studio
+    from pusa.jobs import JobSpec
+    from pusa.pipeline import GenerationRequest
+
+    release = threading.Event()
+    queue = JobQueue(lambda: release.wait(60) and PusaPipeline.from_preset("tiny-random"), History(tmp_path))
+    studio = Studio(queue.start(), TINY_DEFAULTS, "tiny-random")
+    try:
+        nothing = list(studio.follow(None)) + list(studio.follow("forgotten-by-a-restart"))
+        assert [(u.progress, u.job_id) for u in nothing] == [
+            (None, None),
+            (None, None),
+        ]  # the page keeps its own
+        view = queue.submit(
+            JobSpec(GenerationRequest(task="t2v", prompt="x", seed=2, **dict(width=32, height=32)))
+        )
+        updates = studio.follow(view.id)
+        first = next(updates)
+        assert 'data-state="queued"' in first.progress and first.job_id == view.id and first.video is None
+        release.set()
+        last = list(updates)[-1]
+        assert 'data-state="done"' in last.progress and last.video.endswith(".mp4") and last.job_id == view.id
+        assert json.loads(last.settings)["seed"] == 2
+    finally:
+        release.set()
+        queue.close(10)

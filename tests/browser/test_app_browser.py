@@ -2,7 +2,7 @@
 (what `pusa serve` runs) on the default model (the shipped pusa-tiny).
 
 One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
-video play; type bad positions in Multi-Frames, see the error, fix them and generate; restart the
+video play, reload the page and find it again; type bad positions in Multi-Frames, see the error, fix them and generate; restart the
 server (with a job left in its queue, which it then runs) and find the videos in History, then refill
 a form from one. Every request the page makes is
 recorded and must stay on this machine. Screenshots go to test-artifacts/.
@@ -202,6 +202,13 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
     video = wait_video_plays(page, "#i2v-video")
     assert video["duration"] > 0 and video["currentTime"] > 0, video
     shot(page, "image-to-video")
+
+    # A reload keeps the tab's job (the browser stores its id): its result comes back, Cancel still works.
+    page.reload()
+    page.wait_for_function(
+        "() => (document.querySelector('#i2v-progress')?.innerText || '').includes('Done in')", timeout=15_000
+    )
+    wait_video_plays(page, "#i2v-video")
 
     # Multi-Frames: bad positions show an error as they are typed and when generating.
     open_tab(page, "Multi-Frames to Video")

@@ -25,7 +25,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr
 from PIL import Image
 
-from ..jobs import CANCELLED, DONE, FAILED, LOADING, READY, History, JobQueue
+from ..jobs import CANCELLED, DONE, FAILED, LOADING, READY, History, JobQueue, JobView
 from ..pipeline import (
     CFG_RANGE,
     DEFAULT_CFG,
@@ -51,7 +51,7 @@ CSS = """
 class Update:
     """One step of a generation stream; `None` video/settings mean "leave as they are"."""
 
-    progress: str
+    progress: str | None  # None: leave as it is
     video: str | None = None
     settings: str | None = None  # JSON text: a dict would reach gradio_client with its paths rewritten
     job_id: str | None = None
@@ -132,8 +132,13 @@ def _api(stream_method: Callable[..., Iterator[Update]]) -> Callable:
     return endpoint
 
 
-def _ui(stream_method: Callable[..., Iterator[Update]]) -> Callable:
-    """The Generate button: like the endpoint, but errors stay in the page and the job id is kept."""
+def _ui(stream_method: Callable[..., Iterator[Update]], until_queued: bool = False) -> Callable:
+    """The Generate button: like the endpoint, but errors stay in the page and the job id is kept.
+
+    until_queued: stop once the job is queued (or refused). The browser stores an event's last job id
+    when the event ends, so the button's event ends there and `Studio.follow` streams the rest: a page
+    reloaded meanwhile finds its job again.
+    """
 
     @functools.wraps(stream_method)
     def handler(*args, **kwargs):
@@ -142,7 +147,10 @@ def _ui(stream_method: Callable[..., Iterator[Update]]) -> Callable:
             settings = (
                 None if update.clear else (update.settings if update.settings is not None else gr.skip())
             )
-            yield video, settings, update.progress, update.job_id
+            progress = update.progress if update.progress is not None else gr.skip()
+            yield video, settings, progress, update.job_id
+            if until_queued and (update.job_id is not None or update.error is not None):
+                return
 
     return handler
 
@@ -186,15 +194,26 @@ class Studio:
             yield Update(error_html(str(error)), error=str(error))
             return
         yield Update(views.progress_html(view), job_id=view.id, clear=True)
+        yield from self._follow(view)
+
+    def follow(self, job_id: str | None) -> Iterator[Update]:
+        """A reloaded page: show the tab's last job (kept by the browser) again, following it if it runs."""
+        view = self.queue.view(job_id) if isinstance(job_id, str) and job_id else None
+        if view is None:  # none yet, refused (its error stays shown), or forgotten by a restart
+            yield Update(None, job_id=None)
+            return
+        yield Update(views.progress_html(view), job_id=view.id)
+        yield from self._follow(view)
+
+    def _follow(self, view: JobView) -> Iterator[Update]:
         while not view.done:
             # The timeout refreshes the ETA between steps.
             view = self.queue.wait(view.id, after_version=view.version, timeout=1.0)
             yield Update(views.progress_html(view), job_id=view.id)
         if view.state == DONE:
             entry = view.entry
-            yield Update(
-                views.progress_html(view), str(entry.video), settings_text(entry.settings), job_id=view.id
-            )
+            video = str(entry.video) if entry.video.is_file() else None  # None: deleted from History since
+            yield Update(views.progress_html(view), video, settings_text(entry.settings), job_id=view.id)
         elif view.state == CANCELLED:
             yield Update(views.progress_html(view), job_id=view.id, error=f"the job was {view.phase}")
         else:
@@ -557,7 +576,7 @@ class Studio:
             tab.settings = gr.Code(
                 language="json", label="Settings", max_lines=30, elem_id=f"{tab.tab}-settings"
             )
-        tab.job = gr.State(None)
+        tab.job = self.job_states[tab.tab]
 
     def _i2v_tab(self) -> TabWidgets:
         tab = TabWidgets("i2v")
@@ -782,6 +801,12 @@ class Studio:
             if self.exposed_host:
                 gr.HTML(views.exposure_warning_html(self.exposed_host))
             queue_box, queue_table, queue_pick = self._queue_panel()
+            # Each tab's last job id, kept by the browser (localStorage), so a reloaded page follows it
+            # again. Made outside the tabs: a hidden tab's components load their stored values late.
+            self.job_states = {
+                name: gr.BrowserState(None, storage_key=f"pusa-{name}-job")
+                for name in ("i2v", "frames", "v2v", "t2v")
+            }
             with gr.Tabs() as self.tab_switch:
                 with gr.Tab("Image-to-Video", id="i2v"):
                     self.tabs["i2v"] = self._i2v_tab()
@@ -801,12 +826,17 @@ class Studio:
             }
             for name, tab in self.tabs.items():
                 outputs = [tab.video, tab.settings, tab.progress]
+                follow = dict(
+                    fn=_ui(self.follow), inputs=tab.job, outputs=[*outputs, tab.job],
+                    concurrency_limit=None, show_progress="hidden", api_visibility="private",
+                )  # fmt: skip
                 tab.generate_event = tab.generate.click(
-                    _ui(methods[name]), tab.inputs, [*outputs, tab.job],
+                    _ui(methods[name], until_queued=True), tab.inputs, [*outputs, tab.job],
                     concurrency_limit=None, show_progress="hidden", api_visibility="private",
                     api_name=f"ui_{methods[name].__name__}",
-                )  # fmt: skip
+                ).then(**follow)  # fmt: skip
                 tab.cancel.click(self.cancel, tab.job, tab.progress, api_visibility="private", queue=False)
+                self.demo.load(**follow)
                 # The endpoint for gradio_client: same inputs and code, errors raised instead of shown.
                 endpoint = gr.Button(visible=False)
                 endpoint.click(
