@@ -22,6 +22,7 @@ from pusa.train.recipe import (
     build_text_encoder,
     build_transformer,
     build_vae,
+    check_dit_width,
     flow_matching_loss,
     lora_state,
     object_mask,
@@ -29,7 +30,9 @@ from pusa.train.recipe import (
     vta_sigmas,
 )
 
-TINY_DIT = DitConfig(num_attention_heads=2, attention_head_dim=8, ffn_dim=32, num_layers=2, freq_dim=16)
+TINY_DIT = DitConfig(
+    num_attention_heads=2, attention_head_dim=32, ffn_dim=32, num_layers=2, freq_dim=16
+)  # 64 wide: 2x2x16
 TINY_TEXT = TextEncoderConfig(d_model=16, d_kv=4, d_ff=32, num_heads=2)
 
 
@@ -333,7 +336,10 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     # The same VTA loop on "a real model folder" with pre-encoded latents (here the exported tiny model).
     latents = tmp_path / "latents"
     for i in range(3):
-        save_latent_clip(latents / f"{i}.safetensors", torch.randn(16, 3, 4, 4), caption_text=f"clip {i}")
+        channels = pipe.transformer.config.in_channels  # the tiny recipe's vae.z_dim
+        save_latent_clip(
+            latents / f"{i}.safetensors", torch.randn(channels, 3, 4, 4), caption_text=f"clip {i}"
+        )
     vta_args = [
         "train",
         "vta",
@@ -360,13 +366,36 @@ def test_recipe_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
 
     run, model = tmp_path / "run", tmp_path / "model"
     args = ["train", "demo", "--tiny", "--run-dir", str(run), "--export-dir", str(model)]
-    overrides = ["--set", "vae.dim_mult=[1,1,1]", "--set", "dit.patch_size=[1,4,4]", "--set", "vta.steps=2"]
+    overrides = ["--set", "vae.dim_mult=[1,1,1]", "--set", "dit.patch_size=[1,4,4]", "--set", "vta.steps=2",
+                 "--set", "dit.attention_head_dim=32"]  # 2 x 32 wide for 4x4x4 values per token  # fmt: skip
     assert main([*args, *overrides]) == 0
     assert json.loads((run / "config.json").read_text())["dit"]["patch_size"] == [1, 4, 4]
     pipe = PusaPipeline.from_model(model)
     assert pipe.vae_scale == (4, 4) and tuple(pipe.transformer.config.patch_size) == (1, 4, 4)
     out = pipe.text_to_video("a red circle moves left", num_inference_steps=1, seed=0)
     assert out.frames.shape == (9, 32, 32, 3)
+
+
+def test_a_dit_narrower_than_its_token_values_is_refused_before_training(tmp_path, capsys):
+    """4x4 patches of 16 latent channels are 256 values per token: a 128-wide DiT can only predict a 128-dim
+    part of them, so its samples keep noise forever (what the s4 run showed). Refused before any stage runs."""
+    from pusa.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "demo", "--tiny", "--run-dir", str(run), "--set", "vae.z_dim=16"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "dit: each token predicts 64 values (patch [1, 2, 2] x vae.z_dim=16) but the transformer is 16 wide"
+        in err
+    )
+    assert not (run / "vae").exists()
+    check_dit_width(
+        DitConfig(num_attention_heads=4, attention_head_dim=32, patch_size=(1, 2, 2)), 16
+    )  # v3: fits
+    with pytest.raises(ValueError, match="predicts 256 values"):
+        check_dit_width(DitConfig(num_attention_heads=4, attention_head_dim=32, patch_size=(1, 4, 4)), 16)
+    check_dit_width(DitConfig(num_attention_heads=4, attention_head_dim=32, patch_size=(1, 4, 4)), 4)
 
 
 def test_vae_needs_two_downsamples_for_4x_temporal():

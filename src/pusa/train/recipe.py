@@ -82,7 +82,8 @@ class VaeConfig:
     # base_dim 8 (channels 8/16/32/32) trains at ~1 s/step on 2 CPU cores and reaches ~30 dB on the world.
     base_dim: int = 8
     # One spatial 2x downsample between consecutive entries; the last two also halve time (4x temporal, as
-    # Wan). (1, 2, 4) gives 4x spatial: pair it with dit.patch_size (1, 4, 4) to keep the DiT's token count.
+    # Wan). (1, 2, 4) gives 4x spatial: pair it with dit.patch_size (1, 4, 4) to keep the DiT's token count
+    # and z_dim 4, so a token's 4x4x4 values fit the DiT's width (`check_dit_width`).
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
     z_dim: int = 16
     num_res_blocks: int = 1
@@ -233,7 +234,9 @@ def tiny_test_config() -> RunConfig:
     return RunConfig(
         clip=ClipConfig(num_frames=9, width=32, height=32),
         tokenizer=TokenizerConfig(vocab_size=120, num_captions=1500, max_sequence_length=24),
-        vae=VaeConfig(base_dim=4, dim_mult=(1, 1, 1, 1), steps=4, batch_size=2, eval_every=2, eval_clips=1),
+        vae=VaeConfig(  # 4 latent channels: the 16-wide DiT predicts 2x2x4 values per token
+            base_dim=4, z_dim=4, dim_mult=(1, 1, 1, 1), steps=4, batch_size=2, eval_every=2, eval_clips=1
+        ),
         decoder=DecoderConfig(steps=3, batch_size=2, eval_every=3, eval_clips=1, minutes=None),
         pool=PoolConfig(num_clips=8, batch_size=4, image_positions=(2,)),
         text_encoder=TextEncoderConfig(d_model=16, d_kv=4, d_ff=32, num_heads=2),
@@ -279,7 +282,25 @@ def vae_temporal_downsample(dim_mult: tuple[int, ...]) -> list[bool]:
     return [False] * (levels - 2) + [True, True]
 
 
+def check_dit_width(cfg: DitConfig, z_dim: int) -> None:
+    """The DiT must be at least as wide as the values each token predicts (patch volume x latent channels).
+
+    Its output layer maps the width to those values, so a narrower model predicts velocities in a
+    subspace: the starting noise outside it is never removed and every sample stays noisy, however long
+    it trains (the 4x-spatial s4 run: 4x4 patches of 16 channels = 256 values from a 128-wide model).
+    """
+    width = cfg.num_attention_heads * cfg.attention_head_dim
+    values = math.prod(cfg.patch_size) * z_dim
+    if width < values:
+        raise ValueError(
+            f"dit: each token predicts {values} values (patch {list(cfg.patch_size)} x vae.z_dim={z_dim}) but the "
+            f"transformer is {width} wide (dit.num_attention_heads x dit.attention_head_dim); it could never "
+            f"remove all the noise. Widen it to >= {values}, or use a smaller dit.patch_size or vae.z_dim"
+        )
+
+
 def build_transformer(cfg: DitConfig, text_dim: int, z_dim: int = 16) -> PusaTransformer3DModel:
+    check_dit_width(cfg, z_dim)
     return PusaTransformer3DModel(
         in_channels=z_dim,
         out_channels=z_dim,
@@ -1224,6 +1245,7 @@ def run_recipe(
     else:
         cfg = cfg or RunConfig()
         config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    check_dit_width(cfg.dit, cfg.vae.z_dim)  # before hours of VAE training, not after
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     log = RunLog(run_dir)
