@@ -397,7 +397,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         if getattr(args, "noise_multipliers", None)
         else None
     )
-    task = _task_call(args, pipe, positions, multipliers)
+    method, method_args, kwargs = _task_call(args, pipe, positions, multipliers)
     outputs = []
     for index in range(count):
         seed = None if args.seed is None else args.seed + index
@@ -409,7 +409,6 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
                 bars.append(tqdm(total=info.num_steps, desc=label, unit="step", disable=args.quiet))
             bars[0].update(1)
 
-        method, method_args, kwargs = task
         out = method(*method_args, **kwargs, **common, seed=seed, callback=progress)
         for bar in bars:
             bar.close()

@@ -135,8 +135,7 @@ MAX_STARTS = 2
 def spec_to_json(spec: JobSpec) -> str | None:
     """The spec as JSON, or None when it cannot be stored (an input is an in-memory image or array)."""
     request = spec.request
-    media = [*request.images, request.video, spec.end_video]
-    if any(item is not None and not isinstance(item, (str, Path)) for item in media):
+    if any(item is not None and not isinstance(item, (str, Path)) for item in _spec_media(spec)):
         return None
     record = {f.name: getattr(request, f.name) for f in fields(request)}
     record["images"] = [str(item) for item in request.images]
@@ -322,10 +321,14 @@ class History:
         return jobs
 
 
+def _spec_media(spec: JobSpec) -> list[Any]:
+    """Every input of a spec (paths, images or arrays; None where a slot is empty)."""
+    return [*spec.request.images, spec.request.video, spec.end_video]
+
+
 def _spec_paths(spec: JobSpec) -> list[str]:
-    request = spec.request
-    media = [*request.images, request.video, spec.end_video]
-    return [str(item) for item in media if isinstance(item, (str, Path))] + _input_paths(spec.form)
+    paths = [str(item) for item in _spec_media(spec) if isinstance(item, (str, Path))]
+    return paths + _input_paths(spec.form)
 
 
 def _input_paths(form: dict[str, Any]) -> list[str]:

@@ -167,10 +167,9 @@ class PusaPipeline:
         lora: "auto" = the LoRA the folder ships with (pusa-tiny's VTA LoRA; none for a plain Wan folder),
         None = no LoRA (pusa-tiny's base T2V model), or a LoRA file. `acceleration`: see `from_pretrained`.
         """
-        from .presets import PUSA_TINY_DIR, check_device, resolve_model
+        from .presets import PUSA_TINY_DIR, resolve_model
 
-        check_device(device)
-        resolved = resolve_model(model, lora)
+        resolved = resolve_model(model, lora)  # the device is checked by from_preset / from_pretrained
         if resolved == "tiny-random":
             return cls.from_preset("tiny-random", device=device, dtype=dtype, **acceleration)
         pipe = cls.from_pretrained(resolved, lora=lora, device=device, dtype=dtype, **acceleration)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import time
 from html import escape
 
-from ..jobs import CANCELLED, DONE, FAILED, LOADING, QUEUED, HistoryEntry, JobView, ModelStatus
+from ..jobs import CANCELLED, DONE, FAILED, LOADING, QUEUED, RUNNING, HistoryEntry, JobView, ModelStatus
 from .forms import TABS
 from .timeline import error_html
 
 _BOX = "font-size: 13px; line-height: 1.45; padding: 8px 10px; border-radius: 6px;"
 TASK_NAMES = {**TABS, "extension": "Extension", "completion": "Completion", "transition": "Transition"}
+
+
+def task_name(item: JobView | HistoryEntry) -> str:
+    """The words for what a job or a finished video is: its recipe if it has one, else its task."""
+    return TASK_NAMES.get(item.recipe or item.task, item.task)
+
+
+def _short(prompt: str, length: int = 40) -> str:
+    return prompt if len(prompt) <= length else prompt[: length - 1] + "…"
 
 
 def _seconds(value: float) -> str:
@@ -92,7 +101,7 @@ def status_html(status: ModelStatus, active: list[JobView], model: str) -> str:
         if running:
             view = running[0]
             step = f"step {view.step}/{view.num_steps}" if view.num_steps else view.phase
-            work = f"running {TASK_NAMES.get(view.recipe or view.task, view.task)} ({escape(step)})"
+            work = f"running {task_name(view)} ({escape(step)})"
         else:
             work = "idle"
         if waiting:
@@ -113,7 +122,7 @@ def job_state_text(view: JobView) -> str:
     if view.state == QUEUED:
         text = f"waiting, #{view.position} in line"
         return text + " (submitted before a restart)" if view.restored else text
-    if view.state == "running":
+    if view.state == RUNNING:
         if "cancelling" in view.phase:
             return view.phase
         return f"running, step {view.step}/{view.num_steps}" if view.num_steps else f"running, {view.phase}"
@@ -125,7 +134,7 @@ def queue_rows(active: list[JobView]) -> list[list]:
         [
             view.id,
             job_state_text(view),
-            TASK_NAMES.get(view.recipe or view.task, view.task),
+            task_name(view),
             view.prompt,
             view.seed if view.seed is not None else "random",
             _when(view.created),
@@ -136,9 +145,7 @@ def queue_rows(active: list[JobView]) -> list[list]:
 
 def queue_choice(view: JobView) -> tuple[str, str]:
     """(label, value) of an unfinished job in the queue's picker."""
-    prompt = view.prompt if len(view.prompt) <= 40 else view.prompt[:39] + "…"
-    task = TASK_NAMES.get(view.recipe or view.task, view.task)
-    return f"{view.id} · {task} · “{prompt}” · {job_state_text(view)}", view.id
+    return f"{view.id} · {task_name(view)} · “{_short(view.prompt)}” · {job_state_text(view)}", view.id
 
 
 def queue_label(active: list[JobView]) -> str:
@@ -193,7 +200,7 @@ def history_rows(entries: list[HistoryEntry]) -> list[list]:
             [
                 entry.id,
                 _when(entry.created),
-                TASK_NAMES.get(entry.recipe or entry.task, entry.task),
+                task_name(entry),
                 entry.prompt,
                 entry.seed,
                 s.get("num_inference_steps"),
@@ -207,8 +214,7 @@ def history_rows(entries: list[HistoryEntry]) -> list[list]:
 
 def history_choice(entry: HistoryEntry) -> tuple[str, str]:
     """(label, value) of an entry in the picker."""
-    prompt = entry.prompt if len(entry.prompt) <= 40 else entry.prompt[:39] + "…"
-    task = TASK_NAMES.get(entry.recipe or entry.task, entry.task)
+    prompt, task = _short(entry.prompt), task_name(entry)
     return f"{_when(entry.created)} · {task} · “{prompt}” · seed {entry.seed}", entry.id
 
 
