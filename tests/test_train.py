@@ -110,6 +110,62 @@ def test_base_steps_reduce_flow_matching_loss():
     assert after < 0.8 * before
 
 
+def test_flow_matching_loss_weights_latent_cells():
+    """Uniform weights give the plain MSE; weights are rescaled to mean 1, so only their ratios matter; a cell
+    weighted 0 does not count at all."""
+    torch.manual_seed(0)
+    transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model).eval()
+    latents, noise = _latents(), _latents(seed=1)
+    sigmas, text = torch.tensor([0.2, 0.5, 0.7, 0.9]), torch.randn(4, 8, TINY_TEXT.d_model)
+    with torch.no_grad():
+        plain = flow_matching_loss(transformer, latents, sigmas, text, noise)
+        uniform = flow_matching_loss(
+            transformer, latents, sigmas, text, noise, torch.full((4, 1, 3, 4, 4), 7.0)
+        )
+        torch.testing.assert_close(uniform, plain)
+        weights = torch.zeros(4, 1, 3, 4, 4)
+        weights[:, :, 1, :2, :2] = 1.0  # one 2x2 corner of latent frame 1
+        velocity = transformer(
+            (1 - sigmas[:, None, None, None, None]) * latents + sigmas[:, None, None, None, None] * noise,
+            sigmas * 1000.0, text, return_dict=False,
+        )[0]  # fmt: skip
+        corner = (velocity - (noise - latents))[:, :, 1, :2, :2].pow(2).mean()
+        weighted = flow_matching_loss(transformer, latents, sigmas, text, noise, weights)
+    torch.testing.assert_close(weighted, corner)
+    assert abs(float(weighted) - float(plain)) > 1e-4
+
+
+def test_pool_object_masks_mark_the_latent_cells_the_object_covers():
+    """Rendered again from the pool's seeds: a cell is 1 where its frames/pixels hold object pixels."""
+    from pusa.train.recipe import pool_object_masks
+    from pusa.train.world import render_clip, sample_clip_spec
+
+    pool = LatentPool(torch.zeros(3, 4, 3, 8, 8), torch.tensor([4, 11, 23]), 9, 32, 32)  # 4x spatial latents
+    masks = pool_object_masks(pool, batch_size=2)
+    assert masks.shape == (3, 1, 3, 8, 8) and set(masks.unique().tolist()) == {0.0, 1.0}
+    assert 0.0 < float(masks.mean()) < 0.5  # a small object on a large background
+    for i, seed in enumerate(pool.seeds.tolist()):
+        video = render_clip(sample_clip_spec(seed, 9, 32, 32))
+        pixels = torch.from_numpy(video[None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        truth = object_mask(pixels, grow=0)[0, 0]  # [9, 32, 32]
+        first = truth[0].reshape(8, 4, 8, 4).amax(dim=(1, 3))  # latent frame 0: pixel frame 0 alone
+        later = truth[5:9].reshape(4, 8, 4, 8, 4).amax(dim=(0, 2, 4))  # latent frame 2: pixel frames 5-8
+        torch.testing.assert_close(masks[i, 0, 0], first)
+        torch.testing.assert_close(masks[i, 0, 2], later)
+
+
+def test_base_object_weight_needs_the_world_pool(tmp_path):
+    from pusa.train.recipe import BaseConfig, RunConfig, train_base
+
+    (tmp_path / "clips").mkdir()
+    save_latent_clip(tmp_path / "clips" / "a.safetensors", _latents(batch=1)[0], "a red circle moves left")
+    cfg = RunConfig(base=BaseConfig(object_weight=10.0))
+    with pytest.raises(
+        ValueError, match=r"base.object_weight=10.0: object masks are rendered from the seeds"
+    ):
+        train_base(tmp_path / "run", cfg, _NullLog(), source=LatentFolder(tmp_path / "clips"))
+
+
 def test_vta_lora_steps_reduce_loss_and_leave_the_base_untouched():
     torch.manual_seed(0)
     transformer = build_transformer(TINY_DIT, TINY_TEXT.d_model)
@@ -367,7 +423,8 @@ def test_recipe_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
     run, model = tmp_path / "run", tmp_path / "model"
     args = ["train", "demo", "--tiny", "--run-dir", str(run), "--export-dir", str(model)]
     overrides = ["--set", "vae.dim_mult=[1,1,1]", "--set", "dit.patch_size=[1,4,4]", "--set", "vta.steps=2",
-                 "--set", "dit.attention_head_dim=32"]  # 2 x 32 wide for 4x4x4 values per token  # fmt: skip
+                 "--set", "dit.attention_head_dim=32",  # 2 x 32 wide for 4x4x4 values per token
+                 "--set", "base.object_weight=10"]  # fmt: skip
     assert main([*args, *overrides]) == 0
     assert json.loads((run / "config.json").read_text())["dit"]["patch_size"] == [1, 4, 4]
     pipe = PusaPipeline.from_model(model)

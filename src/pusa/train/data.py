@@ -64,6 +64,7 @@ class LatentBatch:
     prompt_embeds: torch.Tensor | None = None
     image_latents: torch.Tensor | None = None
     image_positions: tuple[int, ...] = ()
+    weights: torch.Tensor | None = None  # [B, 1, F_lat, h, w] loss weight per latent cell (None: uniform)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class LatentPool:
     height: int
     image_latents: torch.Tensor | None = None
     image_positions: tuple[int, ...] = ()
+    weights: torch.Tensor | None = None  # [N, 1, F_lat, h, w] (see `LatentBatch.weights`); not saved
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -93,7 +95,8 @@ class LatentPool:
             spec = sample_clip_spec(int(seed), self.num_frames, self.width, self.height)
             captions.append(caption(spec, rng))
         image_latents = None if self.image_latents is None else self.image_latents[index]
-        return LatentBatch(self.latents[index], captions, None, image_latents, self.image_positions)
+        weights = None if self.weights is None else self.weights[index]
+        return LatentBatch(self.latents[index], captions, None, image_latents, self.image_positions, weights)
 
     def save(self, path: str | Path) -> None:
         tensors = {"latents": self.latents.contiguous(), "seeds": self.seeds}

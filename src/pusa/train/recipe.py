@@ -170,6 +170,10 @@ class BaseConfig:
     shift: float = 8.0
     caption_dropout: float = 0.1  # -> "" or the default negative prompt, so classifier-free guidance works
     ema_decay: float = 0.998
+    # Latent cells the object touches weigh 1 + this in the flow-matching loss (as the decoder's object_weight
+    # does for pixels): the object is a few cells of a frame, so an unweighted loss spends the model on the
+    # background. Needs a pool of world clips (the masks are rendered from its seeds).
+    object_weight: float = 0.0
     minutes: float | None = None  # wall-clock budget (see VaeConfig.minutes); None: run all `steps`
     eval_every: int = 500  # log `caption_sensitivity` (a few seconds) every this many steps; 0: never
 
@@ -845,10 +849,12 @@ def flow_matching_loss(
     sigmas: torch.Tensor,
     text: torch.Tensor,
     noise: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between the predicted and the true velocity `noise - latents`.
 
-    latents, noise: `[B, C, F, h, w]`; sigmas: `[B]` (one per clip) or `[B, F]` (one per latent frame).
+    latents, noise: `[B, C, F, h, w]`; sigmas: `[B]` (one per clip) or `[B, F]` (one per latent frame);
+    weights: optional `[B, 1, F, h, w]` per latent cell, rescaled to mean 1 (uniform weights: the plain MSE).
     """
     weight = next(transformer.parameters())  # batches are built on the CPU; the model may live elsewhere
     latents, noise, sigmas = (t.to(weight.device, torch.float32) for t in (latents, noise, sigmas))
@@ -859,7 +865,26 @@ def flow_matching_loss(
         noisy.to(weight.dtype), (sigmas * 1000.0).to(weight.dtype), text.to(weight.device, weight.dtype),
         return_dict=False,
     )[0]  # fmt: skip
-    return F.mse_loss(velocity.float(), noise - latents)
+    if weights is None:
+        return F.mse_loss(velocity.float(), noise - latents)
+    weights = weights.to(weight.device, torch.float32)
+    return ((velocity.float() - (noise - latents)).pow(2) * (weights / weights.mean())).mean()
+
+
+@torch.no_grad()
+def pool_object_masks(pool: LatentPool, batch_size: int = 64) -> torch.Tensor:
+    """`[N, 1, F_lat, h, w]`: 1 where a latent cell of a pool clip holds any object pixel (rendered again from
+    the clip's world seed, so nothing is stored), else 0."""
+    masks = []
+    seeds = pool.seeds.tolist()
+    for start in range(0, len(seeds), batch_size):
+        videos = np.stack([
+            render_clip(sample_clip_spec(int(s), pool.num_frames, pool.width, pool.height))
+            for s in seeds[start : start + batch_size]
+        ])  # fmt: skip
+        pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        masks.append((_pool_like(object_mask(pixels, grow=0), pool.latents[:1]) > 0).float())
+    return torch.cat(masks)
 
 
 # ---------------------------------------------------------------------------------------------- stage: base
@@ -946,7 +971,14 @@ def train_base(
     """Stage (b): the text-to-video base with one shared timestep per clip; umT5 trains jointly. Batches are
     drawn on the CPU (the same ones on any device) and the models train in float32 on `device`."""
     b = cfg.base
+    if b.object_weight and source is not None and not isinstance(source, LatentPool):
+        raise ValueError(
+            f"base.object_weight={b.object_weight}: object masks are rendered from the seeds of the recipe's "
+            "pool of world clips; a folder of latents has none (use 0)"
+        )
     source = source or LatentPool.load(run_dir / "pool.safetensors")
+    if b.object_weight:
+        source.weights = 1.0 + b.object_weight * pool_object_masks(source)
     tokenizer, text_encoder, transformer = build_base_models(run_dir, cfg)
     text_encoder.to(device)
     transformer.to(device)
@@ -958,7 +990,7 @@ def train_base(
         text = _batch_text(batch, encode, rng, b.caption_dropout)
         sigmas = sample_sigmas(rng, (b.batch_size,), b.shift)  # [B]: one per clip
         noise = torch.from_numpy(rng.standard_normal(batch.latents.shape, dtype=np.float32))
-        return flow_matching_loss(transformer, batch.latents, sigmas, text, noise), {}
+        return flow_matching_loss(transformer, batch.latents, sigmas, text, noise, batch.weights), {}
 
     trainable = {**dict(transformer.named_parameters(prefix="transformer")),
                  **dict(text_encoder.named_parameters(prefix="text_encoder"))}  # fmt: skip
