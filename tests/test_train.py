@@ -31,7 +31,7 @@ from pusa.train.recipe import (
 )
 
 TINY_DIT = DitConfig(
-    num_attention_heads=2, attention_head_dim=32, ffn_dim=32, num_layers=2, freq_dim=16
+    num_attention_heads=2, attention_head_dim=32, ffn_dim=32, num_layers=2, freq_dim=16, patch_size=(1, 2, 2)
 )  # 64 wide: 2x2x16
 TINY_TEXT = TextEncoderConfig(d_model=16, d_kv=4, d_ff=32, num_heads=2)
 

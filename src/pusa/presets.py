@@ -6,8 +6,10 @@
 - `tiny-random`: a seeded random model of the same structure; its videos are noise. It exists so every code
   path runs without trained weights (tests of the engine).
 
-Sizes follow the real model's structure: 16 latent channels, 8x spatial and 4x temporal VAE compression,
-patch (1, 2, 2), a umT5 text encoder with a sentencepiece tokenizer.
+`tiny-random` follows the real model's structure: 16 latent channels, 8x spatial and 4x temporal VAE
+compression, patch (1, 2, 2), a umT5 text encoder with a sentencepiece tokenizer. `pusa-tiny` has the same
+classes with a 4x spatial VAE of 4 latent channels and patch (1, 4, 4) (the same tokens per clip): at 64x64
+Wan's 8x spatial VAE turned every shape into a round blob.
 
 Importing this module is cheap (no torch): the CLI and the studio read names and defaults from it at once.
 """

@@ -78,14 +78,16 @@ class TokenizerConfig:
 
 @dataclass
 class VaeConfig:
-    # AutoencoderKLWan: 8x spatial (3 downsamples), 4x causal temporal, 16 latent channels as in Wan.
-    # base_dim 8 (channels 8/16/32/32) trains at ~1 s/step on 2 CPU cores and reaches ~30 dB on the world.
+    # AutoencoderKLWan: 4x spatial (2 downsamples), 4x causal temporal, 4 latent channels. Wan's own VAE is 8x
+    # spatial with 16 channels; at 64x64 with objects of 8-16 px that loses their outline (every shape decoded
+    # as a round blob: the detector read 23% of shapes right, chance), 4x keeps it (56-81%).
+    # base_dim 8 trains at ~1 s/step on 2 CPU cores and reaches ~30 dB on the world.
     base_dim: int = 8
     # One spatial 2x downsample between consecutive entries; the last two also halve time (4x temporal, as
-    # Wan). (1, 2, 4) gives 4x spatial: pair it with dit.patch_size (1, 4, 4) to keep the DiT's token count
-    # and z_dim 4, so a token's 4x4x4 values fit the DiT's width (`check_dit_width`).
-    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
-    z_dim: int = 16
+    # Wan). (1, 2, 4, 4) gives Wan's 8x spatial: pair it with dit.patch_size (1, 2, 2).
+    dim_mult: tuple[int, ...] = (1, 2, 4)
+    # 4x4 latent pixels x 4 channels = 64 values per DiT token: they must fit the DiT's width (`check_dit_width`)
+    z_dim: int = 4
     num_res_blocks: int = 1
     steps: int = 4000
     batch_size: int = 8
@@ -96,13 +98,13 @@ class VaeConfig:
     latent_noise: float = 0.1  # decoder input = posterior mean + this * N(0, 1): a smooth latent space
     latent_weight: float = 1e-4  # penalty on mean(latent**2); keeps the scale bounded (rescaled later anyway)
     anchor_weight: float = 1.0  # see train_vae
-    object_weight: float = 0.0  # object pixels weigh 1 + this in the loss (see DecoderConfig.object_weight)
+    object_weight: float = 10.0  # object pixels weigh 1 + this in the loss (see DecoderConfig.object_weight)
     eval_every: int = 100
     eval_clips: int = 4
     # Wall-clock budget; the stage ends at `steps` or at this, whichever first. The defaults of every stage are
-    # the settings that made the shipped pusa-tiny on 2 CPU cores (~4 hours in all), except that its base was
-    # trained in two runs (README: "The built-in model").
-    minutes: float | None = 34
+    # the settings that made the shipped pusa-tiny on 2 CPU cores (~2.5 hours in all), except that its base was
+    # trained in two parts (README: "The built-in model").
+    minutes: float | None = 25
 
 
 @dataclass
@@ -152,16 +154,16 @@ class DitConfig:
     num_layers: int = 6
     freq_dim: int = 64
     rope_max_seq_len: int = 32
-    patch_size: tuple[int, ...] = (1, 2, 2)  # (frames, height, width) of latent per token
+    patch_size: tuple[int, ...] = (1, 4, 4)  # (frames, height, width) of latent per token (16x16 latents)
 
 
 @dataclass
 class BaseConfig:
-    # 20000 steps: the shipped base's direction gap (`caption_sensitivity`) was 0.001 at 10k steps with its lr
-    # annealed, 0.15 at 17k and its T2V direction accuracy 12% -> 94% at 20k. ~2 h on 2 cores.
-    steps: int = 20000
+    # 13000 steps, ~80 min on 2 cores. Direction is learned last: the shipped base's direction gap
+    # (`caption_sensitivity`) stayed ~0 for 4500 steps, while colour's was already 0.16.
+    steps: int = 13000
     batch_size: int = 32
-    lr: float = 6e-4
+    lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
     # Training sigmas: u ~ U(0, 1) through the shift map. 8 puts most samples at the high noise where the
@@ -171,9 +173,11 @@ class BaseConfig:
     caption_dropout: float = 0.1  # -> "" or the default negative prompt, so classifier-free guidance works
     ema_decay: float = 0.998
     # Latent cells the object touches weigh 1 + this in the flow-matching loss (as the decoder's object_weight
-    # does for pixels): the object is a few cells of a frame, so an unweighted loss spends the model on the
-    # background. Needs a pool of world clips (the masks are rendered from its seeds).
-    object_weight: float = 0.0
+    # does for pixels): the object is ~7% of the cells, so an unweighted loss spends the model on the
+    # background. Needs a pool of world clips (the masks are rendered from its seeds). The shipped base ran
+    # 10000 steps at 0, then 3000 at 10: caption gaps colour 0.18 -> 0.28, shape 0.022 -> 0.040, direction
+    # 0.074 -> 0.15; T2V on 44 held-out clips shape 34% -> 41%, direction 38% -> 81%.
+    object_weight: float = 10.0
     minutes: float | None = None  # wall-clock budget (see VaeConfig.minutes); None: run all `steps`
     eval_every: int = 500  # log `caption_sensitivity` (a few seconds) every this many steps; 0: never
 
@@ -194,13 +198,13 @@ class VtaConfig:
     image_latent_fraction: float = 0.5
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
-    # The exported model's default LoRA strength. Chosen by `pusa eval demo --alphas 0.6,0.8,1.0,1.4` on the
-    # shipped LoRA: 0.6 kept the base's T2V motion and gave the best start-end/keyframe frames; 1.4 (Pusa V1's)
-    # moved objects off their keyframes (2.5-3 px vs 0.7-0.9) and lost colour (77% vs 82%).
+    # The exported model's default LoRA strength. Chosen by `pusa eval demo --alphas 0.6,1.0,1.4` on the
+    # shipped LoRA: 0.6 gave the best T2V and start-end/keyframe frames; 1.4 (Pusa V1's) moved objects off
+    # their keyframes (2.0 px vs 1.1) and lost colour (55% vs 100%). The same held for the LoRA before it.
     alpha: float = 0.6
-    # 65 min on 2 cores: the shipped LoRA had 20 min (2500 steps), then 45 more (to 9926). Same base and
-    # decoder, alpha 1.0 / 1.4: T2V direction 12% / 6% -> 31% / 31%, I2V motion 55% / 45% -> 59% / 59%.
-    minutes: float | None = 65  # wall-clock budget (see VaeConfig.minutes)
+    # 30 min on 2 cores (the shipped LoRA: 4946 steps). An earlier LoRA on an older base, 20 min (2500 steps)
+    # vs 65 (9926), alpha 1.0 / 1.4: T2V direction 12% / 6% -> 31% / 31%, I2V motion 55% / 45% -> 59% / 59%.
+    minutes: float | None = 30  # wall-clock budget (see VaeConfig.minutes)
 
 
 @dataclass
@@ -238,13 +242,15 @@ def tiny_test_config() -> RunConfig:
     return RunConfig(
         clip=ClipConfig(num_frames=9, width=32, height=32),
         tokenizer=TokenizerConfig(vocab_size=120, num_captions=1500, max_sequence_length=24),
-        vae=VaeConfig(  # 4 latent channels: the 16-wide DiT predicts 2x2x4 values per token
+        vae=VaeConfig(  # 8x spatial, 4 latent channels: the 16-wide DiT predicts 2x2x4 values per token
             base_dim=4, z_dim=4, dim_mult=(1, 1, 1, 1), steps=4, batch_size=2, eval_every=2, eval_clips=1
         ),
         decoder=DecoderConfig(steps=3, batch_size=2, eval_every=3, eval_clips=1, minutes=None),
         pool=PoolConfig(num_clips=8, batch_size=4, image_positions=(2,)),
         text_encoder=TextEncoderConfig(d_model=16, d_kv=4, d_ff=32, num_heads=2),
-        dit=DitConfig(num_attention_heads=2, attention_head_dim=8, ffn_dim=32, num_layers=2, freq_dim=16),
+        dit=DitConfig(
+            num_attention_heads=2, attention_head_dim=8, ffn_dim=32, num_layers=2, freq_dim=16, patch_size=(1, 2, 2)
+        ),
         base=BaseConfig(steps=4, batch_size=4, warmup=1),
         vta=VtaConfig(rank=4, steps=4, batch_size=4, warmup=1),
         checkpoint_every=2,
