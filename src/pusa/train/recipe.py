@@ -249,7 +249,12 @@ def tiny_test_config() -> RunConfig:
         pool=PoolConfig(num_clips=8, batch_size=4, image_positions=(2,)),
         text_encoder=TextEncoderConfig(d_model=16, d_kv=4, d_ff=32, num_heads=2),
         dit=DitConfig(
-            num_attention_heads=2, attention_head_dim=8, ffn_dim=32, num_layers=2, freq_dim=16, patch_size=(1, 2, 2)
+            num_attention_heads=2,
+            attention_head_dim=8,
+            ffn_dim=32,
+            num_layers=2,
+            freq_dim=16,
+            patch_size=(1, 2, 2),
         ),
         base=BaseConfig(steps=4, batch_size=4, warmup=1),
         vta=VtaConfig(rank=4, steps=4, batch_size=4, warmup=1),
