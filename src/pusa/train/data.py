@@ -14,6 +14,7 @@ captions list[str] | None, prompt_embeds [B, L, D] | None, image_latents ...)`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pusa.train.world import caption, make_batch, sample_clip_spec
+from pusa.train.world import caption, make_batch, render_clip, sample_clip_spec
 
 __all__ = [
     "LatentBatch",
@@ -46,8 +47,20 @@ def world_pixel_batch(
         rng = np.random.default_rng((seed, 1))
         starts = rng.integers(0, num_frames - window + 1, size=batch_size)
         videos = np.stack([v[s : s + window] for v, s in zip(videos, starts, strict=True)])
-    pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float()  # [B, 3, F, H, W]
-    return pixels / 127.5 - 1.0
+    return video_pixels(videos)
+
+
+def video_pixels(videos: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 videos `[B, F, H, W, 3]` -> the VAE's input: float pixels `[B, 3, F, H, W]` in -1..1 on `device`."""
+    return torch.from_numpy(videos).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def render_pixels(
+    seeds: Sequence[int], num_frames: int, width: int, height: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """The world clips of these seeds as `video_pixels` `[B, 3, F, H, W]`."""
+    videos = np.stack([render_clip(sample_clip_spec(int(s), num_frames, width, height)) for s in seeds])
+    return video_pixels(videos, device)
 
 
 @dataclass

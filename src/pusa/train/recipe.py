@@ -43,7 +43,14 @@ from pusa.loading import PUSA_LORA_TARGETS
 from pusa.model import PusaTransformer3DModel
 from pusa.schedule import shift_sigmas
 from pusa.train import STAGES
-from pusa.train.data import LatentBatch, LatentFolder, LatentPool, world_pixel_batch
+from pusa.train.data import (
+    LatentBatch,
+    LatentFolder,
+    LatentPool,
+    render_pixels,
+    video_pixels,
+    world_pixel_batch,
+)
 from pusa.train.detector import DEFAULT_THRESHOLD, analyze_clip
 from pusa.train.world import (
     LINEAR_MOTIONS,
@@ -626,7 +633,7 @@ def vae_psnr(vae, cfg: RunConfig, num_clips: int, seed: int = 1) -> dict[str, fl
     first frame encoded alone, and how often the detector reads the right colour and shape from the clip."""
     specs = eval_specs(num_clips, seed, cfg.clip.num_frames, cfg.clip.width, cfg.clip.height)
     videos = np.stack([render_clip(spec) for spec in specs])  # [B, F, H, W, 3]
-    pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    pixels = video_pixels(videos)
     recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
     recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 4, 1).numpy()
     on_object = object_mask(pixels, grow=0)[:, 0].numpy() > 0  # [B, F, H, W]
@@ -769,19 +776,15 @@ def encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog, device: str = "cpu")
     seeds = np.random.default_rng((cfg.seed, 11)).integers(TRAIN_SEED_LIMIT, size=p.num_clips)
     latents, image_latents = [], []
     for start in tqdm(range(0, p.num_clips, p.batch_size), desc="pool", dynamic_ncols=True):
-        specs = [
-            sample_clip_spec(int(s), c.num_frames, c.width, c.height)
-            for s in seeds[start : start + p.batch_size]
-        ]
-        videos = np.stack([render_clip(spec) for spec in specs])  # [B, F, H, W, 3]
-        pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).to(device).float() / 127.5 - 1.0
+        chunk = seeds[start : start + p.batch_size]
+        pixels = render_pixels(chunk, c.num_frames, c.width, c.height, device)  # [B, 3, F, H, W]
         latents.append(vae.encode(pixels).latent_dist.mode().cpu())  # [B, 16, F_lat, h, w]
         if p.image_positions:
             frames = pixels[:, :, [4 * k for k in p.image_positions]]  # [B, 3, K, H, W]
             singles = frames.permute(0, 2, 1, 3, 4).flatten(0, 1).unsqueeze(2)  # [B*K, 3, 1, H, W]
             encoded = vae.encode(singles).latent_dist.mode().cpu()  # [B*K, 16, 1, h, w]
             encoded = encoded.squeeze(2).unflatten(
-                0, (len(specs), len(p.image_positions))
+                0, (len(chunk), len(p.image_positions))
             )  # [B, K, 16, h, w]
             image_latents.append(encoded.transpose(1, 2))  # [B, 16, K, h, w]
     raw = torch.cat(latents)
@@ -889,11 +892,7 @@ def pool_object_masks(pool: LatentPool, batch_size: int = 64) -> torch.Tensor:
     masks = []
     seeds = pool.seeds.tolist()
     for start in range(0, len(seeds), batch_size):
-        videos = np.stack([
-            render_clip(sample_clip_spec(int(s), pool.num_frames, pool.width, pool.height))
-            for s in seeds[start : start + batch_size]
-        ])  # fmt: skip
-        pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        pixels = render_pixels(seeds[start : start + batch_size], pool.num_frames, pool.width, pool.height)
         masks.append((_pool_like(object_mask(pixels, grow=0), pool.latents[:1]) > 0).float())
     return torch.cat(masks)
 
@@ -988,8 +987,8 @@ def train_base(
             "pool of world clips; a folder of latents has none (use 0)"
         )
     source = source or LatentPool.load(run_dir / "pool.safetensors")
-    if b.object_weight:
-        source.weights = 1.0 + b.object_weight * pool_object_masks(source)
+    if b.object_weight:  # a copy: the caller's pool keeps its own (uniform) weights
+        source = dataclasses.replace(source, weights=1.0 + b.object_weight * pool_object_masks(source))
     tokenizer, text_encoder, transformer = build_base_models(run_dir, cfg)
     text_encoder.to(device)
     transformer.to(device)
