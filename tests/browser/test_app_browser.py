@@ -37,6 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# Generous on purpose: CI's 2 cores may be busy with another process; a wait that passes costs nothing more.
+UI_TIMEOUT = 30_000  # ms: the page reacting to a click, an upload or a reload
+JOB_TIMEOUT = 120_000  # ms: a job (or a model load and a job) finishing
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"
@@ -112,7 +115,7 @@ def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label, exact=True).click()
 
 
-def wait_enabled(page, selector: str, timeout: float = 60_000) -> None:
+def wait_enabled(page, selector: str, timeout: float = JOB_TIMEOUT) -> None:
     page.wait_for_function(
         f"() => {{ const b = document.querySelector('{selector}'); return b && !b.disabled; }}",
         timeout=timeout,
@@ -129,12 +132,12 @@ def generate(page, tab: str) -> str:
     page.locator(f"#{tab}-generate").click()
     fresh = ":not([data-stale])"
     page.wait_for_selector(
-        f"#{tab}-progress :is(.pusa-progress, .pusa-error){fresh}:not([data-state=idle])", timeout=10_000
+        f"#{tab}-progress :is(.pusa-progress, .pusa-error){fresh}:not([data-state=idle])", timeout=UI_TIMEOUT
     )
     page.wait_for_selector(
         f"#{tab}-progress :is(.pusa-progress[data-state=done], .pusa-progress[data-state=cancelled], "
         f".pusa-error){fresh}",
-        timeout=60_000,
+        timeout=JOB_TIMEOUT,
     )
     return page.locator(f"#{tab}-progress").inner_text()
 
@@ -146,11 +149,11 @@ def wait_video_plays(page, selector: str) -> dict:
             const v = document.querySelector('{selector} video');
             return v && v.readyState >= 2 && (v.currentTime > 0 || v.duration > 0);
         }}""",
-        timeout=20_000,
+        timeout=UI_TIMEOUT,
     )
     page.evaluate(f"() => document.querySelector('{selector} video').play()")
     page.wait_for_function(
-        f"() => document.querySelector('{selector} video').currentTime > 0", timeout=10_000
+        f"() => document.querySelector('{selector} video').currentTime > 0", timeout=UI_TIMEOUT
     )
     return page.evaluate(
         f"() => {{ const v = document.querySelector('{selector} video'); "
@@ -169,11 +172,11 @@ def test_studio_in_a_real_browser(tmp_path, inputs):
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             context.on("request", lambda request: requests.append(request.url))
-            page = context.new_page()
+            pages = [context.new_page()]
             try:
-                run_flow(page, studio, inputs)
+                run_flow(pages, context, studio, inputs)
             except Exception:
-                shot(page, "failure")
+                shot(pages[-1], "failure")
                 raise
             browser.close()
     finally:
@@ -185,7 +188,8 @@ def test_studio_in_a_real_browser(tmp_path, inputs):
     assert outside == [], f"the page made requests that leave this machine: {outside}"
 
 
-def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
+def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> None:
+    page = pages[0]
     page.goto(studio.url)
     wait_enabled(page, "#i2v-generate")  # the page is wired and the model is ready
 
@@ -193,10 +197,10 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
     page.locator("#i2v-image input[type=file]").set_input_files(inputs["a"])
     page.wait_for_function(  # checked as it arrives
         "() => document.querySelector('#i2v-progress').innerText.includes('Uploaded · a.png, 64x48')",
-        timeout=15_000,
+        timeout=UI_TIMEOUT,
     )
     page.locator("#i2v-prompt textarea").fill("a red circle slides to the left")
-    page.wait_for_selector("#i2v-timeline .pusa-timeline img", timeout=15_000)
+    page.wait_for_selector("#i2v-timeline .pusa-timeline img", timeout=UI_TIMEOUT)
     status = generate(page, "i2v")
     assert "Done in" in status and "seed" in status, status
     video = wait_video_plays(page, "#i2v-video")
@@ -206,7 +210,8 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
     # A reload keeps the tab's job (the browser stores its id): its result comes back, Cancel still works.
     page.reload()
     page.wait_for_function(
-        "() => (document.querySelector('#i2v-progress')?.innerText || '').includes('Done in')", timeout=15_000
+        "() => (document.querySelector('#i2v-progress')?.innerText || '').includes('Done in')",
+        timeout=UI_TIMEOUT,
     )
     wait_video_plays(page, "#i2v-video")
 
@@ -217,13 +222,13 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
     positions = page.locator("#frames-positions textarea")
     positions.fill("0,9")
     error = page.locator("#frames-timeline .pusa-error")
-    error.wait_for(timeout=10_000)
+    error.wait_for(timeout=UI_TIMEOUT)
     assert "Conditioning Positions: positions contains 9" in error.inner_text()
     status = generate(page, "frames")
     assert "Conditioning Positions: positions contains 9" in status, status
     shot(page, "multi-frames-error")
     positions.fill("0,4")
-    page.wait_for_selector("#frames-timeline .pusa-timeline img", timeout=10_000)
+    page.wait_for_selector("#frames-timeline .pusa-timeline img", timeout=UI_TIMEOUT)
     assert page.locator("#frames-timeline .pusa-timeline-cell").count() == 5
     assert (
         "latent 4 = frames 13–16: image 2, noise multiplier 0.5"
@@ -241,26 +246,32 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
     open_tab(page, "Video-to-Video")
     page.locator("#v2v-recipe-completion").click()
     page.wait_for_function(
-        "() => document.querySelector('#v2v-positions textarea').value === '0,4'", timeout=10_000
+        "() => document.querySelector('#v2v-positions textarea').value === '0,4'", timeout=UI_TIMEOUT
     )
 
     # A restart: the history lives on disk, and so does a job left unfinished (stored here as a
     # server killed mid-queue would have left it): the restarted studio runs it.
+    # The page is closed first and a new one opened after: an open gradio page that lost its server
+    # reloads itself when the server is back (its reconnect loop), at a moment of its own choosing,
+    # which interrupted a `goto` made at the same time. A closed page cannot race anything.
+    page.close()
     studio.stop()
     left = JobSpec(GenerationRequest(task="t2v", prompt="left in the queue", seed=5), form={"tab": "t2v"})
     assert History(studio.outputs).remember("leftover0001", time.time(), left)
     studio.start()
+    page = context.new_page()
+    pages.append(page)
     page.goto(studio.url)
     open_tab(page, "History")
     table = page.locator("#history-table")
     page.wait_for_function(
         "() => (document.querySelector('#history-table')?.innerText || '').includes('Multi-Frames to Video')",
-        timeout=15_000,
+        timeout=UI_TIMEOUT,
     )
     # The restored job runs once the model is loaded (the table refreshes whenever a job saves a video).
     page.wait_for_function(
         "() => (document.querySelector('#history-table')?.innerText || '').includes('left in the queue')",
-        timeout=30_000,
+        timeout=JOB_TIMEOUT,
     )
     assert "Image-to-Video" in table.inner_text()
     assert "a red circle slides to the left" in table.inner_text()
@@ -269,13 +280,13 @@ def run_flow(page, studio: Studio, inputs: dict[str, str]) -> None:
     page.locator("#history-table .body-cell", has_text="Image-to-Video").first.click()
     page.wait_for_function(
         "() => (document.querySelector('#history-picker input')?.value || '').includes('Image-to-Video')",
-        timeout=10_000,
+        timeout=UI_TIMEOUT,
     )
     wait_enabled(page, "#history-use")
     page.locator("#history-use").click()
     page.wait_for_function(
         "() => document.querySelector('#i2v-prompt textarea')?.value === 'a red circle slides to the left'",
-        timeout=10_000,
+        timeout=UI_TIMEOUT,
     )
-    page.wait_for_selector("#i2v-image img", timeout=10_000)  # the kept upload came back
+    page.wait_for_selector("#i2v-image img", timeout=UI_TIMEOUT)  # the kept upload came back
     shot(page, "use-these-settings")
