@@ -10,25 +10,13 @@ import pytest
 import torch
 
 from pusa.loading import LoraFuser, load_lora, save_lora_original
+from pusa.train.builders import build_text_encoder, build_transformer, build_vae, check_dit_width
+from pusa.train.config import DitConfig, TextEncoderConfig, VaeConfig, VtaConfig
 from pusa.train.data import LatentFolder, LatentPool, save_latent_clip, world_pixel_batch
-from pusa.train.recipe import (
-    LORA_TARGETS,
-    DitConfig,
-    Stage,
-    TextEncoderConfig,
-    VaeConfig,
-    VtaConfig,
-    add_lora,
-    build_text_encoder,
-    build_transformer,
-    build_vae,
-    check_dit_width,
-    flow_matching_loss,
-    lora_state,
-    object_mask,
-    train_stage,
-    vta_sigmas,
-)
+from pusa.train.loop import Stage, train_stage
+from pusa.train.lora import LORA_TARGETS, add_lora, lora_state
+from pusa.train.stages_dit import flow_matching_loss, vta_sigmas
+from pusa.train.stages_vae import object_mask
 
 TINY_DIT = DitConfig(
     num_attention_heads=2, attention_head_dim=32, ffn_dim=32, num_layers=2, freq_dim=16, patch_size=(1, 2, 2)
@@ -137,7 +125,7 @@ def test_flow_matching_loss_weights_latent_cells():
 
 def test_pool_object_masks_mark_the_latent_cells_the_object_covers():
     """Rendered again from the pool's seeds: a cell is 1 where its frames/pixels hold object pixels."""
-    from pusa.train.recipe import pool_object_masks
+    from pusa.train.stages_vae import pool_object_masks
     from pusa.train.world import render_clip, sample_clip_spec
 
     pool = LatentPool(torch.zeros(3, 4, 3, 8, 8), torch.tensor([4, 11, 23]), 9, 32, 32)  # 4x spatial latents
@@ -155,7 +143,8 @@ def test_pool_object_masks_mark_the_latent_cells_the_object_covers():
 
 
 def test_base_object_weight_needs_the_world_pool(tmp_path):
-    from pusa.train.recipe import BaseConfig, RunConfig, train_base
+    from pusa.train.config import BaseConfig, RunConfig
+    from pusa.train.stages_dit import train_base
 
     (tmp_path / "clips").mkdir()
     save_latent_clip(tmp_path / "clips" / "a.safetensors", _latents(batch=1)[0], "a red circle moves left")
@@ -236,7 +225,7 @@ def _pool(num=6) -> LatentPool:
 
 
 def test_swap_attribute_changes_one_attribute_and_its_caption_words():
-    from pusa.train.recipe import swap_attribute
+    from pusa.train.stages_dit import swap_attribute
     from pusa.train.world import canonical_caption, sample_clip_spec
 
     spec = sample_clip_spec(3, 9, 32, 32, motion="left", color="red", shape="circle")
@@ -254,7 +243,8 @@ def test_swap_attribute_changes_one_attribute_and_its_caption_words():
 
 def test_caption_sensitivity_is_zero_for_a_model_deaf_to_text_and_positive_otherwise():
     from pusa.presets import PUSA_TINY_DIR
-    from pusa.train.recipe import TextEncoding, caption_sensitivity, load_tokenizer
+    from pusa.train.builders import load_tokenizer
+    from pusa.train.stages_dit import TextEncoding, caption_sensitivity
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(PUSA_TINY_DIR / "tokenizer")
@@ -456,7 +446,7 @@ def test_a_dit_narrower_than_its_token_values_is_refused_before_training(tmp_pat
 
 
 def test_vae_needs_two_downsamples_for_4x_temporal():
-    from pusa.train.recipe import vae_temporal_downsample
+    from pusa.train.builders import vae_temporal_downsample
 
     assert vae_temporal_downsample((1, 2, 4, 4)) == [False, True, True]
     assert vae_temporal_downsample((1, 2, 4)) == [True, True]
