@@ -120,7 +120,13 @@ def test_every_task_returns_an_mp4(client, server, images):
     source = handle_file(t2v[0])
     settings = check_video(
         client.predict(
-            source, "x", positions="0,1", noise_multipliers="0,0.3", **FAST, api_name="/video_to_video"
+            source,
+            "x",
+            positions="0,1",
+            noise_multipliers="0,0.3",
+            recipe="custom",
+            **FAST,
+            api_name="/video_to_video",
         )
     )
     assert (settings["task"], settings["positions"], settings["recipe"]) == ("v2v", [0, 1], None)
@@ -147,13 +153,13 @@ def test_every_task_returns_an_mp4(client, server, images):
 
 
 def test_errors_come_back_with_the_page_message(client, images):
-    with pytest.raises(Exception, match=r"Conditioning Positions: positions contains 9; .*0\.\.4"):
+    with pytest.raises(Exception, match=r"Conditioning Positions: \[0, 9\] contains 9; .*0\.\.4"):
         client.predict(
             [handle_file(path) for path in images], "x", positions="0,9", **FAST, api_name="/frames_to_video"
         )
-    with pytest.raises(Exception, match=r"Width: width=40 is not allowed; width must be a multiple of 16"):
+    with pytest.raises(Exception, match=r"Width: 40 is not allowed; must be a multiple of 16"):
         client.predict(handle_file(images[0]), "x", **{**FAST, "width": 40}, api_name="/image_to_video")
-    with pytest.raises(Exception, match=r"Prompt: empty; describe the video to generate"):
+    with pytest.raises(Exception, match=r"Prompt: '' is empty; describe the video to generate"):
         client.predict("", **FAST, api_name="/text_to_video")
 
 

@@ -131,35 +131,41 @@ def test_v2v_recipes(tmp_path, inputs, recipe):
 
 
 def test_v2v_transition(tmp_path, inputs):
+    """The README's transition runs at the model's own length (17 frames: the first and the last latent)."""
     args = ["generate", "v2v", "--video", str(inputs["source"]), "--end-video", str(inputs["source"]),
-            "--recipe", "transition", "--frames", "25"]  # fmt: skip
-    settings = run_ok(args, tmp_path / "tr.mp4", frames=25)
-    assert settings["positions"] == [0, 1, 2, 4, 5, 6] and settings["recipe"] == "transition"
+            "--recipe", "transition"]  # fmt: skip
+    settings = run_ok(args, tmp_path / "tr.mp4", frames=17)
+    assert settings["positions"] == [0, 4] and settings["recipe"] == "transition"
+    assert set(settings["sources"]) == {"video", "end_video"}
 
 
 BAD = [
-    (["t2v", "--steps", "0"], r"num_inference_steps=0 .*1\.\.50.*\[--steps\]"),
-    (["t2v", "--steps", "51"], r"num_inference_steps=51"),
-    (["t2v", "--frames", "16"], r"num_frames=16 .*4k\+1"),
-    (["t2v", "--width", "40"], r"width=40 .*multiple of 16"),
-    (["t2v", "--height", "4096"], r"height=4096 .*between"),
-    (["t2v", "--lora-alpha", "5.5"], r"lora_alpha=5\.5 .*0\.1\.\.5\.0"),
-    (["t2v", "--cfg", "0.5"], r"cfg=0\.5"),
+    (["t2v", "-p", "x", "--steps", "0"], r"--steps=0 is not allowed; must be a whole number in 1\.\.50"),
+    (["t2v", "-p", "x", "--steps", "51"], r"--steps=51 is not allowed"),
+    (["t2v", "-p", "x", "--frames", "16"], r"--frames=16 is not allowed; must be 4k\+1"),
+    (["t2v", "-p", "x", "--width", "40"], r"--width=40 is not allowed; must be a multiple of 16"),
+    (["t2v", "-p", "x", "--height", "4096"], r"--height=4096 .*between"),
+    (["t2v", "-p", "x", "--lora-alpha", "5.5"], r"--lora-alpha=5\.5 is not allowed; must be a number in 0\.1\.\.5\.0"),
+    (["t2v", "-p", "x", "--cfg", "0.5"], r"--cfg=0\.5"),
+    (["t2v", "-p", "  "], r"--prompt='  ' is empty; describe the video to generate"),
     (["t2v", "--output", "x.gif"], r"--output='x\.gif'.*\.mp4"),
     (["t2v", "--num-videos", "0"], r"--num-videos=0 is not allowed; make 1 to 100 videos"),
     (["t2v", "-n", "101"], r"--num-videos=101 is not allowed"),
     (["t2v", "--model", "/no/such/dir"], r"--model='/no/such/dir' is neither a folder nor a built-in model"),
-    (["i2v", "--image", "/no/such.png"], r"image='/no/such\.png': no such file"),
-    (["frames", "--images", "{a}", "{b}", "--positions", "0,9"], r"positions contains 9.*0\.\.4"),
-    (["frames", "--images", "{a}", "{b}", "--positions", "1,1"], r"positions=\[1, 1\] repeats \[1\]"),
-    (["frames", "--images", "{a}", "{b}", "--positions", "0,a"], r"--positions='0,a': expected comma-separated"),
-    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2,1.5"], r"noise_multipliers contains 1\.5"),
-    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2"], r"noise_multipliers=\[0\.2\] has 1 values"),
-    (["frames", "--images", "{a}", "--positions", "0,4"], r"positions=\[0, 4\] has 2 values for 1 images"),
-    (["v2v", "--video", "{source}"], r"--positions: required"),
-    (["v2v", "--video", "{source}", "--recipe", "transition"], r"--end-video: required"),
-    (["v2v", "--video", "{a}", "--positions", "0,1"], r"video has 1 frames; positions=\[0, 1\]"),
-    (["v2v", "--video", "/no/clip.mp4", "--positions", "0"], r"video='/no/clip\.mp4': no such file"),
+    (["i2v", "--image", "/no/such.png"], r"--image='/no/such\.png' does not exist"),
+    (["i2v", "--image", "{a}", "--noise-multiplier", "2"], r"--noise-multiplier=2\.0 is not allowed; must be a number in 0\.0\.\.1\.0"),
+    (["frames", "--images", "{a}", "{b}", "--positions", "0,9"], r"--positions=\[0, 9\] contains 9; .* 0\.\.4"),
+    (["frames", "--images", "{a}", "{b}", "--positions", "1,1"], r"--positions=\[1, 1\] repeats \[1\]"),
+    (["frames", "--images", "{a}", "{b}", "--positions", "0,a"], r"--positions='0,a' is not a list; expected comma-separated"),
+    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2,1.5"], r"--noise-multipliers=\[0\.2, 1\.5\] contains 1\.5"),
+    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2"], r"--noise-multipliers=\[0\.2\] has 1 values"),
+    (["frames", "--images", "{a}", "--positions", "0,4"], r"--positions=\[0, 4\] has 2 values for 1 images"),
+    (["v2v", "--video", "{source}"], r"--positions: none given"),
+    (["v2v", "--video", "{source}", "--recipe", "transition"], r"--end-video: none given"),
+    (["v2v", "--video", "{source}", "--recipe", "extension", "--end-video", "{source}"], r"--end-video=.* is given; only the transition"),
+    (["v2v", "--video", "{source}", "--recipe", "completion", "--positions", "0,1"], r"--positions=\[0, 1\] does not fit the recipe"),
+    (["v2v", "--video", "{a}", "--positions", "0,1"], r"--video='.*a\.png' has 1 frames; positions up to latent 1 needs at least 5"),
+    (["v2v", "--video", "/no/clip.mp4", "--positions", "0"], r"--video='/no/clip\.mp4' does not exist"),
 ]  # fmt: skip
 
 
@@ -178,7 +184,7 @@ def test_bad_input_exits_2_with_message(args, message, inputs, tmp_path, capsys)
 def test_video_too_short_for_positions(tmp_path, inputs, capsys):
     args = ["generate", "v2v", "--video", str(inputs["source"]), "--positions", "0,7", "--frames", "33"]
     assert main([*args, *FAST, "-o", str(tmp_path / "o.mp4")]) == 2
-    assert "video has 25 frames; positions=[0, 7] reach latent frame 7, which needs at least 29 frames" in (
+    assert f"--video='{inputs['source']}' has 25 frames; positions up to latent 7 needs at least 29" in (
         capsys.readouterr().err
     )
 
@@ -241,19 +247,18 @@ def test_every_command_names_a_device_it_cannot_use(capsys):
     from pusa.app.serve import main as serve_main
 
     assert main(["generate", "t2v", "-p", "x", "--device", "cuda"]) == 2
-    assert "device 'cuda': no CUDA device is available here" in capsys.readouterr().err
+    assert "--device='cuda' is not available: no CUDA device here" in capsys.readouterr().err
     assert main(["generate", "t2v", "-p", "x", "--device", "gpu"]) == 2
-    assert (
-        "device 'gpu' is not a torch device; use cpu, cuda (cuda:N) or mps [--device]"
-        in capsys.readouterr().err
-    )
+    assert "--device='gpu' is not a torch device; use cpu, cuda (cuda:N) or mps" in capsys.readouterr().err
     assert main(["generate", "t2v", "-p", "x", "--device", "meta"]) == 2
-    assert "device 'meta': pusa runs on cpu, cuda (cuda:N) or mps" in capsys.readouterr().err
+    assert "--device='meta' cannot be used; pusa runs on cpu, cuda (cuda:N) or mps" in capsys.readouterr().err
     assert serve_main(["--device", "cuda:1"]) == 2
-    assert "pusa serve: error: device 'cuda:1': no CUDA device" in capsys.readouterr().err
+    assert "pusa serve: error: --device='cuda:1' is not available: no CUDA device" in capsys.readouterr().err
     assert (
         main(["train", "vta", "--model", "m", "--latents", "l", "--run-dir", "r", "--device", "xla:0"]) == 2
     )
-    assert "device 'xla:0': the recipe runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="device 'cuda'"):
+    assert (
+        "--device='xla:0' cannot be used; the recipe runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
+    )
+    with pytest.raises(ValueError, match="device='cuda'"):
         PusaPipeline.from_preset("tiny-random", device="cuda")

@@ -14,6 +14,7 @@ from PIL import Image
 
 import pusa
 from pusa.pipeline import GenerationRequest, PusaOutput, PusaPipeline
+from pusa.request import validate
 from pusa.sampling import Cancelled, StepInfo, sample
 from pusa.schedule import flow_sigmas
 from pusa.video import MediaError, fit_image, read_video, read_video_metadata, write_video
@@ -153,16 +154,15 @@ def test_complete_video(pipe, source_mp4):
 def test_transition(pipe, source_mp4, t2v_output, workdir):
     end_mp4 = workdir / "end.mp4"
     write_video(end_mp4, np.concatenate([t2v_output.frames] * 3), fps=8.0)  # 15 frames
+    # 7 latent frames: 2 kept each side, 3 generated (recipes.transition_context).
     out = pipe.transition(source_mp4, end_mp4, "a bridge", num_frames=25, **COMMON)
     assert_valid_output(
-        out,
-        "v2v",
-        25,
-        recipe="transition",
-        positions=[0, 1, 2, 4, 5, 6],
-        noise_multipliers=[0.0, 0.3, 0.4, 0.4, 0.3, 0.0],
+        out, "v2v", 25, recipe="transition", positions=[0, 1, 5, 6], noise_multipliers=[0.0, 0.3, 0.3, 0.0]
     )
-    assert set(out.settings["sources"]) == {"start_video", "end_video"}
+    assert set(out.settings["sources"]) == {"video", "end_video"}
+    # At a 17-frame clip (pusa-tiny's own length): the first and the last latent.
+    out = pipe.transition(source_mp4, end_mp4, "a bridge", num_frames=17, **COMMON)
+    assert_valid_output(out, "v2v", 17, recipe="transition", positions=[0, 4], noise_multipliers=[0.0, 0.0])
 
 
 # ---------------------------------------------------------------- reproducibility and saving
@@ -216,7 +216,7 @@ def test_rerun_of_an_image_task_from_sidecar(pipe, tmp_path):
 # ---------------------------------------------------------------- the conditioning frame stays clean
 def test_i2v_multiplier_zero_keeps_the_image_latent_exactly(pipe):
     image = _random_image(SIZE, SIZE, seed=3)
-    request = pipe.resolve(
+    request = validate(
         GenerationRequest(
             task="i2v",
             prompt="a cat",
@@ -225,9 +225,9 @@ def test_i2v_multiplier_zero_keeps_the_image_latent_exactly(pipe):
             noise_multipliers=[0.0],
             num_frames=9,
             **COMMON,
-        )
+        ),
+        pipe.limits,
     )
-    pipe.check_inputs(request)
     image_latent = pipe.encode_frames(fit_image(image, SIZE, SIZE)[None])  # [1, 16, 1, h, w], encoded alone
     conditioning = pipe.conditioning_for(request)
     assert torch.equal(conditioning.latents, image_latent)
@@ -312,9 +312,12 @@ def five_frame_mp4(t2v_output, workdir) -> Path:
 
 
 def test_positions_out_of_range(pipe, image):
-    with pytest.raises(ValueError, match=r"positions contains 2\b.*0\.\.1"):
+    with pytest.raises(
+        ValueError,
+        match=r"positions=\[2\] contains 2; positions are latent frame indices, whole numbers in 0\.\.1",
+    ):
         pipe.frames_to_video([image], "x", positions=[2], noise_multipliers=[0.2], **SMALL)
-    with pytest.raises(ValueError, match=r"positions contains -1"):
+    with pytest.raises(ValueError, match=r"positions=\[-1\] contains -1"):
         pipe.frames_to_video([image], "x", positions=[-1], noise_multipliers=[0.2], **SMALL)
 
 
@@ -325,7 +328,9 @@ def test_duplicated_positions(pipe, image):
 
 @pytest.mark.parametrize("multiplier", [1.5, -0.1])
 def test_noise_multiplier_outside_zero_one(pipe, image, multiplier):
-    with pytest.raises(ValueError, match=rf"noise_multipliers contains {multiplier}"):
+    with pytest.raises(
+        ValueError, match=rf"noise_multiplier={multiplier} is not allowed; must be a number in 0\.0\.\.1\.0"
+    ):
         pipe.image_to_video(image, "x", noise_multiplier=multiplier, **SMALL)
 
 
@@ -343,7 +348,7 @@ def test_frames_task_without_images(pipe):
 
 def test_image_to_video_without_images(pipe):
     request = GenerationRequest(task="i2v", prompt="x", positions=[0], noise_multipliers=[0.2], **SMALL)
-    with pytest.raises(ValueError, match=r"images: none given"):
+    with pytest.raises(ValueError, match=r"image: none given"):
         pipe.generate(request)
 
 
@@ -371,30 +376,39 @@ def test_unreadable_image_file(pipe, tmp_path):
 
 def test_missing_image_file(pipe, tmp_path):
     missing = tmp_path / "nowhere.png"
-    with pytest.raises(MediaError, match=rf"image='{missing}': no such file"):
+    with pytest.raises(MediaError, match=rf"image='{missing}' does not exist; expected an image file"):
         pipe.image_to_video(missing, "x", **SMALL)
-    with pytest.raises(MediaError, match=rf"images='{missing}': no such file"):
+    with pytest.raises(MediaError, match=rf"images='{missing}' does not exist"):
         pipe.frames_to_video([missing], "x", positions=[0], noise_multipliers=[0.2], **SMALL)
 
 
 def test_missing_video_file(pipe, tmp_path):
     missing = tmp_path / "nowhere.mp4"
-    with pytest.raises(MediaError, match=rf"video='{missing}': no such file"):
+    with pytest.raises(MediaError, match=rf"video='{missing}' does not exist; expected a video file"):
         pipe.video_to_video(missing, "x", positions=[0], **SMALL)
 
 
 def test_video_too_short_for_positions(pipe, five_frame_mp4):
-    with pytest.raises(ValueError, match=r"video has 5 frames; positions=\[0, 3\].*at least 13 frames"):
+    with pytest.raises(
+        ValueError, match=r"video='.*five\.mp4' has 5 frames; positions up to latent 3 needs at least 13"
+    ):
         pipe.video_to_video(five_frame_mp4, "x", positions=[0, 3], **{**SMALL, "num_frames": 17})
 
 
 def test_video_too_short_for_the_recipes(pipe, five_frame_mp4):
-    with pytest.raises(ValueError, match=r"video has 5 frames; extension .* at least 13"):
+    with pytest.raises(
+        ValueError,
+        match=r"video='.*five\.mp4' has 5 frames; the extension recipe with 4 context latents needs at least 13",
+    ):
         pipe.extend_video(five_frame_mp4, "x", **{**SMALL, "num_frames": 17})
-    with pytest.raises(ValueError, match=r"start_video has 5 frames"):
+    with pytest.raises(
+        ValueError, match=r"end_video='.*five\.mp4' has 5 frames; the transition recipe needs at least 8"
+    ):
         pipe.transition(five_frame_mp4, five_frame_mp4, "x", **{**SMALL, "num_frames": 25})
-    with pytest.raises(ValueError, match=r"num_frames=17 gives 5 latent frames"):
-        pipe.transition(five_frame_mp4, five_frame_mp4, "x", **{**SMALL, "num_frames": 17})
+    with pytest.raises(
+        ValueError, match=r"num_frames=9 is not allowed; the transition recipe needs 13 frames or more"
+    ):
+        pipe.transition(five_frame_mp4, five_frame_mp4, "x", **{**SMALL, "num_frames": 9})
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pusa.conditioning import (
-    Conditioning,
-    num_latent_frames,
-    pixel_frames_of_latent,
-    validate_positions,
-)
+from pusa.conditioning import Conditioning
 from pusa.sampling import Cancelled, StepInfo, sample
 from pusa.schedule import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS, flow_sigmas, shift_sigmas, sigma_to_timestep
 
@@ -74,49 +69,6 @@ def test_flow_sigmas_rejects_no_steps(num_steps):
 def test_flow_sigmas_rejects_non_positive_shift():
     with pytest.raises(ValueError, match=r"shift=0"):
         flow_sigmas(4, 0.0)
-
-
-# ---------------------------------------------------------------- frame arithmetic
-def test_num_latent_frames():
-    assert num_latent_frames(81) == 21
-    assert num_latent_frames(1) == 1
-    assert num_latent_frames(5) == 2
-    assert num_latent_frames(17) == 5
-
-
-def test_pixel_frames_of_latent():
-    assert pixel_frames_of_latent(0) == (0, 0)
-    assert pixel_frames_of_latent(1) == (1, 4)
-    assert pixel_frames_of_latent(2) == (5, 8)
-    assert pixel_frames_of_latent(20) == (77, 80)
-
-
-# ---------------------------------------------------------------- validate_positions
-def test_validate_positions_accepts_good_input():
-    validate_positions([0, 10, 20], [0.0, 0.5, 1.0], 21)
-    validate_positions([], [], 21)
-    validate_positions([3], [1], 21)  # an integer multiplier is a number too
-
-
-@pytest.mark.parametrize(
-    ("positions", "multipliers", "match"),
-    [
-        ([21], [0.2], r"positions contains 21.*0\.\.20"),
-        ([-1], [0.2], r"positions contains -1"),
-        ([0, 5, 5], [0.2, 0.3, 0.3], r"positions=\[0, 5, 5\] repeats \[5\]"),
-        ([0, 20], [0.2], r"noise_multipliers=\[0\.2\] has 1 values but positions=\[0, 20\] has 2"),
-        ([0], [0.2, 0.5], r"noise_multipliers=\[0\.2, 0\.5\] has 2 values"),
-        ([0], [1.5], r"noise_multipliers contains 1\.5.*\[0, 1\]"),
-        ([0], [-0.1], r"noise_multipliers contains -0\.1"),
-        ([0], [float("nan")], r"noise_multipliers contains nan"),
-        ([1.5], [0.2], r"positions contains 1\.5.*whole numbers"),
-        ([2.0], [0.2], r"positions contains 2\.0"),
-        ([True], [0.2], r"positions contains True"),
-    ],
-)
-def test_validate_positions_errors_name_parameter_and_value(positions, multipliers, match):
-    with pytest.raises(ValueError, match=match):
-        validate_positions(positions, multipliers, 21)
 
 
 # ---------------------------------------------------------------- Conditioning

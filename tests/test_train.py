@@ -460,9 +460,9 @@ def test_train_demo_names_a_device_it_cannot_use(tmp_path, capsys):
 
     run = str(tmp_path / "run")
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "cuda"]) == 2
-    assert "device 'cuda': no CUDA device is available here" in capsys.readouterr().err
+    assert "--device='cuda' is not available: no CUDA device here" in capsys.readouterr().err
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "gpu0"]) == 2
-    assert "device 'gpu0' is not a torch device; use cpu or cuda (cuda:N)" in capsys.readouterr().err
+    assert "--device='gpu0' is not a torch device; use cpu or cuda (cuda:N)" in capsys.readouterr().err
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "meta"]) == 2
     assert "the recipe runs on cpu or cuda" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -16,22 +16,58 @@ TASK_HELP = {
     "frames": "multi-frames-to-video: start/end frames or keyframes at chosen latent positions",
     "v2v": "video-to-video: keep chosen latent frames of a source video (recipes: extension, completion, transition)",
 }
+_TYPES = {
+    "int": int,
+    "float": float,
+    "text": str,
+    "choice": str,
+    "ints": str,
+    "floats": str,
+    "media": str,
+    "medias": str,
+}
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
+    from .params import InputError
+
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part != ""]
     except ValueError:
-        raise ValueError(f"{flag}={text!r}: expected comma-separated whole numbers, e.g. 0,20") from None
+        raise InputError(
+            flag, text, "expected comma-separated whole numbers, e.g. 0,4", "is not a list"
+        ) from None
 
 
 def parse_float_list(text: str, flag: str) -> list[float]:
+    from .params import InputError
+
     try:
         return [float(part) for part in text.replace(" ", "").split(",") if part != ""]
     except ValueError:
-        raise ValueError(
-            f"{flag}={text!r}: expected comma-separated numbers in [0, 1], e.g. 0.2,0.5"
+        raise InputError(
+            flag, text, "expected comma-separated numbers in 0..1, e.g. 0.2,0.5", "is not a list"
         ) from None
+
+
+def add_param(group: argparse._ActionsContainer, name: str, *aliases: str, **overrides) -> None:
+    """A flag made from the parameter's declaration (`pusa.params`): its type, range and default in the help.
+    A default of "the model's own" is None here, filled from the model folder."""
+    from .params import MODEL_OWN, PARAMS
+
+    param = PARAMS[name]
+    help_text = param.help
+    if param.kind in ("int", "float") and param.low is not None and param.high is not None:
+        help_text += f"; {param.low:g}-{param.high:g}"
+    default = None if param.default is MODEL_OWN else param.default
+    if param.default is not MODEL_OWN and param.default not in (None, "") and name != "negative_prompt":
+        help_text += " (default: %(default)s)"
+    options = dict(dest=name, type=_TYPES[param.kind], default=default, help=help_text)
+    if param.kind == "choice":
+        options["choices"] = param.choices
+    if param.kind == "medias":
+        options.update(nargs="+", type=str, metavar=name.upper().rstrip("S"))
+    group.add_argument(param.flag, *aliases, **{**options, **overrides})
 
 
 def _attention_backend(value: str) -> str:
@@ -47,15 +83,9 @@ def _attention_backend(value: str) -> str:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    # Only the import-light presets module here: `pusa --help` must not pay for torch and diffusers.
-    from .presets import (
-        DEFAULT_CFG,
-        DEFAULT_LORA_ALPHA,
-        DEFAULT_MODEL,
-        DEFAULT_SHIFT,
-        MEMORY_TIER_CHOICES,
-        PRESETS,
-    )
+    # Only import-light modules here: `pusa --help` must not pay for torch and diffusers.
+    from .params import COMMON
+    from .presets import DEFAULT_MODEL, MEMORY_TIER_CHOICES, PRESETS
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -79,7 +109,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
-
     model.add_argument(
         "--memory", default="auto", choices=MEMORY_TIER_CHOICES,
         help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB); "
@@ -96,34 +125,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--prompt", "-p", default="", help="what the video shows")
-    gen.add_argument(
-        "--negative-prompt", default=None, help="what to avoid (default: Wan's standard negative prompt)"
-    )
-    gen.add_argument(
-        "--lora-alpha",
-        type=float,
-        default=None,
-        help=f"LoRA strength 0.1-5.0 (default: the model's; {DEFAULT_LORA_ALPHA} for Pusa V1)",
-    )
-    gen.add_argument(
-        "--steps", type=int, default=None, help="inference steps 1-50 (default: the model's, 10 for Pusa V1)"
-    )
-    gen.add_argument(
-        "--cfg",
-        type=float,
-        default=DEFAULT_CFG,
-        help="classifier-free guidance 1.0-20.0; 1.0 skips the negative pass (default: %(default)s)",
-    )
-    gen.add_argument(
-        "--shift", type=float, default=DEFAULT_SHIFT, help="noise schedule shift (default: %(default)s)"
-    )
-    gen.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="random seed (default: random; the seed used is printed and saved)",
-    )
+    for name in COMMON:
+        add_param(gen, name, *(["-p"] if name == "prompt" else []))
     gen.add_argument(
         "--num-videos",
         "-n",
@@ -133,28 +136,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--seed); with several, --output FILE.mp4 becomes FILE-<seed>.mp4 (default: 1)",
     )
     gen.add_argument(
-        "--frames",
-        type=int,
-        default=None,
-        help="number of frames, 4k+1 (default: the model's, 81 for Pusa V1)",
-    )
-    gen.add_argument(
-        "--width", type=int, default=None, help="width in pixels, a multiple of 16 (default: the model's)"
-    )
-    gen.add_argument(
-        "--height", type=int, default=None, help="height in pixels, a multiple of 16 (default: the model's)"
-    )
-    gen.add_argument(
-        "--fps", type=float, default=None, help="playback frame rate (default: the model's, 16 for Wan)"
-    )
-    gen.add_argument(
         "--output",
         "-o",
         default=None,
         metavar="FILE.mp4",
         help="where to write the video; a .json sidecar goes beside it (default: outputs/<task>-<time>-<seed>.mp4)",
     )
-    gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    gen.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,65 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="generate a video", description="Generate a video (one task)."
     )
     tasks = generate.add_subparsers(dest="task", metavar="TASK", required=True)
+    descriptions = {
+        "frames": ". Positions are latent frame indices: latent 0 is pixel frame 0, latent k covers pixel "
+        "frames 4k-3..4k (for 81 frames, 0,20 = first and last; for pusa-tiny's 17, 0,4).",
+        "v2v": ". Positions are latent frame indices of the source video; it needs at least 4*max(position)+1 "
+        "frames. Recipes set the positions themselves (--noise-multipliers overrides their strengths).",
+    }
+    required = {"image", "images", "video"}
+    defaults_help = {
+        "positions": {
+            "frames": " (default: spread from first to last)",
+            "v2v": " (required without --recipe)",
+        },
+        "noise_multipliers": {
+            "frames": " (default: 0.2 then 0.5)",
+            "v2v": " (default: the recipe's, else 0.2 each)",
+        },
+    }
+    from .params import PARAMS, TASK_INPUTS
 
-    t2v = tasks.add_parser("t2v", help=TASK_HELP["t2v"], description=TASK_HELP["t2v"])
-    _add_common(t2v)
-
-    i2v = tasks.add_parser("i2v", help=TASK_HELP["i2v"], description=TASK_HELP["i2v"])
-    i2v.add_argument(
-        "--image", required=True, help="the first frame (PNG, JPEG, ...), center-cropped to the video size"
-    )
-    i2v.add_argument(
-        "--noise-multiplier",
-        type=float,
-        default=0.2,
-        help="0.0 keeps the image exactly, 1.0 ignores it (default: %(default)s)",
-    )
-    _add_common(i2v)
-
-    frames = tasks.add_parser(
-        "frames", help=TASK_HELP["frames"],
-        description=TASK_HELP["frames"] + ". Positions are latent frame indices: latent 0 is pixel frame 0, "
-        "latent k covers pixel frames 4k-3..4k (for 81 frames, 0,20 = first and last).",
-    )  # fmt: skip
-    frames.add_argument(
-        "--images", nargs="+", required=True, metavar="IMAGE", help="two or more images, in order"
-    )
-    frames.add_argument(
-        "--positions",
-        default=None,
-        help="latent frame per image, comma-separated (default: spread from first to last)",
-    )
-    frames.add_argument(
-        "--noise-multipliers",
-        default=None,
-        help="one per image, 0.0-1.0, comma-separated (default: 0.2 then 0.5)",
-    )
-    _add_common(frames)
-
-    v2v = tasks.add_parser(
-        "v2v", help=TASK_HELP["v2v"],
-        description=TASK_HELP["v2v"] + ". Positions are latent frame indices of the source video; "
-        "it needs at least 4*max(position)+1 frames.",
-    )  # fmt: skip
-    v2v.add_argument("--video", required=True, help="source video (mp4, webm, mov, ...)")
-    v2v.add_argument(
-        "--recipe", choices=("extension", "completion", "transition"), default=None,
-        help="extension: continue the clip from its last 13 frames; completion: regenerate the middle from "
-        "its first frame and last 4; transition: bridge --video to --end-video",
-    )  # fmt: skip
-    v2v.add_argument("--end-video", default=None, help="second clip, for --recipe transition")
-    v2v.add_argument(
-        "--positions",
-        default=None,
-        help="latent frames to keep, comma-separated, e.g. 0,1,2,3 (required without --recipe)",
-    )
-    v2v.add_argument(
-        "--noise-multipliers",
-        default=None,
-        help="one per position, 0.0-1.0, comma-separated (default: the recipe's, else 0.2 each)",
-    )
-    _add_common(v2v)
+    for task, inputs in (("t2v", ()), *((t, TASK_INPUTS[t]) for t in ("i2v", "frames", "v2v"))):
+        sub = tasks.add_parser(
+            task, help=TASK_HELP[task], description=TASK_HELP[task] + descriptions.get(task, "")
+        )
+        for name in inputs:
+            extra = defaults_help.get(name, {}).get(task, "")
+            add_param(sub, name, required=name in required, help=PARAMS[name].help + extra)
+        _add_common(sub)
     _add_train_commands(commands)
     from .app.serve import add_serve_arguments  # light: imports no gradio
 
@@ -355,22 +311,67 @@ def load_pipeline(args: argparse.Namespace):
     import torch
 
     from .pipeline import PusaPipeline
-    from .presets import resolve_model
 
-    dtype_name = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
-    dtype = getattr(torch, dtype_name)
+    dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
     acceleration = dict(memory=args.memory, attention=args.attention, compile=args.compile, fp8=args.fp8)
+    return PusaPipeline.from_model(
+        args.model, lora=_lora(args), device=args.device, dtype=dtype, **acceleration
+    )
+
+
+def _lora(args: argparse.Namespace):
     if args.no_lora and args.lora:
         raise ValueError(f"--no-lora and --lora={args.lora!r} contradict each other; give one")
-    lora = None if args.no_lora else (args.lora or "auto")
-    resolve_model(args.model, lora, prefix="--")  # the CLI's flag names in any error
-    return PusaPipeline.from_model(args.model, lora=lora, device=args.device, dtype=dtype, **acceleration)
+    return None if args.no_lora else (args.lora or "auto")
+
+
+def build_request(args: argparse.Namespace, limits):
+    """The `GenerationRequest` the flags ask for (seed: --seed; the model's own values left None)."""
+    from . import recipes
+    from .params import COMMON
+    from .request import GenerationRequest
+
+    fields = {name: getattr(args, name) for name in COMMON}
+    positions = parse_int_list(args.positions, "--positions") if getattr(args, "positions", None) else []
+    multipliers = (
+        parse_float_list(args.noise_multipliers, "--noise-multipliers")
+        if getattr(args, "noise_multipliers", None)
+        else []
+    )
+    if args.task == "i2v":
+        return GenerationRequest(
+            task="i2v",
+            images=[args.image],
+            positions=[0],
+            noise_multipliers=[args.noise_multiplier],
+            **fields,
+        )
+    if args.task == "frames":
+        num_frames = args.num_frames or limits.defaults.num_frames
+        positions = positions or recipes.spread_positions(len(args.images), num_frames)
+        multipliers = multipliers or recipes.keyframe_multipliers(len(positions))
+        return GenerationRequest(
+            task="frames",
+            images=list(args.images),
+            positions=positions,
+            noise_multipliers=multipliers,
+            **fields,
+        )
+    if args.task == "v2v":
+        return GenerationRequest(
+            task="v2v", video=args.video, end_video=args.end_video, positions=positions,
+            noise_multipliers=multipliers, recipe=args.recipe, **fields,
+        )  # fmt: skip
+    return GenerationRequest(task="t2v", **fields)
 
 
 def run_generate(args: argparse.Namespace) -> list[Path]:
-    from tqdm import tqdm
+    """Check everything the flags ask for (with the model's limits, read from its config files), then load
+    the model once and make the videos."""
+    from dataclasses import replace
 
-    from .pipeline import DEFAULT_NEGATIVE_PROMPT
+    from .presets import check_device, model_limits, resolve_model
+    from .request import validate
 
     count = args.num_videos
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
@@ -379,25 +380,16 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         raise ValueError(
             f"--output={args.output!r}: the video is written as H.264 mp4; give a path ending in .mp4"
         )
+    resolve_model(args.model, _lora(args), prefix="--")  # the CLI's flag names in any error
+    check_device(args.device)
+    limits = model_limits(args.model, prefix="--")
+    request = build_request(args, limits)
+    validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
+    if args.quiet:
+        _quiet_libraries()
+    from tqdm import tqdm
+
     pipe = load_pipeline(args)
-    common = dict(
-        negative_prompt=args.negative_prompt if args.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
-        lora_alpha=args.lora_alpha,
-        num_inference_steps=args.steps,
-        cfg=args.cfg,
-        shift=args.shift,
-        num_frames=args.frames,
-        width=args.width,
-        height=args.height,
-        fps=args.fps,
-    )
-    positions = parse_int_list(args.positions, "--positions") if getattr(args, "positions", None) else None
-    multipliers = (
-        parse_float_list(args.noise_multipliers, "--noise-multipliers")
-        if getattr(args, "noise_multipliers", None)
-        else None
-    )
-    method, method_args, kwargs = _task_call(args, pipe, positions, multipliers)
     outputs = []
     for index in range(count):
         seed = None if args.seed is None else args.seed + index
@@ -409,7 +401,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
                 bars.append(tqdm(total=info.num_steps, desc=label, unit="step", disable=args.quiet))
             bars[0].update(1)
 
-        out = method(*method_args, **kwargs, **common, seed=seed, callback=progress)
+        out = pipe.generate(replace(request, seed=seed), progress)
         for bar in bars:
             bar.close()
         settings = out.settings
@@ -428,59 +420,22 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     return outputs
 
 
-def _task_call(args: argparse.Namespace, pipe, positions, multipliers) -> tuple:
-    """(method, positional args, keyword args) of the pipeline call `args` ask for; inputs checked here."""
-    if args.task == "t2v":
-        return pipe.text_to_video, (args.prompt,), {}
-    if args.task == "i2v":
-        return pipe.image_to_video, (args.image, args.prompt), {"noise_multiplier": args.noise_multiplier}
-    if args.task == "frames":
-        kwargs = {"positions": positions, "noise_multipliers": multipliers}
-        return pipe.frames_to_video, (args.images, args.prompt), kwargs
-    if args.recipe is None:
-        if positions is None:
-            raise ValueError("--positions: required for v2v without --recipe, e.g. --positions 0,1,2,3")
-        kwargs = {"positions": positions, "noise_multipliers": multipliers}
-        return pipe.video_to_video, (args.video, args.prompt), kwargs
-    if args.recipe != "transition" and args.end_video:
-        raise ValueError(f"--end-video is only used by --recipe transition, not {args.recipe!r}")
-    if positions is not None:
-        raise ValueError(
-            f"--positions={args.positions!r}: the {args.recipe} recipe sets the positions itself"
-        )
-    kwargs = {"noise_multipliers": multipliers} if multipliers is not None else {}
-    if args.recipe == "extension":
-        return pipe.extend_video, (args.video, args.prompt), kwargs
-    if args.recipe == "completion":
-        return pipe.complete_video, (args.video, args.prompt), kwargs
-    if not args.end_video:
-        raise ValueError("--end-video: required by --recipe transition (the clip to arrive at)")
-    return pipe.transition, (args.video, args.end_video, args.prompt), kwargs
+def _quiet_libraries() -> None:
+    """-q: no weight-loading bars from diffusers / transformers either."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
-FLAGS = {
-    "num_inference_steps": "--steps",
-    "num_frames": "--frames",
-    "lora_alpha": "--lora-alpha",
-    "noise_multipliers": "--noise-multipliers",
-    "positions": "--positions",
-    "images": "--images",
-    "image": "--image",
-    "video": "--video",
-    "end_video": "--end-video",
-    "start_video": "--video",
-    "negative_prompt": "--negative-prompt",
-    "device": "--device",
-}
+def error_message(error: ValueError) -> str:
+    """A bad input's message, naming the flag the user typed (an `InputError` carries its parameter)."""
+    from .params import InputError, flag_of
 
-
-def _with_flag(message: str) -> str:
-    """Pipeline errors name the API parameter; say which command-line flag sets it."""
-    name = message.split("=", 1)[0].split(":", 1)[0].split(" ", 1)[0]
-    flag = FLAGS.get(name) or (
-        f"--{name}" if name in ("width", "height", "cfg", "shift", "seed", "fps") else None
-    )
-    return f"{message} [{flag}]" if flag else message
+    if isinstance(error, InputError):
+        return error.message(flag_of(error.param))
+    return str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -498,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             run_eval(args)
     except ValueError as error:  # bad input: the message names the parameter, the value and what is allowed
-        print(f"pusa: error: {_with_flag(str(error))}", file=sys.stderr)
+        print(f"pusa: error: {error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pusa: interrupted", file=sys.stderr)

@@ -7,47 +7,9 @@ clean latents sit at the conditioning slots.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-
-def num_latent_frames(num_frames: int) -> int:
-    """Wan's causal VAE: pixel frame 0 alone, then 4 pixel frames per latent frame."""
-    return (num_frames - 1) // 4 + 1
-
-
-def pixel_frames_of_latent(latent_index: int) -> tuple[int, int]:
-    """Inclusive pixel-frame range covered by one latent frame: 0 -> (0, 0), k >= 1 -> (4k-3, 4k)."""
-    if latent_index == 0:
-        return (0, 0)
-    return (4 * latent_index - 3, 4 * latent_index)
-
-
-def validate_positions(positions: Sequence[int], noise_multipliers: Sequence[float], num_latent: int) -> None:
-    """Raise ValueError naming the parameter, the value and what is allowed."""
-    positions = list(positions)
-    noise_multipliers = list(noise_multipliers)
-    if len(positions) != len(noise_multipliers):
-        raise ValueError(
-            f"noise_multipliers={noise_multipliers} has {len(noise_multipliers)} values but "
-            f"positions={positions} has {len(positions)}; give one noise multiplier per position"
-        )
-    for p in positions:
-        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < num_latent:
-            raise ValueError(
-                f"positions contains {p!r}; positions are latent frame indices, whole numbers in "
-                f"0..{num_latent - 1} for this video ({num_latent} latent frames)"
-            )
-    duplicates = sorted({p for p in positions if positions.count(p) > 1})
-    if duplicates:
-        raise ValueError(
-            f"positions={positions} repeats {duplicates}; each latent frame can be conditioned once"
-        )
-    for m in noise_multipliers:
-        if not isinstance(m, (int, float)) or isinstance(m, bool) or not 0.0 <= float(m) <= 1.0:
-            raise ValueError(f"noise_multipliers contains {m!r}; each must be a number in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ server, not to a browser tab: closing the page neither stops nor loses them. Job
 finished are written to the same database when they are submitted, so a restart (or a crash) runs
 them again: the one that was running starts over, the waiting ones keep their order.
 
-Nothing here knows about the web page; the studio (`pusa.app`) and tests drive it directly.
+Nothing here knows about the web page (a job's form blob is stored, never read); the studio
+(`pusa.app`) and tests drive it directly.
 """
 
 from __future__ import annotations
@@ -45,18 +46,11 @@ LOADING_MESSAGE = "loading model..."
 
 @dataclass
 class JobSpec:
-    """What to run. `request` is complete except for model defaults; its inputs are file paths.
-
-    recipe:    None runs `request` as it is; "extension", "completion" or "transition" runs the
-               pipeline's video recipe with the request's video, noise multipliers and settings.
-    end_video: the second clip of a transition.
-    form:      the studio's form values that produced this job, stored so "Use these settings" can
-               refill the form (JSON-able).
-    """
+    """What to run: a `GenerationRequest` (complete but for the model's own values; its inputs are file
+    paths), and an opaque blob the studio stores beside it to refill its form ("Use these settings").
+    Nothing here reads the blob."""
 
     request: GenerationRequest
-    recipe: str | None = None
-    end_video: str | None = None
     form: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,30 +58,7 @@ def run_spec(
     pipe: PusaPipeline, spec: JobSpec, callback: Callable[[StepInfo], bool | None] | None = None
 ) -> PusaOutput:
     """Run one job spec on a pipeline (in the calling thread)."""
-    r = spec.request
-    if spec.recipe is None:
-        return pipe.generate(r, callback)
-    common = dict(
-        negative_prompt=r.negative_prompt,
-        lora_alpha=r.lora_alpha,
-        num_inference_steps=r.num_inference_steps,
-        cfg=r.cfg,
-        shift=r.shift,
-        seed=r.seed,
-        num_frames=r.num_frames,
-        width=r.width,
-        height=r.height,
-        fps=r.fps,
-        callback=callback,
-    )
-    multipliers = list(r.noise_multipliers)
-    if spec.recipe == "extension":
-        return pipe.extend_video(r.video, r.prompt, noise_multipliers=multipliers, **common)
-    if spec.recipe == "completion":
-        return pipe.complete_video(r.video, r.prompt, noise_multipliers=multipliers, **common)
-    if spec.recipe == "transition":
-        return pipe.transition(r.video, spec.end_video, r.prompt, noise_multipliers=multipliers, **common)
-    raise ValueError(f"recipe={spec.recipe!r} is not a recipe; choose extension, completion or transition")
+    return pipe.generate(spec.request, callback)
 
 
 # ---------------------------------------------------------------------------------------------- history
@@ -139,14 +110,12 @@ def spec_to_json(spec: JobSpec) -> str | None:
         return None
     record = {f.name: getattr(request, f.name) for f in fields(request)}
     record["images"] = [str(item) for item in request.images]
-    record["video"] = None if request.video is None else str(request.video)
+    for name in ("video", "end_video"):
+        record[name] = None if record[name] is None else str(record[name])
     record["positions"] = list(request.positions)
     record["noise_multipliers"] = list(request.noise_multipliers)
     try:
-        return json.dumps(
-            {"request": record, "recipe": spec.recipe, "end_video": spec.end_video, "form": spec.form},
-            sort_keys=True,
-        )
+        return json.dumps({"request": record, "form": spec.form}, sort_keys=True)
     except (TypeError, ValueError):  # a form or a record that is not JSON-able stays in memory only
         return None
 
@@ -157,7 +126,10 @@ def spec_from_json(text: str) -> JobSpec:
     record["images"] = tuple(record["images"])
     record["positions"] = tuple(record["positions"])
     record["noise_multipliers"] = tuple(record["noise_multipliers"])
-    return JobSpec(GenerationRequest(**record), data["recipe"], data["end_video"], data["form"])
+    for name in ("recipe", "end_video"):  # kept beside the request by pusa 0.1.0's first releases
+        if data.get(name) is not None:
+            record[name] = data[name]
+    return JobSpec(GenerationRequest(**record), data["form"])
 
 
 class History:
@@ -206,7 +178,7 @@ class History:
         settings = output.settings
         created = time.time()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(created))
-        task = settings["task"] if spec.recipe is None else spec.recipe
+        task = settings["task"] if spec.request.recipe is None else spec.request.recipe
         video = self.videos_dir / f"{stamp}-{task}-{settings['seed']}-{job_id}.mp4"
         assert self.inside(video)
         output.save(video)
@@ -214,7 +186,7 @@ class History:
             id=job_id,
             created=created,
             task=settings["task"],
-            recipe=spec.recipe,
+            recipe=spec.request.recipe,
             prompt=settings["prompt"],
             seed=int(settings["seed"]),
             settings=settings,
@@ -266,10 +238,10 @@ class History:
             return False
         with self._connect() as db:
             db.execute("DELETE FROM history WHERE id = ?", (entry_id,))
-        still_used = {path for other in self.list() for path in _input_paths(other.form)}
+        still_used = {path for other in self.list() for path in _input_paths(other.settings)}
         still_used |= {path for _, _, spec, _ in self.pending() for path in _spec_paths(spec)}
         doomed = [entry.video, entry.video.with_suffix(".json")]
-        doomed += [Path(path) for path in _input_paths(entry.form) if path not in still_used]
+        doomed += [Path(path) for path in _input_paths(entry.settings) if path not in still_used]
         for path in doomed:
             if self.inside(path) and path.is_file():
                 path.unlink()
@@ -323,17 +295,21 @@ class History:
 
 def _spec_media(spec: JobSpec) -> list[Any]:
     """Every input of a spec (paths, images or arrays; None where a slot is empty)."""
-    return [*spec.request.images, spec.request.video, spec.end_video]
+    return [*spec.request.images, spec.request.video, spec.request.end_video]
 
 
 def _spec_paths(spec: JobSpec) -> list[str]:
-    paths = [str(item) for item in _spec_media(spec) if isinstance(item, (str, Path))]
-    return paths + _input_paths(spec.form)
+    return [str(item) for item in _spec_media(spec) if isinstance(item, (str, Path))]
 
 
-def _input_paths(form: dict[str, Any]) -> list[str]:
-    paths = [form.get(key) for key in ("image", "video", "end_video")] + list(form.get("images") or [])
-    return [path for path in paths if isinstance(path, str)]
+def _input_paths(settings: dict[str, Any]) -> list[str]:
+    """The input files a finished video was made from, as its settings record them."""
+    records = list(settings.get("images") or []) + list((settings.get("sources") or {}).values())
+    return [
+        record["path"]
+        for record in records
+        if isinstance(record, dict) and isinstance(record.get("path"), str)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- queue
@@ -526,7 +502,7 @@ class JobQueue:
         return JobView(
             id=job.id,
             task=request.task,
-            recipe=job.spec.recipe,
+            recipe=job.spec.request.recipe,
             prompt=request.prompt,
             seed=request.seed,
             state=job.state,

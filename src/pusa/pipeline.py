@@ -8,67 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import __version__
-from .conditioning import Conditioning, num_latent_frames, validate_positions
-from .loading import LORA_ALPHA_MAX, LORA_ALPHA_MIN
-from .presets import DEFAULT_CFG, WAN_DEFAULTS, ModelDefaults
+from . import __version__, recipes
+from .conditioning import Conditioning
+from .params import PARAMS
+from .request import WAN_DEFAULTS, GenerationRequest, Media, ModelDefaults, ModelLimits, validate, video_plan
 from .sampling import StepInfo, sample
-from .schedule import DEFAULT_SHIFT, flow_sigmas
+from .schedule import flow_sigmas
 from .video import fit_image, fit_video, load_image, read_video, write_video
 
-DEFAULT_NEGATIVE_PROMPT = (
-    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
-    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
-    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
-    "picture, messy background, three legs, many people in the background, walking backwards"
-)
-DEFAULT_I2V_NOISE_MULTIPLIER = 0.2
-LORA_ALPHA_RANGE = (LORA_ALPHA_MIN, LORA_ALPHA_MAX)
-STEPS_RANGE = (1, 50)
-CFG_RANGE = (1.0, 20.0)
-SHIFT_RANGE = (0.1, 20.0)
-FPS_RANGE = (1.0, 60.0)
-MAX_SIDE = 1920  # pixels; beyond this one forward pass no longer fits on any single GPU
-MAX_SEED = 2**63 - 1
-TASKS = ("t2v", "i2v", "frames", "v2v")
-RECIPES = ("extension", "completion", "transition")
-
-Media = Any  # a path, a PIL image or a uint8 array
-
-
-@dataclass
-class GenerationRequest:
-    """Everything that decides a video. `None` means "the model's default" (see `ModelDefaults`)."""
-
-    task: str
-    prompt: str
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    images: Sequence[Media] = ()
-    video: Media | None = None
-    positions: Sequence[int] = ()
-    noise_multipliers: Sequence[float] = ()
-    lora_alpha: float | None = None
-    num_inference_steps: int | None = None
-    cfg: float = DEFAULT_CFG
-    shift: float = DEFAULT_SHIFT
-    seed: int | None = None
-    num_frames: int | None = None
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    recipe: str | None = None  # set by the video-to-video recipes, for the record
-    sources: dict[str, Any] = field(default_factory=dict)  # where the inputs came from, for the record
+__all__ = ["GenerationRequest", "PusaOutput", "PusaPipeline"]
 
 
 @dataclass
@@ -95,17 +52,6 @@ def _describe_source(source: Media) -> Any:
     if hasattr(source, "size") and hasattr(source, "tobytes"):  # PIL image
         return {"image_size": list(source.size), "sha256": hashlib.sha256(source.tobytes()).hexdigest()}
     return repr(type(source))
-
-
-def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
-    kind = "a whole number" if integer else "a number"
-    bad_type = (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (integer and not isinstance(value, int))
-    )
-    if bad_type or (isinstance(value, float) and math.isnan(value)) or not low <= value <= high:
-        raise ValueError(f"{name}={value!r} is not allowed; {name} must be {kind} in {low}..{high}")
 
 
 def vae_compression(vae: Any) -> tuple[int, int]:
@@ -276,26 +222,24 @@ class PusaPipeline:
         return vae_compression(self.vae)
 
     @property
-    def size_multiple(self) -> int:
-        return self.vae_scale[1] * self.transformer.config.patch_size[1]
-
-    @property
-    def max_side(self) -> int:
-        return min(MAX_SIDE, self.transformer.config.rope_max_seq_len * self.size_multiple)
-
-    @property
-    def max_frames(self) -> int:
-        return 4 * (self.transformer.config.rope_max_seq_len - 1) + 1
+    def limits(self) -> ModelLimits:
+        """What this model takes (sizes, frames) and its own defaults: what `validate` checks against."""
+        config = self.transformer.config
+        return ModelLimits.of(config.patch_size, self.vae_scale[1], config.rope_max_seq_len, self.defaults)
 
     def num_latent_frames(self, num_frames: int | None = None) -> int:
-        return num_latent_frames(num_frames or self.defaults.num_frames)
+        return recipes.num_latent_frames(num_frames or self.defaults.num_frames)
 
     # ---------------------------------------------------------------- tasks
     def text_to_video(self, prompt: str, **common: Any) -> PusaOutput:
         return self._submit(task="t2v", prompt=prompt, **common)
 
     def image_to_video(
-        self, image: Media, prompt: str, noise_multiplier: float = DEFAULT_I2V_NOISE_MULTIPLIER, **common: Any
+        self,
+        image: Media,
+        prompt: str,
+        noise_multiplier: float = PARAMS["noise_multiplier"].default,
+        **common: Any,
     ) -> PusaOutput:
         """The image becomes latent frame 0, noised by `noise_multiplier` (0 = kept exactly)."""
         return self._submit(
@@ -317,19 +261,17 @@ class PusaPipeline:
     ) -> PusaOutput:
         """Start/end frames or keyframes: image j goes to latent frame `positions[j]`.
 
-        Defaults: images spread evenly from the first to the last latent frame; multiplier 0.2 for the
-        first and 0.5 for the rest (the original demo's "0,20" / "0.2,0.5" at 81 frames).
+        Defaults (`recipes.spread_positions`, `recipes.keyframe_multipliers`): images spread evenly from
+        the first to the last latent frame; multiplier 0.2 for the first and 0.5 for the rest (the
+        original demo's "0,20" / "0.2,0.5" at 81 frames).
         """
         images = list(images)
-        num_latent = self.num_latent_frames(common.get("num_frames"))
         if positions is None:
-            if len(images) > num_latent:
-                raise ValueError(
-                    f"images: {len(images)} given but the video has only {num_latent} latent frames"
-                )
-            positions = [round(j * (num_latent - 1) / max(len(images) - 1, 1)) for j in range(len(images))]
+            positions = recipes.spread_positions(
+                len(images), common.get("num_frames") or self.defaults.num_frames
+            )
         if noise_multipliers is None:
-            noise_multipliers = [0.2] + [0.5] * (len(positions) - 1) if positions else []
+            noise_multipliers = recipes.keyframe_multipliers(len(positions))
         return self._submit(
             task="frames",
             prompt=prompt,
@@ -343,201 +285,54 @@ class PusaPipeline:
         self,
         video: Media,
         prompt: str,
-        positions: Sequence[int],
+        positions: Sequence[int] = (),
         noise_multipliers: Sequence[float] | None = None,
+        recipe: str | None = None,
+        end_video: Media | None = None,
         **common: Any,
     ) -> PusaOutput:
-        """Latent frames `positions` of the source video condition the new one (multiplier default 0.2)."""
-        if noise_multipliers is None:
-            noise_multipliers = [DEFAULT_I2V_NOISE_MULTIPLIER] * len(positions)
+        """Latent frames `positions` of the source video condition the new one (multiplier default 0.2),
+        or a recipe's (`recipes`: "extension", "completion", "transition" with `end_video`)."""
         return self._submit(
             task="v2v",
             prompt=prompt,
             video=video,
+            end_video=end_video,
             positions=list(positions),
-            noise_multipliers=list(noise_multipliers),
+            noise_multipliers=list(noise_multipliers or ()),
+            recipe=recipe,
             **common,
         )
 
     def extend_video(
-        self,
-        video: Media,
-        prompt: str,
-        noise_multipliers: Sequence[float] = (0.0, 0.3, 0.4, 0.5),
-        from_end: bool = True,
-        **common: Any,
+        self, video: Media, prompt: str, noise_multipliers: Sequence[float] | None = None, **common: Any
     ) -> PusaOutput:
-        """Continue a clip: its last (or, `from_end=False`, first) `4*len(noise_multipliers)-3` frames
-        become the start of the new video (latent frames 0..k-1), the rest is generated."""
-        context_latents = len(noise_multipliers)
-        context_frames = 4 * (context_latents - 1) + 1
-        frames = self._read_source(video, "video", common)
-        if len(frames) < context_frames:
-            raise ValueError(
-                f"video has {len(frames)} frames; extension with {context_latents} context latents needs "
-                f"at least {context_frames}"
-            )
-        clip = frames[-context_frames:] if from_end else frames[:context_frames]
-        return self._recipe(
-            "extension",
-            clip,
-            prompt,
-            list(range(context_latents)),
-            noise_multipliers,
-            {"video": video},
-            common,
-        )
+        """Continue a clip: its last `4*len(noise_multipliers)-3` frames (13 by default) become the start
+        of the new video (latent frames 0..k-1), the rest is generated (`recipes.extension`)."""
+        return self.video_to_video(video, prompt, (), noise_multipliers, recipe="extension", **common)
 
     def complete_video(
-        self, video: Media, prompt: str, noise_multipliers: Sequence[float] = (0.3, 0.3), **common: Any
+        self, video: Media, prompt: str, noise_multipliers: Sequence[float] | None = None, **common: Any
     ) -> PusaOutput:
-        """Regenerate the middle of a clip from its first frame and its last 4 frames."""
-        num_latent = self.num_latent_frames(common.get("num_frames"))
-        frames = self._read_source(video, "video", common)
-        return self._recipe(
-            "completion", frames, prompt, [0, num_latent - 1], noise_multipliers, {"video": video}, common
-        )
+        """Regenerate the middle of a clip from its first frame and its last 4 frames (`recipes.completion`)."""
+        return self.video_to_video(video, prompt, (), noise_multipliers, recipe="completion", **common)
 
     def transition(
         self,
         start_video: Media,
         end_video: Media,
         prompt: str,
-        noise_multipliers: Sequence[float] = (0.0, 0.3, 0.4, 0.4, 0.3, 0.0),
+        noise_multipliers: Sequence[float] | None = None,
         **common: Any,
     ) -> PusaOutput:
-        """Bridge two clips: the last 9 frames of `start_video` open the new video (latents 0,1,2) and the
-        first 12 frames of `end_video` close it (the last 3 latents); the middle is generated."""
-        num_frames = common.get("num_frames") or self.defaults.num_frames
-        num_latent = self.num_latent_frames(num_frames)
-        if num_latent < 7:
-            raise ValueError(
-                f"num_frames={num_frames} gives {num_latent} latent frames; a transition needs at least 7 "
-                "(num_frames >= 25)"
-            )
-        start = self._read_source(start_video, "start_video", common)
-        end = self._read_source(end_video, "end_video", common)
-        for name, clip, need in (("start_video", start, 9), ("end_video", end, 12)):
-            if len(clip) < need:
-                raise ValueError(f"{name} has {len(clip)} frames; a transition needs at least {need}")
-        head, tail = start[-9:].astype(np.float32), end[:12].astype(np.float32)
-        # The middle is a cross-fade: the VAE is causal, so what sits before the end clip leaks a little
-        # into its latents; a blend of the two clips leaks less than a blank.
-        gap = num_frames - 21
-        weights = np.linspace(0.0, 1.0, gap + 2, dtype=np.float32)[1:-1, None, None, None]
-        middle = (1 - weights) * head[-1] + weights * tail[0]
-        composite = np.concatenate([head, middle, tail]).round().astype(np.uint8)
-        positions = [0, 1, 2, num_latent - 3, num_latent - 2, num_latent - 1]
-        sources = {"start_video": start_video, "end_video": end_video}
-        return self._recipe("transition", composite, prompt, positions, noise_multipliers, sources, common)
+        """Bridge two clips: the end of `start_video` opens the new video, the start of `end_video` closes
+        it, the middle is generated (`recipes.transition`: 9 + 12 frames at 81 frames, 1 + 4 at 17)."""
+        return self.video_to_video(
+            start_video, prompt, (), noise_multipliers, recipe="transition", end_video=end_video, **common
+        )
 
     def _submit(self, callback: Callable[[StepInfo], bool | None] | None = None, **fields: Any) -> PusaOutput:
         return self.generate(GenerationRequest(**fields), callback)
-
-    def _read_source(self, video: Media, parameter: str, common: dict) -> np.ndarray:
-        width = common.get("width") or self.defaults.width
-        height = common.get("height") or self.defaults.height
-        self._check_size(width, height)
-        frames, _ = read_video(video, parameter=parameter)
-        return fit_video(frames, width, height)
-
-    def _recipe(self, recipe, frames, prompt, positions, noise_multipliers, sources, common) -> PusaOutput:
-        return self._submit(
-            task="v2v",
-            prompt=prompt,
-            video=frames,
-            positions=list(positions),
-            noise_multipliers=list(noise_multipliers),
-            recipe=recipe,
-            sources={k: _describe_source(v) for k, v in sources.items()},
-            **common,
-        )
-
-    # ---------------------------------------------------------------- validation
-    def _check_size(self, width: Any, height: Any) -> None:
-        multiple, limit = self.size_multiple, self.max_side
-        for name, value in (("width", width), ("height", height)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value % multiple
-                or not multiple <= value <= limit
-            ):
-                raise ValueError(
-                    f"{name}={value!r} is not allowed; {name} must be a multiple of {multiple} "
-                    f"between {multiple} and {limit} pixels for this model"
-                )
-
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill the model defaults and a random seed into `None` fields."""
-        d = self.defaults
-        return replace(
-            request,
-            num_inference_steps=request.num_inference_steps
-            if request.num_inference_steps is not None
-            else d.num_inference_steps,
-            num_frames=request.num_frames if request.num_frames is not None else d.num_frames,
-            width=request.width if request.width is not None else d.width,
-            height=request.height if request.height is not None else d.height,
-            fps=request.fps if request.fps is not None else d.fps,
-            lora_alpha=request.lora_alpha if request.lora_alpha is not None else d.lora_alpha,
-            seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
-        )
-
-    def check_inputs(self, request: GenerationRequest) -> None:
-        """Raise ValueError naming the parameter, the value and what is allowed. Expects a resolved request."""
-        r = request
-        if r.task not in TASKS:
-            raise ValueError(f"task={r.task!r} is not a task; choose one of {', '.join(TASKS)}")
-        if not isinstance(r.prompt, str):
-            raise ValueError(f"prompt={r.prompt!r} must be text")
-        if not isinstance(r.negative_prompt, str):
-            raise ValueError(f"negative_prompt={r.negative_prompt!r} must be text")
-        if (
-            isinstance(r.num_frames, bool)
-            or not isinstance(r.num_frames, int)
-            or r.num_frames < 1
-            or (r.num_frames - 1) % 4
-        ):
-            raise ValueError(
-                f"num_frames={r.num_frames!r} is not allowed; num_frames must be 4k+1 (e.g. 17, 33, 49, 81), "
-                f"at most {self.max_frames}"
-            )
-        if r.num_frames > self.max_frames:
-            raise ValueError(
-                f"num_frames={r.num_frames} is not allowed; this model takes at most {self.max_frames}"
-            )
-        self._check_size(r.width, r.height)
-        _check_range("num_inference_steps", r.num_inference_steps, *STEPS_RANGE, integer=True)
-        _check_range("lora_alpha", r.lora_alpha, *LORA_ALPHA_RANGE)
-        _check_range("cfg", r.cfg, *CFG_RANGE)
-        _check_range("shift", r.shift, *SHIFT_RANGE)
-        _check_range("fps", r.fps, *FPS_RANGE)
-        _check_range("seed", r.seed, 0, MAX_SEED, integer=True)
-        num_latent = num_latent_frames(r.num_frames)
-        if r.task == "t2v" and (r.positions or r.images or r.video is not None):
-            raise ValueError(
-                f"positions={list(r.positions)}, images: {len(r.images)}, video: {r.video is not None}; "
-                "text-to-video takes no images, video or positions; use i2v, frames or v2v"
-            )
-        if r.task in ("i2v", "frames"):
-            if len(r.images) == 0 or any(image is None for image in r.images):
-                raise ValueError(f"images: none given; task {r.task!r} needs an image for every position")
-            if r.task == "i2v" and len(r.images) != 1:
-                raise ValueError(f"images: {len(r.images)} given; image-to-video takes exactly one image")
-            if len(r.images) != len(r.positions):
-                raise ValueError(
-                    f"positions={list(r.positions)} has {len(r.positions)} values for {len(r.images)} images; "
-                    "give one position per image"
-                )
-        if r.task == "v2v":
-            if r.video is None:
-                raise ValueError("video: none given; video-to-video needs a source video")
-            if len(r.positions) == 0:
-                raise ValueError(
-                    "positions: none given; video-to-video needs the latent frames to keep, e.g. 0,1,2,3"
-                )
-        validate_positions(list(r.positions), list(r.noise_multipliers), num_latent)
 
     # ---------------------------------------------------------------- encoders
     @torch.inference_mode()
@@ -589,47 +384,51 @@ class PusaPipeline:
         return pixels[0].permute(1, 2, 3, 0).cpu().numpy()
 
     def conditioning_for(self, request: GenerationRequest) -> Conditioning:
-        """Clean latents for the request's positions: each image alone as a one-frame video; a video encoded
-        once (only its first `4*max(k)+1` frames: the VAE is causal, so later frames cannot change them)."""
+        """Clean latents for a validated request's positions: each image alone as a one-frame video; a
+        video's conditioning clip (`recipes.RecipePlan.conditioning_clip`) encoded once, up to its last
+        conditioned latent (the VAE is causal, so later frames cannot change them)."""
         r = request
         if not r.positions:
             return Conditioning.none()
+        multipliers = tuple(float(m) for m in r.noise_multipliers)
         if r.task in ("i2v", "frames"):
+            parameter = "images" if r.task == "frames" else "image"
             latents = [
-                self.encode_frames(
-                    fit_image(
-                        load_image(image, "images" if r.task == "frames" else "image"), r.width, r.height
-                    )[None]
-                )
+                self.encode_frames(fit_image(load_image(image, parameter), r.width, r.height)[None])
                 for image in r.images
             ]
-            return Conditioning(
-                tuple(r.positions), tuple(float(m) for m in r.noise_multipliers), torch.cat(latents, dim=2)
-            )
-        needed = 4 * max(r.positions) + 1
-        frames, _ = read_video(r.video, parameter="video")
-        if len(frames) < needed:
-            raise ValueError(
-                f"video has {len(frames)} frames; positions={list(r.positions)} reach latent frame "
-                f"{max(r.positions)}, which needs at least {needed} frames (4*{max(r.positions)}+1)"
-            )
-        latents = self.encode_frames(fit_video(frames[:needed], r.width, r.height))
-        index = torch.tensor(list(r.positions), device=latents.device)
-        return Conditioning(
-            tuple(r.positions), tuple(float(m) for m in r.noise_multipliers), latents.index_select(2, index)
-        )
+            return Conditioning(tuple(r.positions), multipliers, torch.cat(latents, dim=2))
+        video, _ = read_video(r.video, parameter="video")
+        end = read_video(r.end_video, parameter="end_video")[0] if r.end_video is not None else None
+        plan = video_plan(r, len(video), None if end is None else len(end))
+        sources = {"video": video} if end is None else {"video": video, "end_video": end}
+        # Only the frames the plan uses are fitted to the output size; the rest stay black (unused).
+        fitted = {
+            name: np.zeros((len(frames), r.height, r.width, 3), np.uint8) for name, frames in sources.items()
+        }
+        for span in plan.spans:
+            clip = sources[span.source][span.start : span.stop]
+            fitted[span.source][span.start : span.stop] = fit_video(clip, r.width, r.height)
+        latents = self.encode_frames(plan.conditioning_clip(fitted))
+        index = torch.tensor(list(plan.positions), device=latents.device)
+        return Conditioning(tuple(plan.positions), multipliers, latents.index_select(2, index))
 
     # ---------------------------------------------------------------- the shared core
     def settings_of(self, request: GenerationRequest) -> dict[str, Any]:
         """The JSON record of a resolved request: enough to reproduce the video."""
-        record = asdict(replace(request, images=(), video=None))
+        record = asdict(replace(request, images=(), video=None, end_video=None, sources={}))
         record["positions"] = list(request.positions)
         record["noise_multipliers"] = [float(m) for m in request.noise_multipliers]
         record["images"] = []
         if request.task in ("i2v", "frames"):
             record["images"] = [_describe_source(image) for image in request.images]
-        if request.task == "v2v" and not request.sources:
-            record["sources"] = {"video": _describe_source(request.video)}
+        sources = dict(request.sources)
+        if request.task == "v2v":
+            for name in ("video", "end_video"):
+                value = getattr(request, name)
+                if value is not None and name not in sources:
+                    sources[name] = _describe_source(value)
+        record["sources"] = sources
         record["model"] = self.identity
         record["lora"] = getattr(getattr(self.lora, "lora", None), "source", None)
         record["pusa_version"] = __version__
@@ -642,8 +441,7 @@ class PusaPipeline:
     ) -> PusaOutput:
         """Run one request. `callback(StepInfo)` after every step; returning False cancels (`Cancelled`)."""
         started = time.perf_counter()
-        request = self.resolve(request)
-        self.check_inputs(request)
+        request = validate(request, self.limits)
         conditioning = self.conditioning_for(request)
         if self.lora is not None and self.lora.alpha != request.lora_alpha:
             self.lora.set_alpha(request.lora_alpha)
@@ -652,7 +450,7 @@ class PusaPipeline:
         negative_text = self.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
 
         _, spatial = self.vae_scale
-        shape = (1, self.vae.config.z_dim, num_latent_frames(request.num_frames),
+        shape = (1, self.vae.config.z_dim, recipes.num_latent_frames(request.num_frames),
                  request.height // spatial, request.width // spatial)  # fmt: skip
         # Drawn on the CPU so a seed gives the same video on every device.
         generator = torch.Generator("cpu").manual_seed(request.seed)

@@ -11,15 +11,17 @@ compression, patch (1, 2, 2), a umT5 text encoder with a sentencepiece tokenizer
 classes with a 4x spatial VAE of 4 latent channels and patch (1, 4, 4) (the same tokens per clip): at 64x64
 Wan's 8x spatial VAE turned every shape into a round blob.
 
-Importing this module is cheap (no torch): the CLI and the studio read names and defaults from it at once.
+Importing this module is cheap (no torch): the CLI and the studio read names, defaults and limits from it at once.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from .request import WAN_DEFAULTS, ModelDefaults, ModelLimits
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_tokenizer"
@@ -27,30 +29,9 @@ PUSA_TINY_DIR = ASSETS / "pusa-tiny"
 MODEL_MANIFEST = "pusa_model.json"  # in a model folder: native clip settings, the LoRA file it ships with
 PRESETS = ("pusa-tiny", "tiny-random")
 DEFAULT_MODEL = "pusa-tiny"
-
-# Generation defaults the CLI and the studio show before anything heavy is imported (pipeline.py,
-# schedule.py and acceleration.py re-export them).
-DEFAULT_CFG = 3.0
-DEFAULT_LORA_ALPHA = 1.4
-DEFAULT_SHIFT = 5.0  # Wan2.1 T2V sample_shift
 MEMORY_TIERS = ("full", "balanced", "low")
 MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS)
 
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    """Native clip settings of a model; the CLI and studio defaults come from here."""
-
-    num_frames: int = 81
-    width: int = 832
-    height: int = 480
-    num_inference_steps: int = 10
-    fps: float = 16.0
-    max_sequence_length: int = 512
-    lora_alpha: float = DEFAULT_LORA_ALPHA  # the strength its own LoRA works best at (Pusa V1: 1.4)
-
-
-WAN_DEFAULTS = ModelDefaults()
 TINY_DEFAULTS = ModelDefaults(
     num_frames=17, width=64, height=64, num_inference_steps=4, fps=8.0, max_sequence_length=32
 )
@@ -196,6 +177,38 @@ def model_defaults(model: str | Path, prefix: str = "") -> ModelDefaults:
     return TINY_DEFAULTS if resolved == "tiny-random" else folder_defaults(resolved)
 
 
+# Wan2.1's DiT and VAE, for a folder whose config files cannot be read (its load then says what is wrong).
+_WAN_PATCH, _WAN_ROPE, _WAN_SPATIAL = (1, 2, 2), 1024, 8
+
+
+def _json_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def model_limits(model: str | Path, prefix: str = "") -> ModelLimits:
+    """What a `--model` value takes (sizes, frames) and its defaults, from its config files alone: the
+    CLI and the studio check a request against these before any weights load."""
+    resolved = resolve_model(model, prefix=prefix)
+    if resolved == "tiny-random":
+        spatial = 2 ** len(TINY_VAE_CONFIG["temperal_downsample"])
+        config = TINY_TRANSFORMER_CONFIG
+        return ModelLimits.of(config["patch_size"], spatial, config["rope_max_seq_len"], TINY_DEFAULTS)
+    folder = Path(resolved)
+    dit = _json_or_none(folder / "transformer" / "config.json") or _json_or_none(folder / "config.json") or {}
+    vae = _json_or_none(folder / "vae" / "config.json") or {}
+    spatial = 2 ** len(vae["temperal_downsample"]) if "temperal_downsample" in vae else _WAN_SPATIAL
+    return ModelLimits.of(
+        dit.get("patch_size", _WAN_PATCH),
+        spatial,
+        dit.get("rope_max_seq_len", _WAN_ROPE),
+        folder_defaults(folder),
+    )
+
+
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
@@ -206,23 +219,28 @@ def check_device(device: Any, types: tuple[str, ...] = DEVICE_TYPES, what: str =
     """
     import torch
 
+    from .params import InputError
+
     names = [t if t != "cuda" else "cuda (cuda:N)" for t in types]
     allowed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     try:
         parsed = device if isinstance(device, torch.device) else torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device {device!r} is not a torch device; use {allowed}") from None
+        raise InputError("device", device, f"use {allowed}", "is not a torch device") from None
     if parsed.type not in types:
-        raise ValueError(f"device {device!r}: {what} runs on {allowed}")
+        raise InputError("device", device, f"{what} runs on {allowed}", "cannot be used")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             build = " (this torch is a CPU build)" if torch.version.cuda is None else ""
-            raise ValueError(f"device {device!r}: no CUDA device is available here{build}; use cpu")
+            raise InputError("device", device, "use cpu", f"is not available: no CUDA device here{build}")
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
-            raise ValueError(
-                f"device {device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}"
+            raise InputError(
+                "device",
+                device,
+                f"this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}",
+                "is not here",
             )
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS (Apple GPU) is not available here; use cpu")
+        raise InputError("device", device, "use cpu", "is not available: MPS (Apple GPU) is not here")
     return parsed

@@ -1,14 +1,16 @@
-"""Shifted flow-matching noise schedule (pusa-algorithm.md section 4). Pure: imports only torch."""
+"""Shifted flow-matching noise schedule (pusa-algorithm.md section 4). Pure: imports only torch (and the
+parameter declarations, for the default shift)."""
 
 from __future__ import annotations
 
 import torch
 
-from .presets import DEFAULT_SHIFT
+from .params import PARAMS
 
 __all__ = ["DEFAULT_SHIFT", "NUM_TRAIN_TIMESTEPS", "flow_sigmas", "shift_sigmas", "sigma_to_timestep"]
 
 NUM_TRAIN_TIMESTEPS = 1000
+DEFAULT_SHIFT = PARAMS["shift"].default  # Wan2.1 T2V sample_shift
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:

@@ -223,9 +223,9 @@ def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> No
     positions.fill("0,9")
     error = page.locator("#frames-timeline .pusa-error")
     error.wait_for(timeout=UI_TIMEOUT)
-    assert "Conditioning Positions: positions contains 9" in error.inner_text()
+    assert "Conditioning Positions: [0, 9] contains 9" in error.inner_text()
     status = generate(page, "frames")
-    assert "Conditioning Positions: positions contains 9" in status, status
+    assert "Conditioning Positions: [0, 9] contains 9" in status, status
     shot(page, "multi-frames-error")
     positions.fill("0,4")
     page.wait_for_selector("#frames-timeline .pusa-timeline img", timeout=UI_TIMEOUT)

@@ -84,6 +84,13 @@ def defaults_for(model: str):
     return model_defaults(model, prefix="--")
 
 
+def limits_for(model: str):
+    """The model's limits and defaults (`ModelLimits`), from its config files: they bound the page's fields."""
+    from ..presets import model_limits
+
+    return model_limits(model, prefix="--")
+
+
 def pipeline_loader(
     model: str, lora: str | None = None, device: str = "cpu", dtype: str | None = None
 ) -> Callable:
@@ -110,7 +117,9 @@ def serve_main(args: argparse.Namespace) -> int:
         auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
         load = pipeline_loader(args.model, args.lora, args.device, args.dtype)
     except ValueError as error:
-        print(f"pusa serve: error: {error}", file=sys.stderr)
+        from ..cli import error_message
+
+        print(f"pusa serve: error: {error_message(error)}", file=sys.stderr)
         return 2
     warning = exposure_warning(args.host, auth)
     if warning:
@@ -121,7 +130,7 @@ def serve_main(args: argparse.Namespace) -> int:
     history = History(args.outputs)
     queue = JobQueue(load, history).start()
     exposed_host = args.host if warning else None
-    demo = build_app(queue, defaults_for(args.model), model_label=args.model, exposed_host=exposed_host)
+    demo = build_app(queue, limits_for(args.model), model_label=args.model, exposed_host=exposed_host)
     try:
         launch_app(demo, history, host=args.host, port=args.port, auth=auth)
     except KeyboardInterrupt:

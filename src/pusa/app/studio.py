@@ -25,19 +25,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr
 from PIL import Image
 
+from .. import recipes
 from ..jobs import CANCELLED, DONE, FAILED, LOADING, READY, History, JobQueue, JobView
-from ..pipeline import (
-    CFG_RANGE,
-    DEFAULT_CFG,
-    DEFAULT_I2V_NOISE_MULTIPLIER,
-    DEFAULT_NEGATIVE_PROMPT,
-    LORA_ALPHA_RANGE,
-    STEPS_RANGE,
-)
-from ..presets import ModelDefaults
-from . import forms, views
+from ..params import DEFAULT_NEGATIVE_PROMPT, PARAMS, RECIPES
+from ..request import ModelDefaults, ModelLimits
+from . import forms, views, widgets
 from .forms import DEFAULT_LIMITS, CommonForm, FormError, UploadLimits
-from .timeline import error_html, frames_text, timeline_html
+from .timeline import error_html, timeline_html
+
+CFG, SHIFT, NOISE_MULTIPLIER = (PARAMS[name].default for name in ("cfg", "shift", "noise_multiplier"))
 
 GENERATE_LABEL = "Generate"
 WAITING_LABEL = "Generate (loading model...)"
@@ -161,14 +157,16 @@ class Studio:
     def __init__(
         self,
         queue: JobQueue,
-        defaults: ModelDefaults,
+        defaults: ModelDefaults | ModelLimits,
         model_label: str,
         limits: UploadLimits = DEFAULT_LIMITS,
         exposed_host: str | None = None,
     ) -> None:
         self.queue = queue
         self.history: History = queue.history
-        self.defaults = defaults
+        # The model's limits (known from its config files before the weights load) bound the fields.
+        self.model_limits = defaults if isinstance(defaults, ModelLimits) else None
+        self.defaults = defaults.defaults if isinstance(defaults, ModelLimits) else defaults
         self.model_label = model_label
         self.limits = limits
         self.exposed_host = exposed_host  # set when listening beyond this machine without a password
@@ -188,7 +186,7 @@ class Studio:
             return
         try:
             spec = build()
-            forms.check_spec(self.queue.pipeline, spec)
+            forms.check_spec(self.queue.pipeline.limits, spec)
             view = self.queue.submit(spec)
         except (ValueError, RuntimeError, OSError) as error:
             yield Update(error_html(str(error)), error=str(error))
@@ -226,21 +224,22 @@ class Studio:
         self,
         image: str | None,
         prompt: str = "",
-        noise_multiplier: float = DEFAULT_I2V_NOISE_MULTIPLIER,
+        noise_multiplier: float = NOISE_MULTIPLIER,
         lora_alpha: float | None = None,
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
-        cfg: float = DEFAULT_CFG,
+        cfg: float = CFG,
         width: int | None = None,
         height: int | None = None,
         num_frames: int | None = None,
         fps: float | None = None,
+        shift: float = SHIFT,
     ) -> Iterator[Update]:
         """Image-to-Video: the image becomes the first frame, noised by `noise_multiplier` (0 keeps it exactly).
         `lora_alpha`, `steps`, `width`, `height`, `num_frames`, `fps` default to the model's; `seed` -1 is random."""
         common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps
+            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
         )
         return self._stream(
             lambda: forms.image_to_video(
@@ -258,16 +257,17 @@ class Studio:
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
-        cfg: float = DEFAULT_CFG,
+        cfg: float = CFG,
         width: int | None = None,
         height: int | None = None,
         num_frames: int | None = None,
         fps: float | None = None,
+        shift: float = SHIFT,
     ) -> Iterator[Update]:
         """Multi-Frames to Video: image j is placed at latent frame positions[j] ("0,20": first and last of
         81 frames), noised by noise_multipliers[j]. Blank positions spread the images evenly."""
         common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps
+            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
         )
         return self._stream(
             lambda: forms.frames_to_video(
@@ -279,25 +279,26 @@ class Studio:
         self,
         video: str | None,
         prompt: str = "",
-        positions: str = "0,1,2,3",
+        positions: str = "",
         noise_multipliers: str = "",
-        recipe: str = "custom",
+        recipe: str = "extension",
         end_video: str | None = None,
         lora_alpha: float | None = None,
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
-        cfg: float = DEFAULT_CFG,
+        cfg: float = CFG,
         width: int | None = None,
         height: int | None = None,
         num_frames: int | None = None,
         fps: float | None = None,
+        shift: float = SHIFT,
     ) -> Iterator[Update]:
         """Video-to-Video: the source's latent frames at `positions` condition the new video. `recipe`
         "extension", "completion" or "transition" (with `end_video`) use those recipes' frames; with a recipe,
         blank `positions` / `noise_multipliers` take the recipe's own."""
         common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps
+            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
         )
         return self._stream(
             lambda: forms.video_to_video(
@@ -320,15 +321,16 @@ class Studio:
         steps: int | None = None,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         seed: int = -1,
-        cfg: float = DEFAULT_CFG,
+        cfg: float = CFG,
         width: int | None = None,
         height: int | None = None,
         num_frames: int | None = None,
         fps: float | None = None,
+        shift: float = SHIFT,
     ) -> Iterator[Update]:
         """Text-to-Video from the prompt alone."""
         common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps
+            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
         )
         return self._stream(lambda: forms.text_to_video(common, self.defaults))
 
@@ -426,25 +428,13 @@ class Studio:
         return timeline_html(count, latent, multipliers, thumbnails, sources, note)
 
     def preview_v2v(self, positions: str, noise_multipliers: str, recipe: str, num_frames: Any) -> str:
+        """The timeline and, above it, what the recipe will do (`recipes.RecipePlan.note`)."""
         try:
             count = self._frames_count(num_frames)
-            latent, multipliers = forms.video_conditioning(positions, noise_multipliers, recipe, count)
+            plan = forms.video_plan(positions, noise_multipliers, recipe, count)
         except FormError as error:
             return error_html(str(error))
-        recipe = recipe or "custom"
-        if recipe == "extension":
-            context = 4 * (len(latent) - 1) + 1
-            sources = [f"source's last {context} frames" for _ in latent]
-            note = (
-                f"Extension: the last {context} frames of the video open the new one; the rest is generated."
-            )
-        elif recipe == "transition":
-            sources = ["end of Video"] * 3 + ["start of Second clip"] * 3
-            note = "Transition: the last 9 frames of the Video open it, the first 12 of the Second clip close it."
-        else:
-            sources = [f"source frames {frames_text(k)}" for k in latent]
-            note = "The source video's frames at these latent positions are kept (it needs enough frames)."
-        return timeline_html(count, latent, multipliers, (), sources, note)
+        return timeline_html(count, plan.positions, plan.noise_multipliers, (), plan.sources, plan.note())
 
     def fill_recipe(self, recipe: str, num_frames: Any) -> tuple:
         """(recipe, positions, multipliers, second clip's visibility) for a chosen recipe."""
@@ -524,41 +514,25 @@ class Studio:
 
     # ================================================================== layout
     def _generation_sliders(self, tab: TabWidgets) -> None:
-        tab.fields["lora_alpha"] = gr.Slider(
-            *LORA_ALPHA_RANGE, value=self.defaults.lora_alpha, step=0.1, label="LoRA Alpha",
-            info="strength of the Pusa LoRA; too high stiffens, too low loses coherence",
-        )  # fmt: skip
-        tab.fields["steps"] = gr.Slider(
-            *STEPS_RANGE, value=self.defaults.num_inference_steps, step=1, label="Inference Steps",
-            info=f"more steps, more detail, linearly more time (this model: {self.defaults.num_inference_steps})",
-        )  # fmt: skip
+        tab.fields["lora_alpha"] = widgets.slider("lora_alpha", self.defaults)
+        tab.fields["steps"] = widgets.slider("num_inference_steps", self.defaults)
 
     def _tail(self, tab: TabWidgets) -> None:
-        d = self.defaults
+        d, limits = self.defaults, self.model_limits
         with gr.Accordion("Negative prompt", open=False):
-            tab.fields["negative_prompt"] = gr.Textbox(
-                value=DEFAULT_NEGATIVE_PROMPT, label="Negative Prompt", lines=3, show_label=False
-            )
-        tab.fields["seed"] = gr.Number(
-            value=-1, precision=0, label="Seed", info="-1 = random; the seed used is shown with the result"
+            tab.fields["negative_prompt"] = widgets.textbox("negative_prompt", d, lines=3, show_label=False)
+        tab.fields["seed"] = widgets.number(
+            "seed", d, value=-1, info="-1 = random; the seed used is shown with the result"
         )
         with gr.Accordion("Advanced", open=False):
-            tab.fields["cfg"] = gr.Slider(
-                *CFG_RANGE, value=DEFAULT_CFG, step=0.5, label="CFG",
-                info="classifier-free guidance; 1.0 skips the negative pass (twice as fast)",
-            )  # fmt: skip
+            tab.fields["cfg"] = widgets.slider("cfg", d)
             with gr.Row():
-                tab.fields["width"] = gr.Number(
-                    value=d.width, precision=0, label="Width", info="multiple of 16"
-                )
-                tab.fields["height"] = gr.Number(
-                    value=d.height, precision=0, label="Height", info="multiple of 16"
-                )
+                tab.fields["width"] = widgets.number("width", d, limits)
+                tab.fields["height"] = widgets.number("height", d, limits)
             with gr.Row():
-                tab.fields["num_frames"] = gr.Number(
-                    value=d.num_frames, precision=0, label="Frames", info="4k+1, e.g. 17, 33, 81"
-                )
-                tab.fields["fps"] = gr.Number(value=d.fps, label="FPS", info="playback rate")
+                tab.fields["num_frames"] = widgets.number("num_frames", d, limits)
+                tab.fields["fps"] = widgets.number("fps", d)
+            tab.fields["shift"] = widgets.slider("shift", d)
 
     def _outputs(self, tab: TabWidgets) -> None:
         ready = self.initial_state == READY
@@ -587,12 +561,9 @@ class Studio:
                     elem_id="i2v-image",
                 )  # fmt: skip
                 tab.fields["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="i2v-prompt")
-                tab.fields["noise_multiplier"] = gr.Slider(
-                    0.0, 1.0, value=DEFAULT_I2V_NOISE_MULTIPLIER, step=0.05, label="Noise Multiplier",
-                    info="lower keeps the image more faithfully, higher allows more change",
-                )  # fmt: skip
+                tab.fields["noise_multiplier"] = widgets.slider("noise_multiplier", self.defaults)
                 self._generation_sliders(tab)
-                first = self.preview_i2v(None, DEFAULT_I2V_NOISE_MULTIPLIER, self.defaults.num_frames)
+                first = self.preview_i2v(None, NOISE_MULTIPLIER, self.defaults.num_frames)
                 tab.timeline = gr.HTML(first, elem_id="i2v-timeline")
                 self._tail(tab)
             with gr.Column(scale=4):
@@ -617,7 +588,7 @@ class Studio:
                         info=f"latent frame of each image, comma-separated (0..{last} here)",
                     )  # fmt: skip
                     tab.fields["noise_multipliers"] = gr.Textbox(
-                        value=forms.format_list(forms.FRAMES_MULTIPLIERS), label="Noise Multipliers",
+                        value=forms.format_list(recipes.keyframe_multipliers(2)), label="Noise Multipliers",
                         elem_id="frames-multipliers", info="one per image, 0.0-1.0, comma-separated",
                     )  # fmt: skip
                 first = self.preview_frames([], f"0,{last}", tab.fields["noise_multipliers"].value, None)
@@ -641,7 +612,7 @@ class Studio:
                 with gr.Row():
                     recipe_buttons = {
                         name: gr.Button(name.capitalize(), size="sm", elem_id=f"v2v-recipe-{name}")
-                        for name in ("extension", "completion", "transition")
+                        for name in RECIPES
                     }
                 tab.fields["positions"] = gr.Textbox(
                     value=positions, label="Conditioning Positions", elem_id="v2v-positions",
@@ -651,8 +622,9 @@ class Studio:
                     value=multipliers, label="Noise Multipliers", elem_id="v2v-multipliers",
                     info="one per position, 0.0-1.0 (lower = closer to the source frame)",
                 )  # fmt: skip
+                # It opens on the extension recipe, whose numbers fill the fields: what Generate will do.
                 tab.fields["recipe"] = gr.Radio(
-                    list(forms.RECIPES), value="custom", label="Recipe", elem_id="v2v-recipe",
+                    list(forms.FORM_RECIPES), value="extension", label="Recipe", elem_id="v2v-recipe",
                     info="custom: keep the source's frames at the positions; the buttons above fill in a recipe",
                 )  # fmt: skip
                 with gr.Row(visible=False) as self.end_video_row:
@@ -660,7 +632,7 @@ class Studio:
                         label="Second clip (transition target)", sources=["upload"], elem_id="v2v-end-video"
                     )
                 tab.timeline = gr.HTML(
-                    self.preview_v2v(positions, multipliers, "custom", None), elem_id="v2v-timeline"
+                    self.preview_v2v(positions, multipliers, "extension", None), elem_id="v2v-timeline"
                 )
                 self._generation_sliders(tab)
                 self._tail(tab)
@@ -783,7 +755,7 @@ class Studio:
 
     @property
     def defaults_num_latent(self) -> int:
-        return (self.defaults.num_frames - 1) // 4 + 1
+        return recipes.num_latent_frames(self.defaults.num_frames)
 
     def build(self) -> gr.Blocks:
         # One reading of the model's state for the whole page: it may change while the page is built.
@@ -869,7 +841,7 @@ class Studio:
 
 def build_app(
     queue: JobQueue,
-    defaults: ModelDefaults,
+    defaults: ModelDefaults | ModelLimits,
     model_label: str = "tiny-random",
     limits: UploadLimits = DEFAULT_LIMITS,
     exposed_host: str | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from ..conditioning import num_latent_frames, pixel_frames_of_latent
+from ..recipes import num_latent_frames, pixel_frames_of_latent
 
 _ACCENT = "37, 99, 235"  # rgb of a kept frame (multiplier 0)
 _BOX = "font-family: inherit; font-size: 12px; line-height: 1.35; color: inherit;"

@@ -61,7 +61,7 @@ class TextEncoding:
 
 def drop_captions(captions: list[str], rng: np.random.Generator, probability: float) -> list[str]:
     """Replace captions by "" or the default negative prompt with `probability`: the unconditional text of CFG."""
-    from pusa.pipeline import DEFAULT_NEGATIVE_PROMPT
+    from pusa.params import DEFAULT_NEGATIVE_PROMPT
 
     out = []
     for text in captions:

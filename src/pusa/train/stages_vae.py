@@ -23,7 +23,7 @@ from pusa.train.world import TRAIN_SEED_LIMIT, caption, eval_specs, render_clip,
 
 # ---------------------------------------------------------------------------------------------- stage: tokenizer
 def _tokenizer_corpus(cfg: RunConfig) -> list[str]:
-    from pusa.pipeline import DEFAULT_NEGATIVE_PROMPT
+    from pusa.params import DEFAULT_NEGATIVE_PROMPT
 
     rng = np.random.default_rng((cfg.seed, 7))
     lines = []

@@ -1,0 +1,49 @@
+"""The studio's input widgets, made from the parameter declarations (`pusa.params`): range, step,
+default (the model's own where declared so), label and info come from one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..params import MODEL_OWN, PARAMS
+from ..request import ModelDefaults, ModelLimits
+
+
+def default_of(name: str, defaults: ModelDefaults) -> Any:
+    """The value a field starts at: the declared default, or the model's own."""
+    param = PARAMS[name]
+    return getattr(defaults, name) if param.default is MODEL_OWN else param.default
+
+
+def slider(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Slider:
+    """A slider over the declared range, at the declared step."""
+    param = PARAMS[name]
+    options = dict(
+        minimum=param.low, maximum=param.high, value=default_of(name, defaults), step=param.step,
+        label=param.label, info=param.help,
+    )  # fmt: skip
+    return gr.Slider(**{**options, **extra})
+
+
+def number(name: str, defaults: ModelDefaults, limits: ModelLimits | None = None, **extra: Any) -> gr.Number:
+    """A number box; whole numbers for INT parameters. Clip sizes say the model's multiple and limit."""
+    param = PARAMS[name]
+    info = param.help
+    if limits is not None and name in ("width", "height"):
+        info = f"a multiple of {limits.size_multiple}, at most {limits.max_side} (this model)"
+    if limits is not None and name == "num_frames":
+        info = f"4k+1, e.g. 17, 33, 81; at most {limits.max_frames} (this model)"
+    options = dict(
+        value=default_of(name, defaults), label=param.label, info=info,
+        precision=0 if param.kind == "int" else None,
+    )  # fmt: skip
+    return gr.Number(**{**options, **extra})
+
+
+def textbox(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Textbox:
+    param = PARAMS[name]
+    value = default_of(name, defaults)
+    options = dict(value="" if value is None else value, label=param.label, info=param.help)
+    return gr.Textbox(**{**options, **extra})

@@ -1,0 +1,286 @@
+"""Every generation parameter, declared once. Imports nothing heavy (the CLI's `--help` and the studio's
+first paint read it before torch is imported).
+
+A `Param` says what a value is (kind, range or choices), what it defaults to (a value, or `MODEL_OWN`:
+the model folder's own, see `request.ModelDefaults`), and how each face shows it: the studio's label,
+slider step and info line, the CLI's flag and help. The CLI builds its flags from these
+(`cli.add_param`), the studio its widgets (`app.widgets`), the one validation (`request.validate`) its
+checks and messages. Adding a parameter means one declaration here plus the code that uses it.
+
+`InputError` is the one error type for bad input: it carries the parameter's name, the value and what
+is allowed, so each face names the parameter its own way (`--steps`, "Inference Steps",
+`num_inference_steps`) without parsing any text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class _ModelOwn:
+    """Sentinel default: the model folder's own value (its `pusa_model.json`, else Wan2.1's)."""
+
+    def __repr__(self) -> str:
+        return "MODEL_OWN"
+
+
+MODEL_OWN: Any = _ModelOwn()
+
+INT, FLOAT, TEXT, CHOICE, INTS, FLOATS, MEDIA, MEDIAS = (
+    "int", "float", "text", "choice", "ints", "floats", "media", "medias",
+)  # fmt: skip
+
+
+class InputError(ValueError):
+    """A value that cannot be used, before anything heavy runs.
+
+    param:   the parameter's name (a key of `PARAMS`, or another request field such as "task")
+    value:   what was given
+    allowed: what is allowed, as a phrase that reads after the value ("must be a whole number in 1..50")
+    problem: what is wrong with it (default "is not allowed"), e.g. "repeats [1]"
+
+    `str()` names the parameter as the Python API does; `message(name)` as a face wants it
+    (`error.message("--steps")`), `labelled(label)` as a form does ("Inference Steps: 0 is not allowed; ...").
+    """
+
+    def __init__(
+        self, param: str, value: Any, allowed: str, problem: str = "is not allowed", show_value: bool = True
+    ) -> None:
+        self.param, self.value, self.allowed, self.problem = param, value, allowed, problem
+        self.show_value = show_value  # False: the problem says it ("video has 5 frames")
+        super().__init__(self.message(param))
+
+    def _shown(self) -> str:
+        value = self.value
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(_short(v) for v in value) + "]"
+        return _short(value)
+
+    def message(self, name: str) -> str:
+        if not self.show_value:
+            return f"{name}: {self.problem}; {self.allowed}"
+        return f"{name}={self._shown()} {self.problem}; {self.allowed}"
+
+    def labelled(self, label: str) -> str:
+        if not self.show_value:
+            return f"{label}: {self.problem}; {self.allowed}"
+        return f"{label}: {self._shown()} {self.problem}; {self.allowed}"
+
+    def renamed(self, param: str) -> InputError:
+        """The same error under another parameter's name (i2v's one `noise_multiplier` for the list)."""
+        return type(self)(param, self.value, self.allowed, self.problem, self.show_value)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    text = repr(str(value)) if not isinstance(value, (int, type(None))) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "...'"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter, as every face shows and checks it.
+
+    name:    the request field and the API parameter (`num_inference_steps`)
+    kind:    INT, FLOAT, TEXT, CHOICE, INTS / FLOATS (comma lists), MEDIA / MEDIAS (file paths)
+    default: a value, `MODEL_OWN`, or None (nothing: required, or absent)
+    low, high: the allowed range of a number (or of each number of a list), inclusive
+    choices: the allowed values of a CHOICE
+    step:    the studio slider's step
+    label:   the studio's field label ("Inference Steps")
+    help:    one line for the CLI's help and the studio's info
+    flag:    the CLI flag (`--steps`); None: not a CLI flag
+    field:   the studio form / API key when it is not `name` (`steps`)
+    multiple: the number must be a multiple of this (a callable of the model's limits, or an int)
+    """
+
+    name: str
+    kind: str
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    step: float | None = None
+    label: str = ""
+    help: str = ""
+    flag: str | None = None
+    field: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The studio form / API key."""
+        return self.field or self.name
+
+    def range_text(self, low: float | None = None, high: float | None = None) -> str:
+        low = self.low if low is None else low
+        high = self.high if high is None else high
+        if self.kind in (INT, INTS):
+            return f"a whole number in {int(low)}..{int(high)}"
+        return f"a number in {float(low)}..{float(high)}"
+
+    def check(self, value: Any, low: float | None = None, high: float | None = None) -> Any:
+        """`value` if it is of the right kind and in range (`low`/`high` override the declared range,
+        e.g. the model's own limits), else `InputError`. Lists are checked item by item."""
+        low = self.low if low is None else low
+        high = self.high if high is None else high
+        if self.kind in (INT, FLOAT):
+            if not _is_number(value, integer=self.kind == INT) or (
+                low is not None and not low <= value <= high
+            ):
+                raise InputError(self.name, value, f"must be {self.range_text(low, high)}")
+            return value
+        if self.kind in (INTS, FLOATS):
+            integer = self.kind == INTS
+            for item in value:
+                if not _is_number(item, integer=integer) or (low is not None and not low <= item <= high):
+                    raise InputError(
+                        self.name,
+                        list(value),
+                        f"each must be {self.range_text(low, high)}",
+                        f"contains {item!r}",
+                    )
+            return value
+        if self.kind == TEXT:
+            if not isinstance(value, str):
+                raise InputError(self.name, value, "must be text")
+            return value
+        if self.kind == CHOICE:
+            if value not in self.choices:
+                raise InputError(self.name, value, f"choose one of {', '.join(self.choices)}")
+            return value
+        return value
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return isinstance(value, int) if integer else True
+
+
+# ------------------------------------------------------------------------------------------- the values
+DEFAULT_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
+    "picture, messy background, three legs, many people in the background, walking backwards"
+)
+MAX_SEED = 2**63 - 1
+MAX_SIDE = 1920  # pixels; beyond this one forward pass no longer fits on any single GPU
+TASKS = ("t2v", "i2v", "frames", "v2v")
+TASK_NAMES = {
+    "t2v": "Text-to-Video",
+    "i2v": "Image-to-Video",
+    "frames": "Multi-Frames to Video",
+    "v2v": "Video-to-Video",
+}
+RECIPES = ("extension", "completion", "transition")
+
+_PARAMS = (
+    # inputs
+    Param("prompt", TEXT, "", label="Prompt", help="what the video shows", flag="--prompt"),
+    Param(
+        "negative_prompt", TEXT, DEFAULT_NEGATIVE_PROMPT, label="Negative Prompt",
+        help="what to avoid (default: Wan's standard negative prompt)", flag="--negative-prompt",
+    ),
+    Param("image", MEDIA, label="Image", help="the first frame (PNG, JPEG, ...), center-cropped to the video size", flag="--image"),
+    Param("images", MEDIAS, label="Images", help="two or more images, in order", flag="--images"),
+    Param("video", MEDIA, label="Video", help="source video (mp4, webm, mov, ...)", flag="--video"),
+    Param("end_video", MEDIA, label="Second clip", help="the clip a transition arrives at", flag="--end-video"),
+    # conditioning
+    Param(
+        "noise_multiplier", FLOAT, 0.2, 0.0, 1.0, step=0.05, label="Noise Multiplier",
+        help="how much the image may change: 0.0 keeps it exactly, 1.0 ignores it", flag="--noise-multiplier",
+    ),
+    Param(
+        "positions", INTS, label="Conditioning Positions",
+        help="latent frame indices, comma-separated: latent 0 is pixel frame 0, latent k covers frames 4k-3..4k",
+        flag="--positions",
+    ),
+    Param(
+        "noise_multipliers", FLOATS, low=0.0, high=1.0, label="Noise Multipliers",
+        help="one per position, 0.0-1.0, comma-separated (0.0 keeps the frame exactly)", flag="--noise-multipliers",
+    ),
+    Param(
+        "recipe", CHOICE, None, choices=RECIPES, label="Recipe",
+        help="extension: continue the clip; completion: regenerate its middle from its first and last "
+        "frames; transition: bridge it to a second clip",
+        flag="--recipe",
+    ),
+    # sampling
+    Param(
+        "lora_alpha", FLOAT, MODEL_OWN, 0.1, 5.0, step=0.1, label="LoRA Alpha",
+        help="LoRA strength (the model's own by default: 1.4 for Pusa V1)", flag="--lora-alpha",
+    ),
+    Param(
+        "num_inference_steps", INT, MODEL_OWN, 1, 50, step=1, label="Inference Steps",
+        help="sampling steps (the model's own by default: 10 for Pusa V1)", flag="--steps", field="steps",
+    ),
+    Param(
+        "cfg", FLOAT, 3.0, 1.0, 20.0, step=0.5, label="CFG",
+        help="classifier-free guidance; 1.0 skips the negative pass", flag="--cfg",
+    ),
+    Param(
+        "shift", FLOAT, 5.0, 0.1, 20.0, step=0.1, label="Shift",
+        help="noise schedule shift (more steps at high noise)", flag="--shift",
+    ),
+    Param(
+        "seed", INT, None, 0, MAX_SEED, label="Seed",
+        help="random seed (default: random; the seed used is saved with the video)", flag="--seed",
+    ),
+    # the clip
+    Param(
+        "num_frames", INT, MODEL_OWN, 1, None, step=4, label="Frames",
+        help="number of frames, 4k+1 (the model's own by default: 81 for Pusa V1)", flag="--frames",
+    ),
+    Param("width", INT, MODEL_OWN, label="Width", help="width in pixels (the model's own by default)", flag="--width"),
+    Param("height", INT, MODEL_OWN, label="Height", help="height in pixels (the model's own by default)", flag="--height"),
+    Param(
+        "fps", FLOAT, MODEL_OWN, 1.0, 60.0, step=1.0, label="FPS",
+        help="playback frame rate (the model's own by default: 16 for Wan)", flag="--fps",
+    ),
+)  # fmt: skip
+PARAMS: Mapping[str, Param] = {param.name: param for param in _PARAMS}
+# Every task's settings beyond its inputs, in the order the studio and the API list them.
+SAMPLING = ("lora_alpha", "num_inference_steps", "negative_prompt", "seed", "cfg", "shift")
+CLIP = ("width", "height", "num_frames", "fps")
+COMMON = ("prompt", *SAMPLING, *CLIP)
+# What each task takes besides COMMON (the order of the studio's fields and of the API's parameters).
+TASK_INPUTS = {
+    "i2v": ("image", "noise_multiplier"),
+    "frames": ("images", "positions", "noise_multipliers"),
+    "v2v": ("video", "positions", "noise_multipliers", "recipe", "end_video"),
+    "t2v": (),
+}
+# What a task's request field is called on its face: i2v's list of one multiplier is `noise_multiplier`.
+TASK_ALIASES: Mapping[str, Mapping[str, str]] = {
+    "i2v": {"noise_multipliers": "noise_multiplier", "images": "image"},
+}
+
+
+def face_name(task: str | None, param: str) -> str:
+    """The parameter as task `task` shows it (i2v's `noise_multipliers` is its one `noise_multiplier`)."""
+    return TASK_ALIASES.get(task or "", {}).get(param, param)
+
+
+def label_of(param: str) -> str:
+    declared = PARAMS.get(param)
+    return declared.label if declared and declared.label else param.replace("_", " ").capitalize()
+
+
+def flag_of(param: str) -> str:
+    """The CLI flag of a parameter: its declared one, else `--name` (`device` -> `--device`)."""
+    declared = PARAMS.get(param)
+    return declared.flag if declared and declared.flag else "--" + param.replace("_", "-")
+
+
+def defaults_text(param: Param, own: Callable[[str], Any] | None = None) -> str:
+    """The default as help text shows it."""
+    if param.default is MODEL_OWN:
+        return "the model's own" if own is None else f"the model's own, {own(param.name)}"
+    return "none" if param.default is None else f"{param.default}"

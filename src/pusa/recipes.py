@@ -1,0 +1,304 @@
+"""The conditioning recipes, as arithmetic on lengths. Pure: imports only numpy.
+
+For each recipe, from the source clip lengths and the output length: which latent frames are
+conditioned (`positions`), how strongly (`noise_multipliers`), which frames of which source are used,
+where they sit in the conditioning clip the VAE encodes, and how many frames each source needs. The
+pipeline builds its conditioning clip from a `RecipePlan`, the studio renders its notes from one, the
+CLI and the evaluation ask for the same plans; nothing else types these numbers.
+
+Latent frame k covers pixel frames 4k-3..4k (k >= 1), latent 0 pixel frame 0 alone (Wan's causal VAE),
+so `c` context latents at the start are `4(c-1)+1` frames and `c` latents at the end are `4c` frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .params import RECIPES, InputError
+
+EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)  # context latents 0..3: the oldest kept exactly
+COMPLETION_MULTIPLIERS = (0.3, 0.3)  # the first frame and the last 4
+TRANSITION_HEAD = (0.0, 0.3, 0.4)  # the end of the first clip, latents 0..c-1
+TRANSITION_TAIL = (0.4, 0.3, 0.0)  # the start of the second clip, the last c latents
+KEYFRAME_MULTIPLIERS = (0.2, 0.5)  # the seed's "0.2,0.5": the first image, then every later one
+VIDEO_MULTIPLIER = 0.2  # custom video-to-video positions without multipliers
+
+
+def num_latent_frames(num_frames: int) -> int:
+    """Wan's causal VAE: pixel frame 0 alone, then 4 pixel frames per latent frame."""
+    return (num_frames - 1) // 4 + 1
+
+
+def head_frames(latents: int) -> int:
+    """Pixel frames of the first `latents` latent frames."""
+    return 4 * (latents - 1) + 1
+
+
+def pixel_frames_of_latent(latent_index: int) -> tuple[int, int]:
+    """Inclusive pixel-frame range covered by one latent frame: 0 -> (0, 0), k >= 1 -> (4k-3, 4k)."""
+    if latent_index == 0:
+        return (0, 0)
+    return (4 * latent_index - 3, 4 * latent_index)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Frames `start..stop-1` of source `source` ("video" or "end_video"), placed at `at` in the clip."""
+
+    source: str
+    start: int
+    stop: int
+    at: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class RecipePlan:
+    """What a recipe conditions on, for given lengths.
+
+    recipe:            "extension" | "completion" | "transition" | "custom"
+    num_frames:        the output's length (pixel frames); the conditioning clip has this length
+                       (extension: only its head, the rest is never encoded)
+    positions:         the conditioned latent frames
+    noise_multipliers: one per position
+    spans:             which source frames go where in the conditioning clip
+    needed:            frames each source must have
+    sources:           per position, where it comes from, in words (the studio's timeline)
+    """
+
+    recipe: str
+    num_frames: int
+    positions: tuple[int, ...]
+    noise_multipliers: tuple[float, ...]
+    spans: tuple[Span, ...]
+    needed: dict[str, int]
+    sources: tuple[str, ...]
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames of the conditioning clip: up to the last conditioned latent (the VAE is causal)."""
+        return head_frames(max(self.positions) + 1)
+
+    def note(self) -> str:
+        """One sentence saying what the recipe will do (the studio shows it before Generate)."""
+        n = self.num_frames
+        if self.recipe == "extension":
+            (span,) = self.spans
+            return (
+                f"Extension: the source's last {span.length} frames open the new clip (latents "
+                f"{_range_text(self.positions)}); frames {span.length}-{n - 1} are generated."
+            )
+        if self.recipe == "completion":
+            return (
+                f"Completion: the source's first frame and its last 4 frames are kept (latents 0 and "
+                f"{self.positions[-1]}); frames 1-{n - 5} are generated between them."
+            )
+        if self.recipe == "transition":
+            head, tail = self.spans
+            return (
+                f"Transition: the source's last {head.length} frames open the clip (latents "
+                f"{_range_text(self.positions[: len(self.positions) // 2])}), the second clip's first "
+                f"{tail.length} close it (latents {_range_text(self.positions[len(self.positions) // 2 :])}); "
+                f"frames {head.length}-{n - tail.length - 1} are generated."
+            )
+        return (
+            f"The source's frames at latent positions {_range_text(self.positions)} are kept; it needs at "
+            f"least {self.needed['video']} frames."
+        )
+
+    def conditioning_clip(self, sources: dict[str, np.ndarray]) -> np.ndarray:
+        """`[clip_frames, H, W, 3]` uint8: the spans of `sources` at their places, cross-faded between.
+
+        The VAE is causal, so what sits before a conditioned frame leaks a little into its latent; a
+        cross-fade between the spans around a gap leaks less than a blank."""
+        first = next(iter(sources.values()))
+        clip = np.zeros((self.clip_frames, *first.shape[1:]), dtype=np.float32)
+        filled = np.zeros(self.clip_frames, dtype=bool)
+        for span in self.spans:
+            stop = min(span.at + span.length, self.clip_frames)
+            clip[span.at : stop] = sources[span.source][span.start : span.start + stop - span.at]
+            filled[span.at : stop] = True
+        holes = np.flatnonzero(~filled)
+        if holes.size:
+            before, after = holes[0] - 1, holes[-1] + 1
+            assert before >= 0 and after < self.clip_frames, "a gap must sit between two spans"
+            weights = np.linspace(0.0, 1.0, holes.size + 2, dtype=np.float32)[1:-1, None, None, None]
+            clip[holes] = (1 - weights) * clip[before] + weights * clip[after]
+        return clip.round().astype(np.uint8)
+
+
+def _range_text(positions: tuple[int, ...]) -> str:
+    positions = tuple(positions)
+    if len(positions) > 2 and positions == tuple(range(positions[0], positions[-1] + 1)):
+        return f"{positions[0]}-{positions[-1]}"
+    return ",".join(str(p) for p in positions)
+
+
+def _multipliers(given, default: tuple[float, ...], count: int | None, recipe: str) -> tuple[float, ...]:
+    if given is None or len(given) == 0:
+        return tuple(default)
+    if count is not None and len(given) != count:
+        raise InputError(
+            "noise_multipliers",
+            [float(m) for m in given],
+            f"the {recipe} recipe conditions {count} latent frames here; give {count} values, or none for "
+            f"its own ({','.join(f'{m:g}' for m in default)})",
+            f"has {len(given)} values",
+        )
+    return tuple(float(m) for m in given)
+
+
+def _need(source: str, have: int | None, need: int, why: str) -> None:
+    if have is not None and have < need:
+        raise InputError(source, have, f"{why} needs at least {need}", f"has {have} frames", show_value=False)
+
+
+def extension(num_frames: int, source_frames: int | None = None, noise_multipliers=None) -> RecipePlan:
+    """Continue a clip: its last `4(c-1)+1` frames become latents 0..c-1 of the new one.
+
+    c = len(noise_multipliers): by default 4 (13 frames), fewer when the output has fewer latents."""
+    num_latent = num_latent_frames(num_frames)
+    if num_latent < 2:
+        raise InputError("num_frames", num_frames, "the extension recipe needs 5 frames or more")
+    default = EXTENSION_MULTIPLIERS[: min(len(EXTENSION_MULTIPLIERS), num_latent - 1)]
+    multipliers = _multipliers(noise_multipliers, default, None, "extension")
+    context = len(multipliers)
+    if context > num_latent - 1:
+        raise InputError(
+            "noise_multipliers",
+            list(multipliers),
+            f"one per context latent, at most {num_latent - 1} here (the output has {num_latent} latent "
+            "frames and at least one is generated)",
+            f"has {context} values",
+        )
+    length = head_frames(context)
+    _need("video", source_frames, length, f"the extension recipe with {context} context latents")
+    start = (source_frames - length) if source_frames is not None else 0
+    return RecipePlan(
+        "extension", num_frames, tuple(range(context)), multipliers,
+        (Span("video", start, start + length, 0),), {"video": length},
+        tuple(f"source's last {length} frames" for _ in range(context)),
+    )  # fmt: skip
+
+
+def completion(num_frames: int, source_frames: int | None = None, noise_multipliers=None) -> RecipePlan:
+    """Regenerate a clip's middle from its first frame (latent 0) and its last 4 frames (the last latent).
+
+    The source's last frames go to the end of the conditioning clip with the frames just before them (its
+    real lead-in, for the causal VAE); a source shorter than the output is bridged by a cross-fade."""
+    num_latent = num_latent_frames(num_frames)
+    if num_latent < 2:
+        raise InputError("num_frames", num_frames, "the completion recipe needs 5 frames or more")
+    multipliers = _multipliers(noise_multipliers, COMPLETION_MULTIPLIERS, 2, "completion")
+    _need("video", source_frames, 5, "the completion recipe (its first frame and 4 more)")
+    have = source_frames if source_frames is not None else num_frames
+    tail = min(have - 1, num_frames - 1)  # the source's last `tail` frames end the clip
+    spans = (Span("video", 0, 1, 0), Span("video", have - tail, have, num_frames - tail))
+    return RecipePlan(
+        "completion", num_frames, (0, num_latent - 1), multipliers, spans, {"video": 5},
+        ("source frame 0", "source's last 4 frames"),
+    )  # fmt: skip
+
+
+def transition_context(num_latent: int) -> int:
+    """Latents each side of a transition: 3 (9 + 12 frames) from 10 latents up, fewer for shorter clips,
+    so that at least as many latents are generated as are kept on each side."""
+    return min(len(TRANSITION_HEAD), (num_latent - 1) // 3)
+
+
+def transition(
+    num_frames: int,
+    source_frames: int | None = None,
+    end_frames: int | None = None,
+    noise_multipliers=None,
+) -> RecipePlan:
+    """Bridge two clips: the end of the first opens the new clip (latents 0..c-1), the start of the second
+    closes it (the last c latents), the middle is generated. c = `transition_context` (3 at 81 frames,
+    1 at 17)."""
+    num_latent = num_latent_frames(num_frames)
+    context = transition_context(num_latent)
+    if context < 1:
+        raise InputError(
+            "num_frames", num_frames, "the transition recipe needs 13 frames or more (4 latents)"
+        )
+    default = TRANSITION_HEAD[:context] + TRANSITION_TAIL[len(TRANSITION_TAIL) - context :]
+    multipliers = _multipliers(noise_multipliers, default, 2 * context, "transition")
+    head, tail = head_frames(context), 4 * context
+    _need("video", source_frames, head, "the transition recipe")
+    _need("end_video", end_frames, tail, "the transition recipe")
+    start = (source_frames - head) if source_frames is not None else 0
+    positions = (*range(context), *range(num_latent - context, num_latent))
+    spans = (Span("video", start, start + head, 0), Span("end_video", 0, tail, num_frames - tail))
+    sources = ("end of the source",) * context + ("start of the second clip",) * context
+    return RecipePlan(
+        "transition", num_frames, positions, multipliers, spans, {"video": head, "end_video": tail}, sources
+    )
+
+
+def custom(
+    num_frames: int, positions, source_frames: int | None = None, noise_multipliers=None
+) -> RecipePlan:
+    """Video-to-video at chosen positions: the source's own latent frames there (multiplier 0.2 each)."""
+    positions = tuple(positions)
+    if not positions:
+        raise InputError(
+            "positions", [], "video-to-video needs the latent frames to keep, e.g. 0,1,2,3", "is empty"
+        )
+    multipliers = _multipliers(noise_multipliers, (VIDEO_MULTIPLIER,) * len(positions), None, "custom")
+    need = head_frames(max(positions) + 1)
+    _need("video", source_frames, need, f"positions up to latent {max(positions)}")
+    return RecipePlan(
+        "custom", num_frames, positions, multipliers, (Span("video", 0, need, 0),), {"video": need},
+        tuple(f"source frames {_frames_text(p)}" for p in positions),
+    )  # fmt: skip
+
+
+def plan(
+    recipe: str | None,
+    num_frames: int,
+    positions=(),
+    noise_multipliers=None,
+    source_frames: int | None = None,
+    end_frames: int | None = None,
+) -> RecipePlan:
+    """The plan of a video-to-video request: its recipe's, or the custom positions'."""
+    if recipe is None or recipe == "custom":
+        return custom(num_frames, positions, source_frames, noise_multipliers)
+    if recipe not in RECIPES:
+        raise InputError("recipe", recipe, f"choose one of {', '.join(RECIPES)} (or none: custom positions)")
+    if recipe == "extension":
+        made = extension(num_frames, source_frames, noise_multipliers)
+    elif recipe == "completion":
+        made = completion(num_frames, source_frames, noise_multipliers)
+    else:
+        made = transition(num_frames, source_frames, end_frames, noise_multipliers)
+    if positions and tuple(positions) != made.positions:
+        raise InputError(
+            "positions", list(positions),
+            f"the {recipe} recipe conditions latent frames {','.join(map(str, made.positions))} here; give "
+            "those or none (or no recipe, to pick positions freely)",
+            "does not fit the recipe",
+        )  # fmt: skip
+    return made
+
+
+def _frames_text(latent_index: int) -> str:
+    first, last = pixel_frames_of_latent(latent_index)
+    return str(first) if first == last else f"{first}-{last}"
+
+
+# ------------------------------------------------------------------------------------------- keyframes
+def spread_positions(count: int, num_frames: int) -> list[int]:
+    """`count` latent frames spread from the first to the last (Multi-Frames' default positions)."""
+    last = num_latent_frames(num_frames) - 1
+    return [round(j * last / max(count - 1, 1)) for j in range(count)]
+
+
+def keyframe_multipliers(count: int) -> list[float]:
+    """Multi-Frames' default multipliers: 0.2 for the first image, 0.5 for every later one."""
+    return [KEYFRAME_MULTIPLIERS[0]] + [KEYFRAME_MULTIPLIERS[1]] * (count - 1) if count else []

@@ -1,0 +1,303 @@
+"""A generation request, the model's defaults and limits, and the one validation of a request.
+
+`validate(request, limits)` is the only place a request is checked: every face (Python API, CLI,
+studio, API endpoints, the job queue) calls it, before any weights load (the limits come from the model
+folder's config files, `weights.registry.model_limits`). It raises `InputError` carrying the parameter,
+the value and what is allowed. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import recipes
+from .params import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_SIDE,
+    MODEL_OWN,
+    PARAMS,
+    TASK_NAMES,
+    TASKS,
+    InputError,
+    face_name,
+)
+from .recipes import RecipePlan, num_latent_frames
+
+Media = Any  # a path, a PIL image or a uint8 array
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Native clip settings of a model (its `pusa_model.json` "defaults"): what `MODEL_OWN` resolves to."""
+
+    num_frames: int = 81
+    width: int = 832
+    height: int = 480
+    num_inference_steps: int = 10
+    fps: float = 16.0
+    max_sequence_length: int = 512
+    lora_alpha: float = 1.4  # the strength its own LoRA works best at (Pusa V1: 1.4)
+
+
+WAN_DEFAULTS = ModelDefaults()
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a model can take, known from its config files before its weights load.
+
+    size_multiple: width and height must be multiples of this (VAE spatial factor x patch size)
+    max_side:      the largest width or height (rope table x size multiple, at most `MAX_SIDE`)
+    max_frames:    the longest clip (rope table, in latent frames, as pixel frames)
+    """
+
+    size_multiple: int = 16
+    max_side: int = MAX_SIDE
+    max_frames: int = 4 * (1024 - 1) + 1
+    defaults: ModelDefaults = WAN_DEFAULTS
+
+    @staticmethod
+    def of(
+        patch_size: Sequence[int], spatial: int, rope_max_seq_len: int, defaults: ModelDefaults
+    ) -> ModelLimits:
+        multiple = spatial * patch_size[1]
+        return ModelLimits(
+            size_multiple=multiple,
+            max_side=min(MAX_SIDE, rope_max_seq_len * multiple),
+            max_frames=4 * (rope_max_seq_len - 1) + 1,
+            defaults=defaults,
+        )
+
+
+@dataclass
+class GenerationRequest:
+    """Everything that decides a video. `None` means "the model's own" (see `ModelDefaults`), a random
+    seed, or (recipe) custom positions.
+
+    images:   i2v / frames: one image per position
+    video:    v2v: the source clip; end_video: the second clip of a transition
+    recipe:   v2v: "extension" | "completion" | "transition" (positions and multipliers from `recipes`;
+              empty noise_multipliers take the recipe's own) or None (the given positions)
+    sources:  where in-memory inputs came from, for the record
+    """
+
+    task: str
+    prompt: str
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    images: Sequence[Media] = ()
+    video: Media | None = None
+    end_video: Media | None = None
+    positions: Sequence[int] = ()
+    noise_multipliers: Sequence[float] = ()
+    recipe: str | None = None
+    lora_alpha: float | None = None
+    num_inference_steps: int | None = None
+    cfg: float = PARAMS["cfg"].default
+    shift: float = PARAMS["shift"].default
+    seed: int | None = None
+    num_frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    sources: dict[str, Any] = field(default_factory=dict)
+
+
+MODEL_OWN_FIELDS = tuple(name for name, param in PARAMS.items() if param.default is MODEL_OWN)
+
+
+def resolve(request: GenerationRequest, defaults: ModelDefaults) -> GenerationRequest:
+    """Fill the model's own values and a random seed into `None` fields."""
+    filled = {name: getattr(defaults, name) for name in MODEL_OWN_FIELDS if getattr(request, name) is None}
+    if request.seed is None:
+        filled["seed"] = secrets.randbelow(2**31)
+    return replace(request, **filled) if filled else request
+
+
+def _error(task: str, error: InputError) -> InputError:
+    """The error as the task's face names it: i2v's list of one multiplier is its `noise_multiplier`."""
+    name = face_name(task, error.param)
+    if name == error.param:
+        return error
+    if name == "noise_multiplier" and isinstance(error.value, list) and len(error.value) == 1:
+        return InputError(name, error.value[0], PARAMS[name].range_text().join(("must be ", "")))
+    return error.renamed(name)
+
+
+def check_positions(positions: Sequence[int], noise_multipliers: Sequence[float], num_latent: int) -> None:
+    """Positions are distinct latent frame indices with one multiplier in [0, 1] each."""
+    positions, multipliers = list(positions), list(noise_multipliers)
+    if len(positions) != len(multipliers):
+        raise InputError(
+            "noise_multipliers", multipliers, "give one noise multiplier per position",
+            f"has {len(multipliers)} values but positions={positions} has {len(positions)}",
+        )  # fmt: skip
+    for p in positions:
+        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < num_latent:
+            raise InputError(
+                "positions", positions,
+                f"positions are latent frame indices, whole numbers in 0..{num_latent - 1} for this video "
+                f"({num_latent} latent frames)",
+                f"contains {p!r}",
+            )  # fmt: skip
+    duplicates = sorted({p for p in positions if positions.count(p) > 1})
+    if duplicates:
+        raise InputError(
+            "positions", positions, "each latent frame can be conditioned once", f"repeats {duplicates}"
+        )
+    PARAMS["noise_multipliers"].check(multipliers)
+
+
+def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
+    """Every setting of a resolved request, against the model's limits (no media is opened)."""
+    r = request
+    if r.task not in TASKS:
+        raise InputError("task", r.task, f"choose one of {', '.join(TASKS)}")
+    for name in ("prompt", "negative_prompt"):
+        PARAMS[name].check(getattr(r, name))
+    if r.task == "t2v" and not r.prompt.strip():
+        raise InputError("prompt", r.prompt, "describe the video to generate", "is empty")
+    frames = r.num_frames
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1 or (frames - 1) % 4:
+        raise InputError(
+            "num_frames", frames, f"must be 4k+1 (e.g. 17, 33, 49, 81), at most {limits.max_frames}"
+        )
+    if frames > limits.max_frames:
+        raise InputError("num_frames", frames, f"this model takes at most {limits.max_frames}")
+    multiple = limits.size_multiple
+    for name in ("width", "height"):
+        value = getattr(r, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value % multiple
+            or not multiple <= value <= limits.max_side
+        ):
+            raise InputError(
+                name,
+                value,
+                f"must be a multiple of {multiple} between {multiple} and {limits.max_side} pixels for this model",
+            )
+    for name in ("num_inference_steps", "lora_alpha", "cfg", "shift", "fps", "seed"):
+        PARAMS[name].check(getattr(r, name))
+    if r.recipe is not None and r.task != "v2v":
+        raise InputError("recipe", r.recipe, "recipes are video-to-video's (task v2v)")
+    if r.end_video is not None and r.recipe != "transition":
+        raise InputError(
+            "end_video", r.end_video, "only the transition recipe takes a second clip", "is given"
+        )
+
+
+def check_task_inputs(request: GenerationRequest) -> None:
+    """What each task takes: its images, video and positions (none opened yet)."""
+    r = request
+    name = TASK_NAMES.get(r.task, r.task)
+    if r.task == "t2v" and (r.positions or r.images or r.video is not None):
+        raise InputError(
+            "positions", list(r.positions),
+            "text-to-video takes no images, video or positions; use i2v, frames or v2v",
+            f"(with {len(r.images)} images, video: {r.video is not None}) is given",
+        )  # fmt: skip
+    if r.task in ("i2v", "frames"):
+        if len(r.images) == 0 or any(image is None for image in r.images):
+            raise InputError(
+                "images", None, f"{name} needs an image for every position", "none given", show_value=False
+            )
+        if r.task == "i2v" and len(r.images) != 1:
+            raise InputError(
+                "images",
+                len(r.images),
+                "image-to-video takes exactly one image",
+                f"{len(r.images)} given",
+                show_value=False,
+            )
+        if len(r.images) != len(r.positions):
+            raise InputError(
+                "positions", list(r.positions), "give one position per image, in the images' order",
+                f"has {len(r.positions)} values for {len(r.images)} images",
+            )  # fmt: skip
+    if r.task == "v2v" and r.video is None:
+        raise InputError("video", None, "video-to-video needs a source video", "none given", show_value=False)
+    if r.task == "v2v" and r.recipe is None and not r.positions:
+        raise InputError(
+            "positions",
+            None,
+            "video-to-video needs the latent frames to keep, e.g. 0,1,2,3",
+            "none given",
+            show_value=False,
+        )
+    if r.recipe == "transition" and r.end_video is None:
+        raise InputError(
+            "end_video",
+            None,
+            "the transition recipe needs the clip to arrive at",
+            "none given",
+            show_value=False,
+        )
+
+
+def video_plan(
+    request: GenerationRequest, source_frames: int | None = None, end_frames: int | None = None
+) -> RecipePlan:
+    """The recipe plan of a resolved video-to-video request (source lengths: None = not known yet)."""
+    return recipes.plan(
+        request.recipe,
+        request.num_frames,
+        request.positions,
+        request.noise_multipliers,
+        source_frames,
+        end_frames,
+    )
+
+
+def validate(request: GenerationRequest, limits: ModelLimits, media: bool = True) -> GenerationRequest:
+    """Check a request completely; return it resolved, with a v2v request's positions and multipliers made
+    explicit. media: also open every input (readable? long enough?); False checks only the numbers.
+
+    Raises `InputError` naming the parameter as the request's task shows it (i2v: `noise_multiplier`)."""
+    from .video import probe_image, probe_video  # PIL / PyAV only, no torch
+
+    resolved = resolve(request, limits.defaults)
+    try:
+        check_settings(resolved, limits)
+        check_task_inputs(resolved)
+        num_latent = num_latent_frames(resolved.num_frames)
+        if resolved.task == "v2v":
+            if resolved.positions:
+                check_positions(
+                    resolved.positions,
+                    resolved.noise_multipliers or [0.0] * len(resolved.positions),
+                    num_latent,
+                )
+            if resolved.noise_multipliers:
+                PARAMS["noise_multipliers"].check(list(resolved.noise_multipliers))
+            lengths = {}
+            if media:
+                lengths["source_frames"] = probe_video(resolved.video, "video").frames
+                if resolved.end_video is not None:
+                    lengths["end_frames"] = probe_video(resolved.end_video, "end_video").frames
+            try:
+                plan = video_plan(resolved, **lengths)
+            except InputError as error:  # a clip too short: say which file
+                source = (
+                    getattr(resolved, error.param, None) if error.param in ("video", "end_video") else None
+                )
+                if isinstance(source, (str, Path)) and not error.show_value:
+                    raise InputError(error.param, str(source), error.allowed, error.problem) from None
+                raise
+            check_positions(plan.positions, plan.noise_multipliers, num_latent)
+            resolved = replace(
+                resolved, positions=list(plan.positions), noise_multipliers=list(plan.noise_multipliers)
+            )
+        else:
+            check_positions(resolved.positions, resolved.noise_multipliers, num_latent)
+            if media:
+                parameter = face_name(resolved.task, "images")
+                for image in resolved.images:
+                    probe_image(image, parameter)
+    except InputError as error:
+        raise _error(resolved.task, error) from None
+    return resolved

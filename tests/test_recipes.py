@@ -1,0 +1,211 @@
+"""The pure arithmetic of the request spine: frame counts, positions checks, the recipes' plans and their
+conditioning clips, and the one validation's errors (each names its parameter, value and what is allowed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pusa import recipes
+from pusa.params import PARAMS, InputError, face_name, flag_of, label_of
+from pusa.recipes import num_latent_frames, pixel_frames_of_latent
+from pusa.request import GenerationRequest, ModelLimits, check_positions, resolve, validate
+
+LIMITS = ModelLimits.of(
+    (1, 2, 2), 8, 32, recipes_defaults := __import__("pusa.presets").presets.TINY_DEFAULTS
+)
+
+
+# ---------------------------------------------------------------- frame arithmetic
+def test_num_latent_frames():
+    assert num_latent_frames(81) == 21
+    assert num_latent_frames(1) == 1
+    assert num_latent_frames(5) == 2
+    assert num_latent_frames(17) == 5
+
+
+def test_pixel_frames_of_latent():
+    assert pixel_frames_of_latent(0) == (0, 0)
+    assert pixel_frames_of_latent(1) == (1, 4)
+    assert pixel_frames_of_latent(2) == (5, 8)
+    assert pixel_frames_of_latent(20) == (77, 80)
+
+
+# ---------------------------------------------------------------- positions
+def test_check_positions_accepts_good_input():
+    check_positions([0, 10, 20], [0.0, 0.5, 1.0], 21)
+    check_positions([], [], 21)
+    check_positions([3], [1], 21)  # an integer multiplier is a number too
+
+
+@pytest.mark.parametrize(
+    ("positions", "multipliers", "param", "match"),
+    [
+        ([21], [0.2], "positions", r"positions=\[21\] contains 21; .*whole numbers in 0\.\.20"),
+        ([-1], [0.2], "positions", r"positions=\[-1\] contains -1"),
+        ([0, 5, 5], [0.2, 0.3, 0.3], "positions", r"positions=\[0, 5, 5\] repeats \[5\]"),
+        ([0, 20], [0.2], "noise_multipliers", r"noise_multipliers=\[0\.2\] has 1 values but positions=\[0, 20\] has 2"),
+        ([0], [0.2, 0.5], "noise_multipliers", r"noise_multipliers=\[0\.2, 0\.5\] has 2 values"),
+        ([0], [1.5], "noise_multipliers", r"noise_multipliers=\[1\.5\] contains 1\.5; each must be a number in 0\.0\.\.1\.0"),
+        ([0], [-0.1], "noise_multipliers", r"contains -0\.1"),
+        ([0], [float("nan")], "noise_multipliers", r"contains nan"),
+        ([1.5], [0.2], "positions", r"positions=\[1\.5\] contains 1\.5.*whole numbers"),
+        ([2.0], [0.2], "positions", r"contains 2\.0"),
+        ([True], [0.2], "positions", r"contains True"),
+    ],
+)  # fmt: skip
+def test_position_errors_carry_the_parameter(positions, multipliers, param, match):
+    with pytest.raises(InputError, match=match) as caught:
+        check_positions(positions, multipliers, 21)
+    assert caught.value.param == param
+
+
+# ---------------------------------------------------------------- the recipes' plans
+@pytest.mark.parametrize("source", [17, 25, 33, 81])
+def test_completion_keeps_the_sources_first_frame_and_its_last_four(source):
+    """Latent 0 is the source's frame 0 and the last latent its last 4 frames, whatever its length."""
+    plan = recipes.completion(17, source)
+    assert plan.positions == (0, 4) and plan.noise_multipliers == (0.3, 0.3)
+    frames = np.arange(source, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    clip = plan.conditioning_clip({"video": frames})[:, 0, 0, 0]  # each frame's own number
+    assert len(clip) == 17 and clip[0] == 0
+    assert list(clip[13:17]) == list(range(source - 4, source))  # latent 4 = frames 13-16
+    assert list(clip[1:13]) == list(range(source - 16, source - 4))  # its real lead-in (the VAE is causal)
+
+
+def test_completion_of_a_source_as_long_as_the_output_is_the_source_itself():
+    frames = np.random.default_rng(0).integers(0, 255, (17, 4, 4, 3), dtype=np.uint8)
+    assert np.array_equal(recipes.completion(17, 17).conditioning_clip({"video": frames}), frames)
+
+
+def test_completion_of_a_short_source_is_bridged_by_a_cross_fade():
+    plan = recipes.completion(17, 6)
+    frames = (np.arange(6, dtype=np.float32) * 40)[:, None, None, None] * np.ones((1, 1, 1, 3), np.float32)
+    clip = plan.conditioning_clip({"video": frames.astype(np.uint8)})[:, 0, 0, 0]
+    assert clip[0] == 0 and list(clip[12:17]) == [40, 80, 120, 160, 200]  # the last 5 source frames end it
+    assert all(0 <= v <= 40 for v in clip[1:12]) and list(clip[1:12]) == sorted(clip[1:12])
+    with pytest.raises(InputError, match=r"video: has 4 frames; the completion recipe .* needs at least 5"):
+        recipes.completion(17, 4)
+
+
+@pytest.mark.parametrize(
+    ("num_frames", "positions", "multipliers", "head", "tail"),
+    [
+        (17, (0, 4), (0.0, 0.0), 1, 4),  # pusa-tiny's own length: 3 latents generated
+        (13, (0, 3), (0.0, 0.0), 1, 4),
+        (25, (0, 1, 5, 6), (0.0, 0.3, 0.3, 0.0), 5, 8),
+        (81, (0, 1, 2, 18, 19, 20), (0.0, 0.3, 0.4, 0.4, 0.3, 0.0), 9, 12),  # Pusa V1's recipe
+    ],
+)
+def test_transition_works_at_every_length_from_13_frames(num_frames, positions, multipliers, head, tail):
+    plan = recipes.transition(num_frames, 40, 40)
+    assert (plan.positions, plan.noise_multipliers) == (positions, multipliers)
+    assert (plan.spans[0].length, plan.spans[1].length) == (head, tail)
+    assert len(set(plan.positions)) == len(plan.positions)  # no duplicate (the old recipe gave 0,1,2,2,3,4)
+    a = np.full((40, 2, 2, 3), 10, np.uint8)
+    b = np.full((40, 2, 2, 3), 200, np.uint8)
+    clip = plan.conditioning_clip({"video": a, "end_video": b})[:, 0, 0, 0]
+    assert len(clip) == num_frames and set(clip[:head]) == {10} and set(clip[-tail:]) == {200}
+    middle = clip[head:-tail]
+    assert list(middle) == sorted(middle) and all(10 < v < 200 for v in middle)  # the cross-fade
+    assert "Transition:" in plan.note() and f"first {tail}" in plan.note()
+
+
+def test_transition_refuses_clips_too_short_naming_each():
+    with pytest.raises(
+        InputError, match=r"num_frames=9 is not allowed; the transition recipe needs 13 frames"
+    ):
+        recipes.transition(9)
+    with pytest.raises(InputError, match=r"end_video: has 3 frames; the transition recipe needs at least 4"):
+        recipes.transition(17, 40, 3)
+
+
+def test_extension_uses_the_sources_last_frames():
+    plan = recipes.extension(17, 30)
+    assert plan.positions == (0, 1, 2, 3) and plan.noise_multipliers == (0.0, 0.3, 0.4, 0.5)
+    frames = np.arange(30, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 1, 3), np.uint8)
+    assert list(plan.conditioning_clip({"video": frames})[:, 0, 0, 0]) == list(range(17, 30))
+    assert recipes.extension(5).positions == (0,)  # 2 latents: one kept, one generated
+    with pytest.raises(InputError, match=r"noise_multipliers=\[0.0, 0.1, 0.2\] has 3 values; .* at most 1"):
+        recipes.extension(5, 30, [0.0, 0.1, 0.2])
+
+
+def test_a_recipe_accepts_its_own_positions_and_refuses_others():
+    assert recipes.plan("completion", 17, [0, 4]).positions == (0, 4)
+    with pytest.raises(InputError, match=r"positions=\[0, 3\] does not fit the recipe; .* 0,4"):
+        recipes.plan("completion", 17, [0, 3])
+    with pytest.raises(InputError, match=r"recipe='loop' is not allowed"):
+        recipes.plan("loop", 17)
+
+
+# ---------------------------------------------------------------- the one validation
+def test_resolve_fills_the_models_own_values_and_a_seed():
+    resolved = resolve(GenerationRequest(task="t2v", prompt="x"), LIMITS.defaults)
+    d = LIMITS.defaults
+    assert (resolved.num_frames, resolved.width, resolved.num_inference_steps, resolved.lora_alpha) == (
+        d.num_frames, d.width, d.num_inference_steps, d.lora_alpha,
+    )  # fmt: skip
+    assert isinstance(resolved.seed, int)
+
+
+def test_i2v_errors_name_its_own_parameters(tmp_path):
+    request = GenerationRequest(
+        task="i2v", prompt="x", images=["/nowhere.png"], positions=[0], noise_multipliers=[2.0]
+    )
+    with pytest.raises(InputError) as caught:
+        validate(request, LIMITS)
+    assert caught.value.param == "noise_multiplier" and caught.value.value == 2.0
+    assert caught.value.message(flag_of("noise_multiplier")).startswith(
+        "--noise-multiplier=2.0 is not allowed"
+    )
+    with pytest.raises(InputError) as caught:
+        validate(
+            GenerationRequest(
+                task="i2v", prompt="x", images=["/nowhere.png"], positions=[0], noise_multipliers=[0.2]
+            ),
+            LIMITS,
+        )
+    assert caught.value.param == "image" and "does not exist" in str(caught.value)
+
+
+def test_a_recipe_request_comes_back_with_its_positions(tmp_path):
+    from pusa.video import write_video
+
+    clip = write_video(tmp_path / "c.mp4", np.zeros((33, 32, 32, 3), np.uint8), 8.0)
+    request = GenerationRequest(
+        task="v2v", prompt="x", video=str(clip), recipe="completion", width=32, height=32
+    )
+    resolved = validate(request, LIMITS)
+    assert (resolved.positions, resolved.noise_multipliers) == ([0, 4], [0.3, 0.3])
+    assert validate(resolved, LIMITS).positions == [0, 4]  # validating again changes nothing
+    with pytest.raises(
+        InputError, match=r"end_video=.* is given; only the transition recipe takes a second clip"
+    ):
+        validate(
+            GenerationRequest(
+                task="v2v", prompt="x", video=str(clip), recipe="extension", end_video=str(clip)
+            ),
+            LIMITS,
+        )
+    with pytest.raises(
+        InputError, match=rf"video='{clip}' has 33 frames; positions up to latent 9 needs at least 37"
+    ):
+        validate(
+            GenerationRequest(
+                task="v2v", prompt="x", video=str(clip), positions=[0, 9], num_frames=41, width=32, height=32
+            ),
+            LIMITS,
+        )
+
+
+def test_every_declared_parameter_has_a_label_a_flag_and_help():
+    for name, param in PARAMS.items():
+        assert param.label and param.help and param.flag and param.flag.startswith("--"), name
+        assert label_of(name) == param.label
+        if param.kind in ("int", "float") and name not in ("width", "height", "num_frames", "seed"):
+            assert param.low is not None and param.high is not None and param.step, name
+    assert (
+        face_name("i2v", "noise_multipliers") == "noise_multiplier"
+        and face_name("v2v", "noise_multipliers") == "noise_multipliers"
+    )
+    assert flag_of("num_inference_steps") == "--steps" and flag_of("device") == "--device"
