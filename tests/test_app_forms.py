@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pusa.app import forms
-from pusa.app.forms import CommonForm, FormError, UploadLimits
+from pusa.app.forms import FormError, UploadLimits
 from pusa.app.timeline import error_html, timeline_html
 from pusa.params import DEFAULT_NEGATIVE_PROMPT
 from pusa.pipeline import PusaPipeline
@@ -65,10 +65,9 @@ def pipe() -> PusaPipeline:
     return PusaPipeline.from_preset("tiny-random")
 
 
-def common(**overrides) -> CommonForm:
-    values = dict(prompt="a red circle", steps=2, seed=5, width=32, height=32)
-    values.update(overrides)
-    return CommonForm(**values)
+def common(**overrides) -> dict:
+    """The fields every tab has, by their form keys; a key left out takes its declared default."""
+    return {"prompt": "a red circle", "steps": 2, "seed": 5, "width": 32, "height": 32, **overrides}
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -110,12 +109,12 @@ def test_image_to_video_maps_every_field(files):
 
 
 def test_blank_fields_take_the_model_defaults_and_seed_minus_one_is_drawn(files):
-    blank = CommonForm(prompt="x", steps=None, seed=-1, width=None, height=None, num_frames=None, fps=None)
+    blank = dict(prompt="x", steps=None, seed=-1, width=None, height=None, num_frames=None, fps=None)
     spec = forms.image_to_video(str(files["a"]), 0.2, blank, D)
     r = spec.request
     assert (r.num_inference_steps, r.width, r.height, r.num_frames, r.fps) == (4, 64, 64, 17, 8.0)
     assert isinstance(r.seed, int) and 0 <= r.seed < 2**31 and spec.form["seed"] == r.seed
-    wan = forms.text_to_video(CommonForm(prompt="x", seed=None), WAN_DEFAULTS).request
+    wan = forms.text_to_video(dict(prompt="x", seed=None), WAN_DEFAULTS).request
     assert (wan.num_inference_steps, wan.width, wan.height, wan.num_frames, wan.fps) == (
         10,
         832,
@@ -123,6 +122,12 @@ def test_blank_fields_take_the_model_defaults_and_seed_minus_one_is_drawn(files)
         81,
         16.0,
     )
+
+
+def test_keys_left_out_take_their_declared_defaults_and_unknown_keys_are_refused(files):
+    r = forms.text_to_video({"prompt": "x"}, D).request
+    assert (r.cfg, r.shift, r.negative_prompt, r.num_inference_steps) == (3.0, 5.0, DEFAULT_NEGATIVE_PROMPT, 4)
+    expect(r"Task: \['guidance'\] are not fields; .*", forms.text_to_video, {"prompt": "x", "guidance": 2}, D)
 
 
 def test_gradio_numbers_become_ints(files):

@@ -381,7 +381,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             f"--output={args.output!r}: the video is written as H.264 mp4; give a path ending in .mp4"
         )
     resolve_model(args.model, _lora(args), prefix="--")  # the CLI's flag names in any error
-    check_device(args.device)
+    if args.device != "cpu":  # "cpu" is always there: no need to import torch to say so
+        check_device(args.device)
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
     validate(request, limits)  # before any weights load; the pipeline checks again, cheaply

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from . import recipes
 from .params import (
     DEFAULT_NEGATIVE_PROMPT,
+    FLOAT,
+    INT,
     MAX_SIDE,
     MODEL_OWN,
     PARAMS,
@@ -107,6 +109,15 @@ class GenerationRequest:
 
 
 MODEL_OWN_FIELDS = tuple(name for name, param in PARAMS.items() if param.default is MODEL_OWN)
+# The request's numbers with a declared range: each is checked by its declaration alone.
+RANGED = tuple(
+    name
+    for name, param in PARAMS.items()
+    if param.kind in (INT, FLOAT)
+    and param.low is not None
+    and param.high is not None
+    and name in {f.name for f in fields(GenerationRequest)}
+)
 
 
 def resolve(request: GenerationRequest, defaults: ModelDefaults) -> GenerationRequest:
@@ -181,7 +192,7 @@ def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
                 value,
                 f"must be a multiple of {multiple} between {multiple} and {limits.max_side} pixels for this model",
             )
-    for name in ("num_inference_steps", "lora_alpha", "cfg", "shift", "fps", "seed"):
+    for name in RANGED:
         PARAMS[name].check(getattr(r, name))
     if r.recipe is not None and r.task != "v2v":
         raise InputError("recipe", r.recipe, "recipes are video-to-video's (task v2v)")

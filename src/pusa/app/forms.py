@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .. import recipes
 from ..jobs import JobSpec
-from ..params import DEFAULT_NEGATIVE_PROMPT, MAX_SEED, PARAMS, RECIPES, TASK_NAMES, InputError, label_of
+from ..params import COMMON, INT, MAX_SEED, MODEL_OWN, PARAMS, RECIPES, TASK_NAMES, TEXT, InputError, label_of
 from ..request import GenerationRequest, ModelDefaults, ModelLimits, validate
 from ..video import IMAGE_FORMATS, VIDEO_SUFFIXES, MediaError, VideoInfo, probe_video
 
@@ -63,21 +63,10 @@ class UploadLimits:
 DEFAULT_LIMITS = UploadLimits()
 
 
-@dataclass
-class CommonForm:
-    """The fields every tab has. `None` means the model's own; seed -1 (or None) means random."""
-
-    prompt: str = ""
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    lora_alpha: float | None = None
-    steps: int | None = None
-    seed: int | None = -1
-    cfg: float = PARAMS["cfg"].default
-    width: int | None = None
-    height: int | None = None
-    num_frames: int | None = None
-    fps: float | None = None
-    shift: float = PARAMS["shift"].default
+# The fields every tab has, by their form keys (`Param.key`: "steps" for num_inference_steps). A form is a
+# mapping of these keys to what the page sent; a key left out takes its declared default, a blank number
+# the model's own (where the declaration says so); seed -1 (or blank) is random.
+COMMON_KEYS = tuple(PARAMS[name].key for name in COMMON)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -225,46 +214,49 @@ def check_video(path: Any, param: str = "video", limits: UploadLimits = DEFAULT_
 Keep = Callable[[str], str]  # stores an uploaded file where the job and history can find it
 
 
-def _common(common: CommonForm, defaults: ModelDefaults, tab: str) -> tuple[dict, dict]:
-    """(GenerationRequest fields, form record) for the fields every tab has."""
-    if not isinstance(common.prompt, str):
-        raise FormError("prompt", common.prompt, "must be text")
-    negative_prompt = (
-        common.negative_prompt if common.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
-    )
-    seed = _number("seed", common.seed, integer=True)
-    if seed is None or seed == -1:
-        seed = secrets.randbelow(2**31)
-    elif not 0 <= seed <= MAX_SEED:
-        raise FormError("seed", seed, f"use -1 for a random seed, or a whole number in 0..{MAX_SEED}")
-    fields = dict(
-        prompt=common.prompt,
-        negative_prompt=negative_prompt,
-        lora_alpha=_number("lora_alpha", common.lora_alpha),
-        num_inference_steps=_number("num_inference_steps", common.steps, integer=True),
-        seed=seed,
-        cfg=_number("cfg", common.cfg),
-        shift=_number("shift", common.shift),
-        width=_number("width", common.width, integer=True),
-        height=_number("height", common.height, integer=True),
-        num_frames=check_num_frames(common.num_frames, defaults),
-        fps=_number("fps", common.fps),
-    )
-    for name in ("cfg", "shift"):
-        if fields[name] is None:
-            raise FormError(name, "", "give a number", "is empty")
-    for name in ("lora_alpha", "num_inference_steps", "width", "height", "fps"):
-        if fields[name] is None:
-            fields[name] = getattr(defaults, name)
-    form = {"tab": tab, **{k: v for k, v in fields.items() if k != "num_inference_steps"}}
-    form["steps"] = fields["num_inference_steps"]
+_MISSING = object()
+
+
+def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tuple[dict, dict]:
+    """(GenerationRequest fields, form record) for the fields every tab has, read by their declarations."""
+    unknown = sorted(set(common) - set(COMMON_KEYS))
+    if unknown:
+        raise FormError(
+            "task", unknown, f"the fields every tab has are {', '.join(COMMON_KEYS)}", "are not fields"
+        )
+    fields: dict[str, Any] = {}
+    for name in COMMON:
+        param = PARAMS[name]
+        raw = common.get(param.key, _MISSING)
+        if param.kind == TEXT:
+            value = param.default if raw is _MISSING or raw is None else raw
+            if not isinstance(value, str):
+                raise FormError(name, value, "must be text")
+        elif name == "seed":
+            value = _number(name, None if raw is _MISSING else raw, integer=True)
+            if value is None or value == -1:
+                value = secrets.randbelow(2**31)
+            elif not 0 <= value <= MAX_SEED:
+                raise FormError(name, value, f"use -1 for a random seed, or a whole number in 0..{MAX_SEED}")
+        elif name == "num_frames":
+            value = check_num_frames(None if raw is _MISSING else raw, defaults)
+        else:
+            value = _number(name, None if raw is _MISSING else raw, integer=param.kind == INT)
+            if value is None and param.default is MODEL_OWN:
+                value = getattr(defaults, name)
+            elif value is None and raw is _MISSING:
+                value = param.default
+            elif value is None:
+                raise FormError(name, "", "give a number", "is empty")
+        fields[name] = value
+    form = {"tab": tab, **{PARAMS[name].key: value for name, value in fields.items()}}
     return fields, form
 
 
 def image_to_video(
     image: Any,
     noise_multiplier: Any,
-    common: CommonForm,
+    common: Mapping[str, Any],
     defaults: ModelDefaults,
     limits: UploadLimits = DEFAULT_LIMITS,
     keep: Keep = str,
@@ -317,7 +309,7 @@ def frames_to_video(
     images: Sequence[Any] | None,
     positions: str | None,
     noise_multipliers: str | None,
-    common: CommonForm,
+    common: Mapping[str, Any],
     defaults: ModelDefaults,
     limits: UploadLimits = DEFAULT_LIMITS,
     keep: Keep = str,
@@ -382,7 +374,7 @@ def video_to_video(
     noise_multipliers: str | None,
     recipe: str | None,
     end_video: Any,
-    common: CommonForm,
+    common: Mapping[str, Any],
     defaults: ModelDefaults,
     limits: UploadLimits = DEFAULT_LIMITS,
     keep: Keep = str,
@@ -437,7 +429,7 @@ def video_to_video(
     return JobSpec(request, form=form)
 
 
-def text_to_video(common: CommonForm, defaults: ModelDefaults) -> JobSpec:
+def text_to_video(common: Mapping[str, Any], defaults: ModelDefaults) -> JobSpec:
     """Text-to-Video from the prompt alone."""
     fields, form = _common(common, defaults, "t2v")
     if not fields["prompt"].strip():

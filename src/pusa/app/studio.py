@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,29 @@ from PIL import Image
 
 from .. import recipes
 from ..jobs import CANCELLED, DONE, FAILED, LOADING, READY, History, JobQueue, JobView
-from ..params import DEFAULT_NEGATIVE_PROMPT, PARAMS, RECIPES
+from ..params import MODEL_OWN, PARAMS, RECIPES
 from ..request import ModelDefaults, ModelLimits
 from . import forms, views, widgets
-from .forms import DEFAULT_LIMITS, CommonForm, FormError, UploadLimits
+from .forms import DEFAULT_LIMITS, FormError, UploadLimits
 from .timeline import error_html, timeline_html
 
-CFG, SHIFT, NOISE_MULTIPLIER = (PARAMS[name].default for name in ("cfg", "shift", "noise_multiplier"))
+NOISE_MULTIPLIER = PARAMS["noise_multiplier"].default
+API_NAMES = {
+    "i2v": "image_to_video",
+    "frames": "frames_to_video",
+    "v2v": "video_to_video",
+    "t2v": "text_to_video",
+}
+API_DOCS = {
+    "i2v": "Image-to-Video: the image becomes the first frame, noised by `noise_multiplier` (0 keeps it "
+    "exactly). Blank lora_alpha, steps, width, height, num_frames, fps take the model's own; seed -1 is random.",
+    "frames": 'Multi-Frames to Video: image j is placed at latent frame positions[j] ("0,4": the first and '
+    "last of 17 frames), noised by noise_multipliers[j]. Blank positions spread the images evenly.",
+    "v2v": "Video-to-Video: the source's latent frames at `positions` condition the new video, or a `recipe` "
+    '("extension", "completion", "transition" with `end_video`; "custom" for free positions); with a '
+    "recipe, blank positions / noise_multipliers take the recipe's own.",
+    "t2v": "Text-to-Video from the prompt alone.",
+}
 
 GENERATE_LABEL = "Generate"
 WAITING_LABEL = "Generate (loading model...)"
@@ -99,13 +116,12 @@ def thumbnail(path: Any, size: int = 96) -> str | None:
     return _thumbnail_cached(str(path), Path(path).stat().st_mtime_ns, size)
 
 
-def _api(stream_method: Callable[..., Iterator[Update]]) -> Callable:
+def _api(stream_method: Callable[..., Iterator[Update]], queue: JobQueue) -> Callable:
     """A named endpoint: streams (video, settings, status); a failure raises the page's message.
 
     A client that cancels (gradio_client's `job.cancel()`) makes gradio close this stream: the job
     is cancelled with it, so nobody is left waiting behind a video that nobody will fetch.
     """
-    queue: JobQueue = stream_method.__self__.queue
 
     @functools.wraps(stream_method)
     def endpoint(*args, **kwargs):
@@ -220,119 +236,61 @@ class Studio:
     def _keep(self, path: str) -> str:
         return self.history.keep_input(path)
 
-    def image_to_video(
-        self,
-        image: str | None,
-        prompt: str = "",
-        noise_multiplier: float = NOISE_MULTIPLIER,
-        lora_alpha: float | None = None,
-        steps: int | None = None,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        seed: int = -1,
-        cfg: float = CFG,
-        width: int | None = None,
-        height: int | None = None,
-        num_frames: int | None = None,
-        fps: float | None = None,
-        shift: float = SHIFT,
-    ) -> Iterator[Update]:
-        """Image-to-Video: the image becomes the first frame, noised by `noise_multiplier` (0 keeps it exactly).
-        `lora_alpha`, `steps`, `width`, `height`, `num_frames`, `fps` default to the model's; `seed` -1 is random."""
-        common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
-        )
-        return self._stream(
-            lambda: forms.image_to_video(
-                image, noise_multiplier, common, self.defaults, self.limits, self._keep
-            )
-        )
+    def generate(self, task: str, values: Mapping[str, Any]) -> Iterator[Update]:
+        """One tab's Generate, or its API endpoint: the form's values by their keys (`TabWidgets.fields`)."""
+        common = {key: values[key] for key in forms.COMMON_KEYS if key in values}
+        d, limits, keep = self.defaults, self.limits, self._keep
+        builders = {
+            "i2v": lambda: forms.image_to_video(
+                values.get("image"), values.get("noise_multiplier"), common, d, limits, keep
+            ),
+            "frames": lambda: forms.frames_to_video(
+                values.get("images"), values.get("positions"), values.get("noise_multipliers"), common, d, limits,
+                keep,
+            ),
+            "v2v": lambda: forms.video_to_video(
+                values.get("video"), values.get("positions"), values.get("noise_multipliers"), values.get("recipe"),
+                values.get("end_video"), common, d, limits, keep,
+            ),
+            "t2v": lambda: forms.text_to_video(common, d),
+        }  # fmt: skip
+        return self._stream(builders[task])
 
-    def frames_to_video(
-        self,
-        images: list[str] | None,
-        prompt: str = "",
-        positions: str = "",
-        noise_multipliers: str = "",
-        lora_alpha: float | None = None,
-        steps: int | None = None,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        seed: int = -1,
-        cfg: float = CFG,
-        width: int | None = None,
-        height: int | None = None,
-        num_frames: int | None = None,
-        fps: float | None = None,
-        shift: float = SHIFT,
-    ) -> Iterator[Update]:
-        """Multi-Frames to Video: image j is placed at latent frame positions[j] ("0,20": first and last of
-        81 frames), noised by noise_multipliers[j]. Blank positions spread the images evenly."""
-        common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
-        )
-        return self._stream(
-            lambda: forms.frames_to_video(
-                images, positions, noise_multipliers, common, self.defaults, self.limits, self._keep
+    def endpoint(self, task: str) -> Callable[..., Iterator[Update]]:
+        """`generate(task, ...)` with one named parameter per field of the tab, in the page's order: what
+        gradio shows as the endpoint's parameters (their defaults: the declarations')."""
+        keys = list(self.tabs[task].fields)
+        parameters = [
+            inspect.Parameter(
+                key, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=inspect.Parameter.empty if index == 0 else self._api_default(key),
             )
-        )
+            for index, key in enumerate(keys)
+        ]  # fmt: skip
+        signature = inspect.Signature(parameters)
 
-    def video_to_video(
-        self,
-        video: str | None,
-        prompt: str = "",
-        positions: str = "",
-        noise_multipliers: str = "",
-        recipe: str = "extension",
-        end_video: str | None = None,
-        lora_alpha: float | None = None,
-        steps: int | None = None,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        seed: int = -1,
-        cfg: float = CFG,
-        width: int | None = None,
-        height: int | None = None,
-        num_frames: int | None = None,
-        fps: float | None = None,
-        shift: float = SHIFT,
-    ) -> Iterator[Update]:
-        """Video-to-Video: the source's latent frames at `positions` condition the new video. `recipe`
-        "extension", "completion" or "transition" (with `end_video`) use those recipes' frames; with a recipe,
-        blank `positions` / `noise_multipliers` take the recipe's own."""
-        common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
-        )
-        return self._stream(
-            lambda: forms.video_to_video(
-                video,
-                positions,
-                noise_multipliers,
-                recipe,
-                end_video,
-                common,
-                self.defaults,
-                self.limits,
-                self._keep,
-            )
-        )
+        def run(*args: Any, **kwargs: Any) -> Iterator[Update]:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return self.generate(task, bound.arguments)
 
-    def text_to_video(
-        self,
-        prompt: str,
-        lora_alpha: float | None = None,
-        steps: int | None = None,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        seed: int = -1,
-        cfg: float = CFG,
-        width: int | None = None,
-        height: int | None = None,
-        num_frames: int | None = None,
-        fps: float | None = None,
-        shift: float = SHIFT,
-    ) -> Iterator[Update]:
-        """Text-to-Video from the prompt alone."""
-        common = CommonForm(
-            prompt, negative_prompt, lora_alpha, steps, seed, cfg, width, height, num_frames, fps, shift
-        )
-        return self._stream(lambda: forms.text_to_video(common, self.defaults))
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        run.__name__ = run.__qualname__ = API_NAMES[task]
+        run.__doc__ = API_DOCS[task]
+        return run
+
+    def _api_default(self, key: str) -> Any:
+        if key == "seed":
+            return -1
+        if key == "recipe":
+            return "extension"
+        name = next((n for n, p in PARAMS.items() if p.key == key), key)
+        param = PARAMS.get(name)
+        if param is None or param.default is MODEL_OWN:
+            return None
+        if param.kind in ("ints", "floats"):
+            return ""
+        return param.default
 
     def cancel(self, job_id: str | None) -> Any:
         if job_id and self.queue.cancel(job_id):
@@ -790,12 +748,7 @@ class Studio:
                     self.tabs["t2v"] = self._t2v_tab()
                 with gr.Tab("History", id="history") as self.history_tab:
                     history_slot = gr.Column()
-            methods = {
-                "i2v": self.image_to_video,
-                "frames": self.frames_to_video,
-                "v2v": self.video_to_video,
-                "t2v": self.text_to_video,
-            }
+            methods = {name: self.endpoint(name) for name in self.tabs}
             for name, tab in self.tabs.items():
                 outputs = [tab.video, tab.settings, tab.progress]
                 follow = dict(
@@ -812,7 +765,7 @@ class Studio:
                 # The endpoint for gradio_client: same inputs and code, errors raised instead of shown.
                 endpoint = gr.Button(visible=False)
                 endpoint.click(
-                    _api(methods[name]), tab.inputs, outputs, api_name=methods[name].__name__,
+                    _api(methods[name], self.queue), tab.inputs, outputs, api_name=methods[name].__name__,
                     concurrency_limit=None, show_progress="hidden",
                 )  # fmt: skip
             self.videos_made = gr.State(self.queue.videos_made)
