@@ -126,7 +126,12 @@ def test_blank_fields_take_the_model_defaults_and_seed_minus_one_is_drawn(files)
 
 def test_keys_left_out_take_their_declared_defaults_and_unknown_keys_are_refused(files):
     r = forms.text_to_video({"prompt": "x"}, D).request
-    assert (r.cfg, r.shift, r.negative_prompt, r.num_inference_steps) == (3.0, 5.0, DEFAULT_NEGATIVE_PROMPT, 4)
+    assert (r.cfg, r.shift, r.negative_prompt, r.num_inference_steps) == (
+        3.0,
+        5.0,
+        DEFAULT_NEGATIVE_PROMPT,
+        4,
+    )
     expect(r"Task: \['guidance'\] are not fields; .*", forms.text_to_video, {"prompt": "x", "guidance": 2}, D)
 
 
