@@ -4,6 +4,7 @@ the tiny-random model, mp4s back, errors as the page words them."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -81,7 +82,9 @@ def check_video(result, frames: int = 17):
     decoded, _ = read_video(video)
     assert decoded.shape == (frames, 32, 32, 3)
     assert read_video_metadata(video) == settings
-    assert 'data-state="done"' in status and f"seed {settings['seed']}" in status
+    # API clients get the status as plain text, with the job's id (the page gets HTML)
+    assert status.startswith("Done in ") and f"seed {settings['seed']}" in status and "<" not in status
+    assert re.search(r"· job [0-9a-f]{12}$", status), status
     return settings
 
 
@@ -161,6 +164,29 @@ def test_errors_come_back_with_the_page_message(client, images):
         client.predict(handle_file(images[0]), "x", **{**FAST, "width": 40}, api_name="/image_to_video")
     with pytest.raises(Exception, match=r"Prompt: '' is empty; describe the video to generate"):
         client.predict("", **FAST, api_name="/text_to_video")
+    # Out of a slider's range: our message with the field's name, not gradio's "Value 0 is less than ...".
+    with pytest.raises(
+        Exception, match=r"Inference Steps: 0 is not allowed; must be a whole number in 1\.\.50"
+    ):
+        client.predict("x", **{**FAST, "steps": 0}, api_name="/text_to_video")
+    with pytest.raises(
+        Exception, match=r"Noise Multiplier: 1\.5 is not allowed; must be a number in 0\.0\.\.1\.0"
+    ):
+        client.predict(handle_file(images[0]), "x", noise_multiplier=1.5, **FAST, api_name="/image_to_video")
+
+
+def test_unreadable_uploads_are_named_by_their_field(client, tmp_path):
+    """A zero-byte or non-image file sent as the image: our message, naming the field and the file, with no
+    server path in it (gradio's preprocessing answered "Could not preprocess input component at index 0")."""
+    empty, text = tmp_path / "empty.png", tmp_path / "notes.png"
+    empty.write_bytes(b"")
+    text.write_text("not an image")
+    for path in (empty, text):
+        with pytest.raises(Exception) as caught:
+            client.predict(handle_file(path), "x", **FAST, api_name="/image_to_video")
+        message = str(caught.value)
+        assert f"Image: '{path.name}' is not an image; allowed: PNG, JPEG, WebP, BMP, GIF" in message, message
+        assert "preprocess" not in message and "/tmp/gradio" not in message
 
 
 def wait_for(condition, timeout: float = 60, what: str = ""):
@@ -243,7 +269,7 @@ def test_page_answers_while_the_model_loads_and_auth_protects_it(tmp_path):
         assert queue.status.state == "loading"
         release.set()
         video, settings, status = job.result(timeout=60)
-        assert video.endswith(".mp4") and 'data-state="done"' in status
+        assert video.endswith(".mp4") and status.startswith("Done in ")
         assert json.loads(settings)["prompt"] == "a red circle"
     finally:
         release.set()

@@ -50,9 +50,10 @@ def _file(source: Any, parameter: str, expected: str) -> Path:
     return path
 
 
-def to_rgb(image: Image.Image, parameter: str = "image") -> Image.Image:
+def to_rgb(image: Image.Image, parameter: str = "image", name: str | None = None) -> Image.Image:
     """An RGB copy with the colours the file means: EXIF rotation applied, 16-bit and 32-bit grey scaled
     to 8 bits (Pillow's own conversion clips them, turning a 16-bit PNG white), transparency dropped."""
+    name = name or getattr(image, "filename", "") or "the image"
     image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -62,7 +63,7 @@ def to_rgb(image: Image.Image, parameter: str = "image") -> Image.Image:
         return Image.fromarray(grey, "L").convert("RGB")
     if mode == "F":
         raise MediaError(
-            parameter, getattr(image, "filename", "") or "image", "expected 8- or 16-bit colour or grey images",
+            parameter, name, "expected 8- or 16-bit colour or grey images",
             "holds 32-bit floating-point pixels, whose range is not known",
         )  # fmt: skip
     if mode == "P":
@@ -74,7 +75,7 @@ def to_rgb(image: Image.Image, parameter: str = "image") -> Image.Image:
     except (ValueError, OSError):
         raise MediaError(
             parameter,
-            getattr(image, "filename", "") or "image",
+            name,
             "expected RGB, grey, palette or CMYK images",
             f"has pixel mode {mode}, which cannot be read as colour",
         ) from None
@@ -94,7 +95,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray, parameter: str = "
     try:
         with Image.open(path) as image:
             image.load()
-            return to_rgb(image, parameter)
+            return to_rgb(image, parameter, str(path))
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise MediaError(
             parameter, str(path), f"expected {_IMAGES}", f"is not a readable image ({error})"

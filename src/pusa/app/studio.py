@@ -70,6 +70,7 @@ class Update:
     job_id: str | None = None
     error: str | None = None
     clear: bool = False  # empty the video and settings (a new job started)
+    text: str | None = None  # the progress in plain text, for API clients (None: as `progress` says)
 
 
 @dataclass
@@ -134,7 +135,7 @@ def _api(stream_method: Callable[..., Iterator[Update]], queue: JobQueue) -> Cal
                 yield (
                     update.video if update.video is not None else gr.skip(),
                     update.settings if update.settings is not None else gr.skip(),
-                    update.progress,
+                    update.text if update.text is not None else gr.skip(),  # plain text, not the page's HTML
                 )
         except GeneratorExit:
             if job_id is not None:
@@ -194,7 +195,7 @@ class Studio:
         """Wait for the model, check the form, queue the job and follow it to its end."""
         status = self.queue.status
         while status.state == LOADING:
-            yield Update(views.waiting_for_model_html())
+            yield Update(views.waiting_for_model_html(), text="Waiting for the model: loading model...")
             status = self.queue.wait_ready(timeout=1.0)
         if status.state == FAILED:
             message = f"the model failed to load: {status.message}"
@@ -207,7 +208,7 @@ class Studio:
         except (ValueError, RuntimeError, OSError) as error:
             yield Update(error_html(str(error)), error=str(error))
             return
-        yield Update(views.progress_html(view), job_id=view.id, clear=True)
+        yield Update(views.progress_html(view), job_id=view.id, clear=True, text=views.progress_text(view))
         yield from self._follow(view)
 
     def follow(self, job_id: str | None) -> Iterator[Update]:
@@ -216,22 +217,29 @@ class Studio:
         if view is None:  # none yet, refused (its error stays shown), or forgotten by a restart
             yield Update(None, job_id=None)
             return
-        yield Update(views.progress_html(view), job_id=view.id)
+        yield Update(views.progress_html(view), job_id=view.id, text=views.progress_text(view))
         yield from self._follow(view)
 
     def _follow(self, view: JobView) -> Iterator[Update]:
         while not view.done:
             # The timeout refreshes the ETA between steps.
             view = self.queue.wait(view.id, after_version=view.version, timeout=1.0)
-            yield Update(views.progress_html(view), job_id=view.id)
+            yield Update(views.progress_html(view), job_id=view.id, text=views.progress_text(view))
+        text = views.progress_text(view)
         if view.state == DONE:
             entry = view.entry
             video = str(entry.video) if entry.video.is_file() else None  # None: deleted from History since
-            yield Update(views.progress_html(view), video, settings_text(entry.settings), job_id=view.id)
+            yield Update(
+                views.progress_html(view), video, settings_text(entry.settings), job_id=view.id, text=text
+            )
         elif view.state == CANCELLED:
-            yield Update(views.progress_html(view), job_id=view.id, error=f"the job was {view.phase}")
+            yield Update(
+                views.progress_html(view), job_id=view.id, error=f"the job was {view.phase}", text=text
+            )
         else:
-            yield Update(views.progress_html(view), job_id=view.id, error=f"the job failed: {view.error}")
+            yield Update(
+                views.progress_html(view), job_id=view.id, error=f"the job failed: {view.error}", text=text
+            )
 
     def _keep(self, path: str) -> str:
         return self.history.keep_input(path)
@@ -514,10 +522,9 @@ class Studio:
         tab = TabWidgets("i2v")
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                tab.fields["image"] = gr.Image(
-                    type="filepath", label="Image", sources=["upload", "clipboard"], height=260,
-                    elem_id="i2v-image",
-                )  # fmt: skip
+                tab.fields["image"] = widgets.ImageInput(
+                    label="Image", sources=["upload", "clipboard"], height=260, elem_id="i2v-image"
+                )
                 tab.fields["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="i2v-prompt")
                 tab.fields["noise_multiplier"] = widgets.slider("noise_multiplier", self.defaults)
                 self._generation_sliders(tab)

@@ -60,28 +60,48 @@ def waiting_for_model_html() -> str:
     return _progress("loading", "Waiting for the model", "loading model... the job starts once it is ready")
 
 
-def progress_html(view: JobView) -> str:
-    """Where a job is: its place in the queue, its step with an ETA, or how it ended."""
+def _progress_parts(view: JobView) -> tuple[str, str, str, float | None, bool]:
+    """(state, title, detail, fraction done, show a bar) of a job, in plain words."""
     seed = f"seed {view.seed}" if view.seed is not None else ""
     if view.state == QUEUED:
         ahead = view.position - 1
-        detail = f"{ahead} job{'s' if ahead != 1 else ''} ahead · {seed}"
-        return _progress("queued", f"Queued: position {view.position}", detail, bar=False)
+        return (
+            "queued",
+            f"Queued: position {view.position}",
+            f"{ahead} job{'s' if ahead != 1 else ''} ahead · {seed}",
+            None,
+            False,
+        )
     if view.state == DONE and view.entry is not None:
         entry = view.entry
-        detail = f"{seed} · {entry.video.name}"
-        return _progress("done", f"Done in {_seconds(entry.elapsed_s)}", escape(detail), 1.0, bar=False)
+        return "done", f"Done in {_seconds(entry.elapsed_s)}", f"{seed} · {entry.video.name}", 1.0, False
     if view.state == FAILED:
-        return error_html(f"The job failed: {view.error}").replace(
+        return "failed", "The job failed", str(view.error), None, False
+    if view.state == CANCELLED:
+        return "cancelled", "Cancelled", view.phase, None, False
+    if not view.num_steps:
+        return "running", "Starting", f"{view.phase} · {seed}", None, True
+    eta = f"ETA {_seconds(view.eta_s)}" if view.eta_s is not None else ""
+    detail = " · ".join(part for part in (view.phase, eta, seed) if part)
+    return "running", f"Step {view.step}/{view.num_steps}", detail, view.step / view.num_steps, True
+
+
+def progress_html(view: JobView) -> str:
+    """Where a job is: its place in the queue, its step with an ETA, or how it ended (for the page)."""
+    state, title, detail, fraction, bar = _progress_parts(view)
+    if state == "failed":
+        return error_html(f"{title}: {detail}").replace(
             'class="pusa-error"', 'class="pusa-error pusa-progress"'
         )
-    if view.state == CANCELLED:
-        return _progress("cancelled", "Cancelled", escape(view.phase), bar=False)
-    if not view.num_steps:
-        return _progress("running", "Starting", f"{escape(view.phase)} · {seed}")
-    eta = f"ETA {_seconds(view.eta_s)}" if view.eta_s is not None else ""
-    detail = " · ".join(part for part in (escape(view.phase), eta, seed) if part)
-    return _progress("running", f"Step {view.step}/{view.num_steps}", detail, view.step / view.num_steps)
+    return _progress(state, title, escape(detail), fraction, bar)
+
+
+def progress_text(view: JobView) -> str:
+    """The same in plain text, with the job's id (for API clients: a job can be looked up by its id)."""
+    state, title, detail, _, _ = _progress_parts(view)
+    return (
+        f"{title}: {detail} (job {view.id})" if state == "failed" else f"{title} · {detail} · job {view.id}"
+    )
 
 
 def cancelled_html(phase: str) -> str:

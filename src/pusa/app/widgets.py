@@ -1,5 +1,10 @@
 """The studio's input widgets, made from the parameter declarations (`pusa.params`): range, step,
-default (the model's own where declared so), label and info come from one place."""
+default (the model's own where declared so), label and info come from one place.
+
+Two gradio components are subclassed here (their preprocessing stood between the page and our one
+validation). gradio writes a type stub (`widgets.pyi`) beside any module that subclasses a component, on
+import, best-effort; it is git-ignored.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,29 @@ import gradio as gr
 
 from ..params import MODEL_OWN, PARAMS
 from ..request import ModelDefaults, ModelLimits
+
+
+class SliderInput(gr.Slider):
+    """A slider whose value reaches our validation as sent: gradio's own range check answered API callers
+    with "Value 0 is less than minimum value 1." and no field name; ours names the field."""
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class ImageInput(gr.Image):
+    """An image upload handed over as the file itself (`type="filepath"`): gradio's preprocessing opened
+    it with Pillow first, so a broken file came back as its internal "Could not preprocess input component"
+    text, and a 16-bit or palette image was converted (clipped) before our reader (`video.load_image`,
+    which keeps its colours and names what it cannot read) saw it."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(type="filepath", image_mode=None, **options)
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
 
 
 def default_of(name: str, defaults: ModelDefaults) -> Any:
@@ -24,7 +52,7 @@ def slider(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Slider:
         minimum=param.low, maximum=param.high, value=default_of(name, defaults), step=param.step,
         label=param.label, info=param.help,
     )  # fmt: skip
-    return gr.Slider(**{**options, **extra})
+    return SliderInput(**{**options, **extra})
 
 
 def number(name: str, defaults: ModelDefaults, limits: ModelLimits | None = None, **extra: Any) -> gr.Number:
