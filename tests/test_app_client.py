@@ -45,7 +45,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from pusa.app.studio import build_app, launch_app
+    from pusa.app.page import build_app, launch_app
 
     history = History(tmp_path_factory.mktemp("studio-outputs"))
     queue = JobQueue(lambda: PusaPipeline.from_preset("tiny-random"), history).start()
@@ -235,7 +235,8 @@ def test_jobs_are_listed_and_cancelled_by_id_or_by_the_client(client, server, re
 
 
 def test_page_answers_while_the_model_loads_and_auth_protects_it(tmp_path):
-    from pusa.app.studio import WAITING_LABEL, build_app, launch_app
+    from pusa.app.page import build_app, launch_app
+    from pusa.app.studio import WAITING_LABEL
 
     release = threading.Event()
 

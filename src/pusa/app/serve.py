@@ -125,7 +125,7 @@ def serve_main(args: argparse.Namespace) -> int:
     if warning:
         print(f"pusa serve: warning: {warning}", file=sys.stderr)
     from ..jobs import History, JobQueue
-    from .studio import build_app, launch_app
+    from .page import build_app, launch_app
 
     history = History(args.outputs)
     queue = JobQueue(load, history).start()

@@ -20,6 +20,8 @@ class SliderInput(gr.Slider):
     """A slider whose value reaches our validation as sent: gradio's own range check answered API callers
     with "Value 0 is less than minimum value 1." and no field name; ours names the field."""
 
+    is_template = True  # gradio draws it as its own slider
+
     def preprocess(self, payload: Any) -> Any:
         return payload
 
@@ -30,9 +32,9 @@ class ImageInput(gr.Image):
     text, and a 16-bit or palette image was converted (clipped) before our reader (`video.load_image`,
     which keeps its colours and names what it cannot read) saw it."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(type="filepath", image_mode=None, **options)
+    is_template = True  # gradio draws it as its own image upload
 
+    # No __init__ of its own: gradio builds the page's config from the constructor's parameter names.
     def preprocess(self, payload: Any) -> Any:
         if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
             return str(payload.path)
@@ -75,3 +77,8 @@ def textbox(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Textbox:
     value = default_of(name, defaults)
     options = dict(value="" if value is None else value, label=param.label, info=param.help)
     return gr.Textbox(**{**options, **extra})
+
+
+def image_upload(**options: Any) -> ImageInput:
+    """An image upload that hands the file over unconverted (`ImageInput`)."""
+    return ImageInput(type="filepath", image_mode=None, **options)
