@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,3 +370,35 @@ def test_a_reloaded_tab_follows_its_job_again(tmp_path):
     finally:
         release.set()
         queue.close(10)
+
+
+def test_gradios_copies_of_videos_are_deleted_once_old(tmp_path):
+    """gradio copies every video it sends into its cache folder (and does not track those copies): the
+    studio deletes the copies of its own videos once older than its cache age (an hour; a second here), so
+    the folder stops growing by one file per video. Only copies of our videos are touched."""
+    from pusa.app.page import build_app, launch_app
+
+    history = History(tmp_path / "outputs")
+    queue = JobQueue(lambda: PusaPipeline.from_preset("tiny-random"), history).start()
+    demo = build_app(queue, TINY_DEFAULTS, cache=(1, 1))
+    cache = Path(demo.GRADIO_CACHE)
+    other = cache / "not-ours" / "someone-elses.mp4"
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_bytes(b"x")
+    port = free_port()
+    launch_app(demo, history, port=port, block=False, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        for seed in (1, 2):
+            client.predict("a red circle", **{**FAST, "seed": seed}, api_name="/text_to_video")
+        names = {entry.video.name for entry in history.list()}
+        copies = lambda: [path for path in cache.glob("*/*.mp4") if path.name in names]  # noqa: E731
+        assert len(names) == 2 and copies(), "gradio made no copies? then this test checks nothing"
+        wait_for(lambda: not copies(), timeout=30, what="old copies deleted")
+        assert all(entry.video.is_file() for entry in history.list())  # our videos stay
+        assert other.exists()  # not ours: not touched
+    finally:
+        demo.close()
+        queue.close(10)
+        other.unlink()
+        other.parent.rmdir()

@@ -6,7 +6,10 @@ of every event to `Studio`'s handlers, and serving it. The widgets come from the
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,6 +22,7 @@ from . import forms, views, widgets
 from .forms import DEFAULT_LIMITS, UploadLimits
 from .studio import GENERATE_LABEL, NOISE_MULTIPLIER, WAITING_LABEL, Studio, TabWidgets, _api, _ui
 
+CACHE = (600, 3600)  # seconds: check every 10 minutes, delete gradio's copies older than an hour
 CSS = """
 #pusa-title h1 { margin-bottom: 0; }
 .pusa-compact { gap: 8px !important; }
@@ -272,10 +276,13 @@ class StudioPage(Studio):
     def defaults_num_latent(self) -> int:
         return recipes.num_latent_frames(self.defaults.num_frames)
 
-    def build(self) -> gr.Blocks:
+    def build(self, cache: tuple[int, int] = CACHE) -> gr.Blocks:
+        """The page. cache: (how often, how old) in seconds: gradio keeps a copy of every video it sends
+        and every upload in its temporary folder; copies older than that are deleted (and all of them
+        when the server starts), so the folder stops growing by one file per video."""
         # One reading of the model's state for the whole page: it may change while the page is built.
         self.initial_state = self.queue.status.state
-        with gr.Blocks(title="Pusa Studio") as self.demo:
+        with gr.Blocks(title="Pusa Studio", delete_cache=cache) as self.demo:
             with gr.Row(elem_classes="pusa-compact"):
                 gr.Markdown(
                     "# Pusa Studio\nEvery frame gets its own noise level: image-to-video, start/end frames and "
@@ -355,9 +362,36 @@ def build_app(
     model_label: str = "tiny-random",
     limits: UploadLimits = DEFAULT_LIMITS,
     exposed_host: str | None = None,
+    cache: tuple[int, int] = CACHE,
 ) -> gr.Blocks:
-    """The studio page for a started `JobQueue` (its model may still be loading)."""
-    return StudioPage(queue, defaults, model_label, limits, exposed_host).build()
+    """The studio page for a started `JobQueue` (its model may still be loading); `cache`: see `build`."""
+    return StudioPage(queue, defaults, model_label, limits, exposed_host).build(cache)
+
+
+def sweep_cached_copies(cache_dir: str | Path, videos_dir: str | Path, age_s: float) -> int:
+    """Delete gradio's copies of our videos older than `age_s`; returns how many.
+
+    gradio copies every file an event returns into its cache folder (`<cache>/<hash>/<name>`) and, unlike
+    uploads, does not track these copies for `delete_cache`: the folder grew by one file per video. Only
+    files named like a video of ours are touched, and only inside the cache folder."""
+    cache_dir, names = Path(cache_dir), {path.name for path in Path(videos_dir).glob("*.mp4")}
+    deleted, now = 0, time.time()
+    for copy in cache_dir.glob("*/*.mp4"):
+        try:
+            if copy.name in names and now - copy.stat().st_mtime > age_s:
+                copy.unlink()
+                deleted += 1
+                if not any(copy.parent.iterdir()):
+                    copy.parent.rmdir()
+        except OSError:  # gone meanwhile, or in use: the next sweep tries again
+            continue
+    return deleted
+
+
+def _sweep_forever(cache_dir: str, videos_dir: Path, every_s: float, age_s: float) -> None:
+    while True:
+        sweep_cached_copies(cache_dir, videos_dir, age_s)
+        time.sleep(every_s)
 
 
 def theme() -> gr.themes.Base:
@@ -381,6 +415,11 @@ def launch_app(
 ) -> Any:
     """Serve the page. Local-only by default; no share link, analytics, run history or monitoring."""
     demo.queue()
+    every_s, age_s = demo.delete_cache or CACHE
+    threading.Thread(
+        target=_sweep_forever, args=(demo.GRADIO_CACHE, history.videos_dir, every_s, age_s), daemon=True,
+        name="pusa-cache-sweep",
+    ).start()  # fmt: skip
     return demo.launch(
         server_name=host,
         server_port=port,
