@@ -15,8 +15,8 @@ import time
 import torch
 
 from pusa.pipeline import PusaPipeline
-from pusa.presets import DEFAULT_CFG
 from pusa.train.world import canonical_caption, eval_specs, render_clip
+from pusa.weights.registry import DEFAULT_CFG
 
 
 def main() -> None:

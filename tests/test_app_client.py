@@ -17,10 +17,11 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from pusa.jobs import History, JobQueue  # noqa: E402
 from pusa.pipeline import PusaPipeline  # noqa: E402
-from pusa.presets import TINY_DEFAULTS  # noqa: E402
+from pusa.serving.history import History  # noqa: E402
+from pusa.serving.queue import JobQueue  # noqa: E402
 from pusa.video import read_video, read_video_metadata  # noqa: E402
+from pusa.weights.registry import TINY_DEFAULTS  # noqa: E402
 
 # gradio's queue uses pandas options that pandas 3 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -279,8 +280,8 @@ def test_queue_panel_lists_every_unfinished_job_and_cancels_one(tmp_path):
     import gradio as gr
 
     from pusa.app.studio import Studio
-    from pusa.jobs import JobSpec
     from pusa.pipeline import GenerationRequest
+    from pusa.serving.history import JobSpec
 
     release = threading.Event()
     queue = JobQueue(lambda: release.wait(60) and PusaPipeline.from_preset("tiny-random"), History(tmp_path))
@@ -317,8 +318,8 @@ def test_queue_panel_lists_every_unfinished_job_and_cancels_one(tmp_path):
 def test_a_reloaded_tab_follows_its_job_again(tmp_path):
     """`Studio.follow` is what a reloaded page runs with the job id the browser kept for the tab."""
     from pusa.app.studio import Studio
-    from pusa.jobs import JobSpec
     from pusa.pipeline import GenerationRequest
+    from pusa.serving.history import JobSpec
 
     release = threading.Event()
     queue = JobQueue(lambda: release.wait(60) and PusaPipeline.from_preset("tiny-random"), History(tmp_path))

@@ -20,8 +20,9 @@ from pusa.app.forms import CommonForm, FormError, UploadLimits
 from pusa.app.timeline import error_html, timeline_html
 from pusa.params import DEFAULT_NEGATIVE_PROMPT
 from pusa.pipeline import PusaPipeline
-from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
+from pusa.request import WAN_DEFAULTS
 from pusa.video import write_video
+from pusa.weights.registry import TINY_DEFAULTS
 
 D = TINY_DEFAULTS  # 17 frames = 5 latent frames, 64x64, 4 steps, 8 fps
 

@@ -1,4 +1,4 @@
-"""`pusa.jobs`: background model loading, the queue with one worker, progress, cancel, failures, and the
+"""`pusa.serving` (queue and history): background model loading, the queue with one worker, progress, cancel, failures, and the
 history on disk (SQLite + outputs folder) that survives a restart. Tiny-random model, 32x32."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pusa.jobs import CANCELLED, DONE, FAILED, LOADING, QUEUED, READY, History, JobQueue, JobSpec
 from pusa.pipeline import GenerationRequest, PusaPipeline
+from pusa.serving.history import History, JobSpec
+from pusa.serving.queue import CANCELLED, DONE, FAILED, LOADING, QUEUED, READY, JobQueue
 from pusa.video import read_video, read_video_metadata
 
 FAST = dict(num_inference_steps=2, width=32, height=32, seed=3)

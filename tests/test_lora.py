@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pusa.loading import (
+from pusa.model import PusaTransformer3DModel
+from pusa.weights.checkpoints import CheckpointError
+from pusa.weights.lora import (
     LORA_ALPHA_MAX,
     LORA_ALPHA_MIN,
-    CheckpointError,
     LoraFuser,
     LoraWeights,
     load_lora,
@@ -22,7 +23,6 @@ from pusa.loading import (
     to_original_lora_keys,
     validate_lora_alpha,
 )
-from pusa.model import PusaTransformer3DModel
 from tiny_configs import TINY_DIT
 
 RANK = 4

@@ -26,9 +26,10 @@ import gradio as gr
 from PIL import Image
 
 from .. import recipes
-from ..jobs import CANCELLED, DONE, FAILED, LOADING, READY, History, JobQueue, JobView
 from ..params import DEFAULT_NEGATIVE_PROMPT, PARAMS, RECIPES
 from ..request import ModelDefaults, ModelLimits
+from ..serving.history import History
+from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, READY, JobQueue, JobView
 from . import forms, views, widgets
 from .forms import DEFAULT_LIMITS, CommonForm, FormError, UploadLimits
 from .timeline import error_html, timeline_html
