@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from pusa.params import PARAMS
 from pusa.pipeline import PusaPipeline
-from pusa.presets import DEFAULT_CFG
 from pusa.train.world import canonical_caption, eval_specs, render_clip
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     }
     print(f"{pipe.identity} ({args.model})")
     print(
-        f"defaults: {d.num_frames} frames {d.width}x{d.height}, {d.num_inference_steps} steps, cfg {DEFAULT_CFG}, "
+        f"defaults: {d.num_frames} frames {d.width}x{d.height}, {d.num_inference_steps} steps, cfg {PARAMS['cfg'].default}, "
         f"LoRA alpha {d.lora_alpha}; torch threads {torch.get_num_threads()}"
     )
     print(f"load (components + LoRA): {load_s:.2f} s\n")

@@ -3,7 +3,7 @@ end-to-end estimate. Random weights: the numbers are timings, not pictures.
 
 Rows, per size (480x832x81 = 32,760 tokens; 1280x720x81 = 75,600 tokens), one model per row:
   ours-fused       PusaTransformer3DModel, per-frame timesteps [B, F] (an I2V vector: frame 0 at 0.2 t),
-                   a rank-512 LoRA on Pusa's targets fused at alpha 1.4 (loading.LoraFuser)
+                   a rank-512 LoRA on Pusa's targets fused at alpha 1.4 (weights.lora.LoraFuser)
   ours-adapter     the same, the LoRA as an unfused PEFT adapter through diffusers at alpha 1.4
   diffusers-stock  WanTransformer3DModel, per-token timesteps [B, L], the same LoRA through diffusers' PEFT
   ours-compile     ours-fused with torch.compile of the repeated blocks                      (--compile)
@@ -13,7 +13,7 @@ then umT5-XXL encoding of 512 tokens (resident, and as the "full" tier runs it: 
 Wan VAE encode of one 480p image and decode of 21 latent frames, and a 10-step I2V estimate at 480p:
 2 text encodes (prompt, negative) + VAE encode + 10 CFG steps (2 forwards each) + VAE decode.
 Per DiT row: ms per forward and per CFG step (median), peak GPU memory, and model FLOP utilisation
-against 989 TFLOP/s (H100 SXM dense bf16), FLOPs from `pusa.acceleration.dit_forward_flops`.
+against 989 TFLOP/s (H100 SXM dense bf16), FLOPs from `pusa.runtime.kernels.dit_forward_flops`.
 
   python benchmarks/gpu_bench.py --json bench.json     # real Wan2.1-14B shapes on CUDA (~80 GB GPU)
   python benchmarks/gpu_bench.py --tiny                 # the same code paths at tiny size on the CPU
@@ -48,29 +48,26 @@ from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from diffusers.utils import logging as diffusers_logging
 from transformers import UMT5Config, UMT5EncoderModel
 
-from pusa.acceleration import (
-    MEMORY_TIERS,
+from pusa.model import PusaTransformer3DModel
+from pusa.runtime.kernels import (
     apply_attention_backend,
-    apply_memory_tier,
-    attach_lora_adapter,
     attention_backend_timings,
     compile_blocks,
     dit_forward_flops,
     enable_fp8_weights,
     fastest_attention_backend,
-    module_bytes,
     relative_error,
 )
-from pusa.loading import PUSA_LORA_TARGETS, LoraFuser, LoraWeights
-from pusa.model import PusaTransformer3DModel
-from pusa.presets import (
+from pusa.runtime.memory import MEMORY_TIERS, apply_memory_tier, module_bytes
+from pusa.sampling import guided_velocity
+from pusa.schedule import flow_sigmas
+from pusa.weights.lora import PUSA_LORA_TARGETS, LoraFuser, LoraWeights, attach_lora_adapter
+from pusa.weights.registry import (
     TINY_TEXT_ENCODER_CONFIG,
     TINY_TRANSFORMER_CONFIG,
     TINY_VAE_CONFIG,
     WAN_14B_TRANSFORMER_CONFIG,
 )
-from pusa.sampling import guided_velocity
-from pusa.schedule import flow_sigmas
 
 PEAK_FLOPS = 989e12  # H100 SXM, dense bf16
 LORA_ALPHA = 1.4
@@ -236,7 +233,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def build_dit(cls: type, spec: Spec, seed: int = 0) -> torch.nn.Module:
     """A random DiT created directly on the device in the run dtype, with the modules diffusers keeps in
-    float32 (`_keep_in_fp32_modules`) in float32, as `from_pretrained` and `loading` leave them."""
+    float32 (`_keep_in_fp32_modules`) in float32, as `from_pretrained` and `weights.checkpoints` leave them."""
     torch.manual_seed(seed)
     with torch.device(spec.device), default_dtype(spec.dtype):
         model = cls(**spec.dit)

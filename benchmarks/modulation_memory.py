@@ -11,7 +11,7 @@ from diffusers import WanTransformer3DModel
 from diffusers.utils import logging as diffusers_logging
 
 from pusa.model import PusaTransformer3DModel, modulation_bytes
-from pusa.presets import WAN_14B_TRANSFORMER_CONFIG
+from pusa.weights.registry import WAN_14B_TRANSFORMER_CONFIG
 
 WAN_14B = {**WAN_14B_TRANSFORMER_CONFIG, "num_layers": 1}  # one block: the modulation is per block
 SIZES = {"480x832x81": (21, 60, 104), "720x1280x81": (21, 90, 160)}  # latent frames, h, w (8x VAE)

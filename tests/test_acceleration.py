@@ -9,29 +9,35 @@ import torch
 from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from torch.utils.flop_counter import FlopCounterMode
 
-from pusa.acceleration import (
-    MEMORY_TIERS,
-    apply_attention_backend,
-    apply_memory_tier,
-    attach_lora_adapter,
-    choose_memory_tier,
-    compile_blocks,
-    component_bytes,
-    dit_forward_flops,
-    enable_fp8_weights,
-    module_bytes,
-    prepare_for_device,
-    relative_error,
-    resolve_memory_tier,
-    select_attention_backend,
-    set_adapter_alpha,
-    validate_memory_tier,
-)
-from pusa.loading import PUSA_LORA_TARGETS, LoraFuser, LoraWeights
+from helpers import TINY_DIT
 from pusa.model import PusaTransformer3DModel
 from pusa.pipeline import PusaPipeline
-from pusa.presets import WAN_14B_TRANSFORMER_CONFIG, tiny_random_components
-from tiny_configs import TINY_DIT
+from pusa.runtime.kernels import (
+    apply_attention_backend,
+    compile_blocks,
+    dit_forward_flops,
+    enable_fp8_weights,
+    relative_error,
+    select_attention_backend,
+)
+from pusa.runtime.memory import (
+    MEMORY_TIERS,
+    apply_memory_tier,
+    choose_memory_tier,
+    component_bytes,
+    module_bytes,
+    resolve_memory_tier,
+    validate_memory_tier,
+)
+from pusa.runtime.prepare import prepare_for_device
+from pusa.weights.lora import (
+    PUSA_LORA_TARGETS,
+    LoraFuser,
+    LoraWeights,
+    attach_lora_adapter,
+    set_adapter_alpha,
+)
+from pusa.weights.registry import WAN_14B_TRANSFORMER_CONFIG, tiny_random_components
 
 TARGETS = PUSA_LORA_TARGETS
 RANK = 4
@@ -374,7 +380,8 @@ def test_attention_is_chosen_at_the_models_native_length():
     from types import SimpleNamespace
 
     from pusa.pipeline import native_tokens
-    from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
+    from pusa.request import WAN_DEFAULTS
+    from pusa.weights.registry import TINY_DEFAULTS
 
     wan_vae = SimpleNamespace(config=SimpleNamespace(temperal_downsample=[False, True, True]))
     wan_dit = SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2)))
@@ -391,7 +398,7 @@ def test_attention_is_chosen_at_the_models_native_length():
 
 
 def test_attention_backends_name_the_package_they_need():
-    from pusa.acceleration import attention_package
+    from pusa.runtime.kernels import attention_package
 
     assert attention_package("flash") == attention_package("flash_varlen") == "flash_attn"
     assert attention_package("_flash_3") == attention_package("_flash_varlen_3") == "flash_attn_interface"

@@ -12,17 +12,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from pusa.jobs import History, JobQueue  # noqa: E402
+from helpers import save_image  # noqa: E402
 from pusa.pipeline import PusaPipeline  # noqa: E402
-from pusa.presets import TINY_DEFAULTS  # noqa: E402
+from pusa.serving.history import History  # noqa: E402
+from pusa.serving.queue import JobQueue  # noqa: E402
 from pusa.video import read_video, read_video_metadata  # noqa: E402
+from pusa.weights.registry import TINY_DEFAULTS  # noqa: E402
 
 # gradio's queue uses pandas options that pandas 3 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -68,12 +68,7 @@ def client(server) -> Client:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("client-inputs")
-    rng = np.random.default_rng(0)
-    paths = []
-    for name in ("a", "b"):
-        paths.append(folder / f"{name}.png")
-        Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(paths[-1])
-    return [str(path) for path in paths]
+    return [str(save_image(folder / f"{name}.png", seed=seed)) for seed, name in enumerate(("a", "b"))]
 
 
 def check_video(result, frames: int = 17):
@@ -307,8 +302,8 @@ def test_queue_panel_lists_every_unfinished_job_and_cancels_one(tmp_path):
     import gradio as gr
 
     from pusa.app.studio import Studio
-    from pusa.jobs import JobSpec
     from pusa.pipeline import GenerationRequest
+    from pusa.serving.history import JobSpec
 
     release = threading.Event()
     queue = JobQueue(lambda: release.wait(60) and PusaPipeline.from_preset("tiny-random"), History(tmp_path))
@@ -345,8 +340,8 @@ def test_queue_panel_lists_every_unfinished_job_and_cancels_one(tmp_path):
 def test_a_reloaded_tab_follows_its_job_again(tmp_path):
     """`Studio.follow` is what a reloaded page runs with the job id the browser kept for the tab."""
     from pusa.app.studio import Studio
-    from pusa.jobs import JobSpec
     from pusa.pipeline import GenerationRequest
+    from pusa.serving.history import JobSpec
 
     release = threading.Event()
     queue = JobQueue(lambda: release.wait(60) and PusaPipeline.from_preset("tiny-random"), History(tmp_path))

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import save_clip, save_image
 from pusa.app import forms
 from pusa.app.forms import FormError, UploadLimits
 from pusa.app.timeline import error_html, timeline_html
 from pusa.params import DEFAULT_NEGATIVE_PROMPT
 from pusa.pipeline import PusaPipeline
-from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
-from pusa.video import write_video
+from pusa.request import WAN_DEFAULTS
+from pusa.weights.registry import TINY_DEFAULTS
 
 D = TINY_DEFAULTS  # 17 frames = 5 latent frames, 64x64, 4 steps, 8 fps
 
@@ -29,11 +30,9 @@ D = TINY_DEFAULTS  # 17 frames = 5 latent frames, 64x64, 4 steps, 8 fps
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("form-files")
-    rng = np.random.default_rng(0)
     paths = {}
-    for name in ("a", "b", "c"):
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(paths[name])
+    for seed, name in enumerate(("a", "b", "c")):
+        paths[name] = save_image(folder / f"{name}.png", seed=seed)
     paths["tiff"] = folder / "scan.tiff"
     Image.new("RGB", (8, 8)).save(paths["tiff"])
     paths["wide"] = folder / "wide.png"
@@ -41,8 +40,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     paths["text"] = folder / "notes.png"
     paths["text"].write_text("not an image")
     for name, count in (("clip17", 17), ("clip9", 9), ("clip25", 25)):
-        paths[name] = folder / f"{name}.mp4"
-        write_video(paths[name], rng.integers(0, 255, (count, 32, 48, 3), dtype=np.uint8), 8.0)
+        paths[name] = save_clip(folder / f"{name}.mp4", count)
     paths["garbage"] = folder / "broken.mp4"
     paths["garbage"].write_bytes(b"\x00not a video" * 64)
     paths["gif_named_txt"] = folder / "clip.txt"
@@ -61,8 +59,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def pipe() -> PusaPipeline:
-    return PusaPipeline.from_preset("tiny-random")
+def pipe(tiny_random) -> PusaPipeline:
+    return tiny_random
 
 
 def common(**overrides) -> dict:

@@ -1,4 +1,4 @@
-"""`pusa.jobs`: background model loading, the queue with one worker, progress, cancel, failures, and the
+"""`pusa.serving` (queue and history): background model loading, the queue with one worker, progress, cancel, failures, and the
 history on disk (SQLite + outputs folder) that survives a restart. Tiny-random model, 32x32."""
 
 from __future__ import annotations
@@ -10,25 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from pusa.jobs import CANCELLED, DONE, FAILED, LOADING, QUEUED, READY, History, JobQueue, JobSpec
+from helpers import save_image
 from pusa.pipeline import GenerationRequest, PusaPipeline
+from pusa.serving.history import History, JobSpec
+from pusa.serving.queue import CANCELLED, DONE, FAILED, LOADING, QUEUED, READY, JobQueue
 from pusa.video import read_video, read_video_metadata
 
 FAST = dict(num_inference_steps=2, width=32, height=32, seed=3)
 
 
 @pytest.fixture(scope="module")
-def pipe() -> PusaPipeline:
-    return PusaPipeline.from_preset("tiny-random")
+def pipe(tiny_random) -> PusaPipeline:
+    return tiny_random
 
 
 @pytest.fixture
 def image(tmp_path) -> Path:
-    path = tmp_path / "upload.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(path)
-    return path
+    return save_image(tmp_path / "upload.png")
 
 
 def t2v(prompt: str = "a red circle", **overrides) -> JobSpec:

@@ -7,8 +7,9 @@ import argparse
 import pytest
 
 from pusa.app import serve, views
-from pusa.jobs import FAILED, LOADING, READY, ModelStatus
-from pusa.presets import TINY_DEFAULTS, WAN_DEFAULTS
+from pusa.request import WAN_DEFAULTS
+from pusa.serving.queue import FAILED, LOADING, READY, ModelStatus
+from pusa.weights.registry import TINY_DEFAULTS
 
 
 def test_options_and_defaults():

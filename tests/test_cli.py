@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers import save_image
 from pusa.cli import build_parser, main
 from pusa.pipeline import PusaPipeline
 from pusa.video import read_video, read_video_metadata
@@ -22,11 +22,9 @@ FAST = ["--model", "tiny-random", "--steps", "2", "--seed", "3", "--width", "32"
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-inputs")
-    rng = np.random.default_rng(0)
-    paths = {}
-    for name in ("a", "b", "c"):
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(paths[name])
+    paths = {
+        name: save_image(folder / f"{name}.png", 40, 56, seed) for seed, name in enumerate(("a", "b", "c"))
+    }
     paths["source"] = folder / "source.mp4"
     assert main(["generate", "t2v", "-p", "source", *FAST, "--frames", "25", "-o", str(paths["source"])]) == 0
     return paths

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pusa.pipeline import PusaPipeline
-from pusa.presets import PUSA_TINY_DIR, model_defaults, read_manifest
 from pusa.train.evaluate import METRICS, EvalSettings, evaluate_pipeline, format_table, psnr
 from pusa.train.world import canonical_caption, eval_specs, render_clip
+from pusa.weights.registry import PUSA_TINY_DIR, model_defaults, read_manifest
 
 needs_demo = pytest.mark.skipif(
     read_manifest(PUSA_TINY_DIR) is None, reason=f"no demo model in {PUSA_TINY_DIR}"

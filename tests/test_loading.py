@@ -21,16 +21,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel, UMT5Model
 
-from pusa.loading import (
-    CheckpointError,
-    find_layout,
-    load_components,
-    load_text_encoder,
-    load_transformer,
-    load_vae,
-)
+from helpers import TINY_DIT
 from pusa.model import PusaTransformer3DModel
-from tiny_configs import TINY_DIT
+from pusa.weights.checkpoints import CheckpointError, load_text_encoder, load_transformer, load_vae
+from pusa.weights.folders import find_layout, load_components
 
 TINY_DIT = {**TINY_DIT, "rope_max_seq_len": 1024}  # what the loader sets for Wan's original configs
 # Wan's original config for the same model.

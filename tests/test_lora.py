@@ -11,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pusa.loading import (
+from helpers import TINY_DIT
+from pusa.model import PusaTransformer3DModel
+from pusa.weights.checkpoints import CheckpointError
+from pusa.weights.lora import (
     LORA_ALPHA_MAX,
     LORA_ALPHA_MIN,
-    CheckpointError,
     LoraFuser,
     LoraWeights,
     load_lora,
@@ -22,8 +24,6 @@ from pusa.loading import (
     to_original_lora_keys,
     validate_lora_alpha,
 )
-from pusa.model import PusaTransformer3DModel
-from tiny_configs import TINY_DIT
 
 RANK = 4
 # Pusa's targets in every block, Wan's original naming -> diffusers naming, with [out, in] of the tiny model.

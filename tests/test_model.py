@@ -10,7 +10,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from pusa.model import PusaTransformer3DModel, modulation_bytes
-from pusa.presets import TINY_TRANSFORMER_CONFIG
+from pusa.weights.registry import TINY_TRANSFORMER_CONFIG
 
 BATCH, CHANNELS, FRAMES, HEIGHT, WIDTH = 2, 16, 3, 8, 8
 TOKENS_PER_FRAME = (HEIGHT // 2) * (WIDTH // 2)  # patch (1, 2, 2)

@@ -42,9 +42,8 @@ SETTINGS_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def pipe() -> PusaPipeline:
-    torch.manual_seed(0)
-    return PusaPipeline.from_preset("tiny-random")
+def pipe(tiny_random) -> PusaPipeline:
+    return tiny_random
 
 
 @pytest.fixture(scope="module")

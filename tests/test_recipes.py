@@ -12,7 +12,7 @@ from pusa.recipes import num_latent_frames, pixel_frames_of_latent
 from pusa.request import GenerationRequest, ModelLimits, check_positions, resolve, validate
 
 LIMITS = ModelLimits.of(
-    (1, 2, 2), 8, 32, recipes_defaults := __import__("pusa.presets").presets.TINY_DEFAULTS
+    (1, 2, 2), 8, 32, recipes_defaults := __import__("pusa.weights.registry").weights.registry.TINY_DEFAULTS
 )
 
 

@@ -9,14 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from pusa.loading import LoraFuser, load_lora, save_lora_original
 from pusa.train.builders import build_text_encoder, build_transformer, build_vae, check_dit_width
 from pusa.train.config import DitConfig, TextEncoderConfig, VaeConfig, VtaConfig
 from pusa.train.data import LatentFolder, LatentPool, save_latent_clip, world_pixel_batch
 from pusa.train.loop import Stage, train_stage
-from pusa.train.lora import LORA_TARGETS, add_lora, lora_state
 from pusa.train.stages_dit import flow_matching_loss, vta_sigmas
 from pusa.train.stages_vae import object_mask
+from pusa.weights.lora import (
+    PUSA_LORA_TARGETS,
+    LoraFuser,
+    add_lora,
+    load_lora,
+    lora_state,
+    save_lora_original,
+)
 
 TINY_DIT = DitConfig(
     num_attention_heads=2, attention_head_dim=32, ffn_dim=32, num_layers=2, freq_dim=16, patch_size=(1, 2, 2)
@@ -162,7 +168,7 @@ def test_vta_lora_steps_reduce_loss_and_leave_the_base_untouched():
     for p in transformer.parameters():
         p.requires_grad_(False)
     wrapped = add_lora(transformer, rank=4)
-    assert len(wrapped) == len(LORA_TARGETS) * TINY_DIT.num_layers
+    assert len(wrapped) == len(PUSA_LORA_TARGETS) * TINY_DIT.num_layers
     latents, noise = _latents(), _latents(seed=1)
     text = torch.randn(4, 8, TINY_TEXT.d_model, generator=torch.Generator().manual_seed(3))
     sigmas, _ = vta_sigmas(np.random.default_rng(0), 4, 3, VtaConfig())  # [B, F], independent per frame
@@ -242,9 +248,9 @@ def test_swap_attribute_changes_one_attribute_and_its_caption_words():
 
 
 def test_caption_sensitivity_is_zero_for_a_model_deaf_to_text_and_positive_otherwise():
-    from pusa.presets import PUSA_TINY_DIR
     from pusa.train.builders import load_tokenizer
     from pusa.train.stages_dit import TextEncoding, caption_sensitivity
+    from pusa.weights.registry import PUSA_TINY_DIR
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(PUSA_TINY_DIR / "tokenizer")

@@ -74,7 +74,7 @@ def _attention_backend(value: str) -> str:
     """`--attention` values, checked against diffusers' backends only when one is named (keeps --help fast)."""
     if value == "auto":
         return value
-    from .acceleration import validate_attention_backend
+    from .runtime.kernels import validate_attention_backend
 
     try:
         return validate_attention_backend(value)
@@ -85,7 +85,8 @@ def _attention_backend(value: str) -> str:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     # Only import-light modules here: `pusa --help` must not pay for torch and diffusers.
     from .params import COMMON
-    from .presets import DEFAULT_MODEL, MEMORY_TIER_CHOICES, PRESETS
+    from .runtime.memory import MEMORY_TIER_CHOICES
+    from .weights.registry import DEFAULT_MODEL, PRESETS
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -370,8 +371,9 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     the model once and make the videos."""
     from dataclasses import replace
 
-    from .presets import check_device, model_limits, resolve_model
     from .request import validate
+    from .runtime.device import check_device
+    from .weights.registry import model_limits, resolve_model
 
     count = args.num_videos
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:

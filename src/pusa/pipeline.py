@@ -90,7 +90,7 @@ class PusaPipeline:
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
-        self.lora = lora  # a loading.LoraFuser, or None
+        self.lora = lora  # a weights.lora.LoraFuser, or None
         self.identity = identity
         self.defaults = defaults
         self.device = torch.device(device)
@@ -113,7 +113,7 @@ class PusaPipeline:
         lora: "auto" = the LoRA the folder ships with (pusa-tiny's VTA LoRA; none for a plain Wan folder),
         None = no LoRA (pusa-tiny's base T2V model), or a LoRA file. `acceleration`: see `from_pretrained`.
         """
-        from .presets import PUSA_TINY_DIR, resolve_model
+        from .weights.registry import PUSA_TINY_DIR, resolve_model
 
         resolved = resolve_model(model, lora)  # the device is checked by from_preset / from_pretrained
         if resolved == "tiny-random":
@@ -136,8 +136,9 @@ class PusaPipeline:
 
         "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
         same structure (`seed` picks it)."""
-        from .acceleration import prepare_for_device
-        from .presets import PRESETS, check_device, tiny_random_components
+        from .runtime.device import check_device
+        from .runtime.prepare import prepare_for_device
+        from .weights.registry import PRESETS, tiny_random_components
 
         check_device(device)
         if name == "pusa-tiny":
@@ -174,9 +175,13 @@ class PusaPipeline:
         attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
         compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8.
         """
-        from .acceleration import prepare_for_device, validate_attention_backend, validate_memory_tier
-        from .loading import LoraFuser, load_components, load_lora
-        from .presets import check_device, folder_defaults, folder_lora
+        from .runtime.device import check_device
+        from .runtime.kernels import validate_attention_backend
+        from .runtime.memory import validate_memory_tier
+        from .runtime.prepare import prepare_for_device
+        from .weights.folders import load_components
+        from .weights.lora import LoraFuser, load_lora
+        from .weights.registry import folder_defaults, folder_lora
 
         # Names are checked before a 14B load, not after.
         check_device(device)

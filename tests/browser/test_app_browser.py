@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pusa.jobs import History, JobSpec
 from pusa.pipeline import GenerationRequest
+from pusa.serving.history import History, JobSpec
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -20,9 +20,9 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from .. import recipes
-from ..jobs import JobSpec
 from ..params import COMMON, INT, MAX_SEED, MODEL_OWN, PARAMS, RECIPES, TASK_NAMES, TEXT, InputError, label_of
 from ..request import GenerationRequest, ModelDefaults, ModelLimits, validate
+from ..serving.history import JobSpec
 from ..video import IMAGE_FORMATS, VIDEO_SUFFIXES, MediaError, VideoInfo, probe_video
 
 TABS = TASK_NAMES

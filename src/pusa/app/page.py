@@ -15,9 +15,10 @@ from typing import Any
 import gradio as gr
 
 from .. import recipes
-from ..jobs import READY, History, JobQueue
 from ..params import RECIPES
 from ..request import ModelDefaults, ModelLimits
+from ..serving.history import History
+from ..serving.queue import READY, JobQueue
 from . import forms, views, widgets
 from .forms import DEFAULT_LIMITS, UploadLimits
 from .studio import GENERATE_LABEL, NOISE_MULTIPLIER, WAITING_LABEL, Studio, TabWidgets, _api, _ui

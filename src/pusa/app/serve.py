@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..presets import DEFAULT_MODEL, PRESETS
+from ..weights.registry import DEFAULT_MODEL, PRESETS
 
 AUTH_ENV = "PUSA_AUTH"
 
@@ -79,14 +79,14 @@ def exposure_warning(host: str, auth: tuple[str, str] | None) -> str | None:
 def defaults_for(model: str):
     """The model's native clip settings (`ModelDefaults`), known before its weights load: the page needs
     them at once."""
-    from ..presets import model_defaults
+    from ..weights.registry import model_defaults
 
     return model_defaults(model, prefix="--")
 
 
 def limits_for(model: str):
     """The model's limits and defaults (`ModelLimits`), from its config files: they bound the page's fields."""
-    from ..presets import model_limits
+    from ..weights.registry import model_limits
 
     return model_limits(model, prefix="--")
 
@@ -95,7 +95,8 @@ def pipeline_loader(
     model: str, lora: str | None = None, device: str = "cpu", dtype: str | None = None
 ) -> Callable:
     """Check the model arguments now; return a function that loads the pipeline (run in the worker)."""
-    from ..presets import check_device, resolve_model
+    from ..runtime.device import check_device
+    from ..weights.registry import resolve_model
 
     resolve_model(model, lora, prefix="--")
     check_device(device)
@@ -124,7 +125,8 @@ def serve_main(args: argparse.Namespace) -> int:
     warning = exposure_warning(args.host, auth)
     if warning:
         print(f"pusa serve: warning: {warning}", file=sys.stderr)
-    from ..jobs import History, JobQueue
+    from ..serving.history import History
+    from ..serving.queue import JobQueue
     from .page import build_app, launch_app
 
     history = History(args.outputs)

@@ -26,9 +26,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr
 from PIL import Image
 
-from ..jobs import CANCELLED, DONE, FAILED, LOADING, READY, History, JobQueue, JobView
 from ..params import MODEL_OWN, PARAMS
 from ..request import ModelDefaults, ModelLimits
+from ..serving.history import History
+from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, READY, JobQueue, JobView
 from . import forms, views
 from .forms import DEFAULT_LIMITS, FormError, UploadLimits
 from .timeline import error_html, timeline_html

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from html import escape
 
-from ..jobs import CANCELLED, DONE, FAILED, LOADING, QUEUED, RUNNING, HistoryEntry, JobView, ModelStatus
+from ..serving.history import HistoryEntry
+from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, QUEUED, RUNNING, JobView, ModelStatus
 from .forms import TABS
 from .timeline import error_html
 

@@ -218,7 +218,7 @@ def evaluate_demo(
     A folder without a LoRA (a run exported before its VTA stage) is scored as a base model alone, unless
     alphas are asked for: that is refused before anything runs."""
     from pusa.pipeline import PusaPipeline
-    from pusa.presets import folder_lora, resolve_model
+    from pusa.weights.registry import folder_lora, resolve_model
 
     model = model_dir if model_dir is not None else "pusa-tiny"
     resolved = resolve_model(model)

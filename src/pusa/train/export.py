@@ -22,8 +22,8 @@ def export_demo_model(run_dir: str | Path, out_dir: str | Path) -> Path:
     model_index.json), the LoRA in pusa_v1.pt's key style, and `pusa_model.json` (native clip settings and
     the LoRA's file name, so `PusaPipeline.from_model(out_dir)` applies it) and `training_config.json` (the
     run's settings)."""
-    from pusa.loading import save_lora_original
-    from pusa.presets import MODEL_MANIFEST
+    from pusa.weights.lora import save_lora_original
+    from pusa.weights.registry import MODEL_MANIFEST
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = load_run_config(run_dir)

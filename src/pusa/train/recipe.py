@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from pusa import presets
+from pusa.runtime import device as runtime_device
 from pusa.train import STAGES
 from pusa.train.builders import check_dit_width
 from pusa.train.config import RunConfig, TokenizerConfig, load_run_config, tiny_test_config
@@ -49,7 +49,7 @@ from pusa.train.stages_vae import encode_pool, make_tokenizer, train_decoder, tr
 
 def check_device(device: str) -> torch.device:
     """`device` as a torch device the recipe can train on here, or a ValueError naming it."""
-    return presets.check_device(device, ("cpu", "cuda"), "the recipe")
+    return runtime_device.check_device(device, ("cpu", "cuda"), "the recipe")
 
 
 def run_recipe(
@@ -164,7 +164,8 @@ def train_vta_on_folder(
     The base weights stay frozen in `dtype`; the LoRA trains in float32. `assignments` change `vta.*` (and
     `tokenizer.max_sequence_length`, the text length used for captions). Writes and returns
     `RUN/pusa_lora.safetensors` (pusa_v1.pt's key style, loadable with `--lora`)."""
-    from pusa.loading import load_components, save_lora_original
+    from pusa.weights.folders import load_components
+    from pusa.weights.lora import save_lora_original
 
     check_device(device)
     run_dir = Path(run_dir)

@@ -24,9 +24,9 @@ from pusa.train.builders import build_text_encoder, build_transformer, load_toke
 from pusa.train.config import RunConfig, VtaConfig
 from pusa.train.data import LatentBatch, LatentFolder, LatentPool
 from pusa.train.loop import RunLog, Stage, apply_ema, load_checkpoint, train_stage
-from pusa.train.lora import LoraLinear, add_lora
 from pusa.train.stages_vae import pool_object_masks
 from pusa.train.world import LINEAR_MOTIONS, OBJECT_COLORS, SHAPES, ClipSpec, caption, sample_clip_spec
+from pusa.weights.lora import LoraLinear, add_lora
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -313,7 +313,7 @@ def train_vta(
     """Stage (c): Pusa's VTA. A LoRA on the frozen base; an independent timestep per latent frame.
 
     `base`: (tokenizer, text_encoder, transformer) to adapt; default: the base stage's EMA weights. For a real
-    model pass `pusa.loading.load_components(...)`'s parts (bf16 on a GPU, `transformer.
+    model pass `pusa.weights.folders.load_components(...)`'s parts (bf16 on a GPU, `transformer.
     enable_gradient_checkpointing()`) and a `LatentFolder` of clips pre-encoded with its VAE and umT5.
     """
     v = cfg.vta

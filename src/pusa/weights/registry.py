@@ -21,16 +21,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .request import WAN_DEFAULTS, ModelDefaults, ModelLimits
+from ..request import WAN_DEFAULTS, ModelDefaults, ModelLimits
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_tokenizer"
 PUSA_TINY_DIR = ASSETS / "pusa-tiny"
 MODEL_MANIFEST = "pusa_model.json"  # in a model folder: native clip settings, the LoRA file it ships with
 PRESETS = ("pusa-tiny", "tiny-random")
 DEFAULT_MODEL = "pusa-tiny"
-MEMORY_TIERS = ("full", "balanced", "low")
-MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS)
 
 TINY_DEFAULTS = ModelDefaults(
     num_frames=17, width=64, height=64, num_inference_steps=4, fps=8.0, max_sequence_length=32
@@ -82,7 +80,7 @@ def tiny_random_components(seed: int = 0) -> dict:
     from diffusers import AutoencoderKLWan
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-    from .model import PusaTransformer3DModel
+    from ..model import PusaTransformer3DModel
 
     torch.manual_seed(seed)
     transformer = PusaTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
@@ -207,40 +205,3 @@ def model_limits(model: str | Path, prefix: str = "") -> ModelLimits:
         dit.get("rope_max_seq_len", _WAN_ROPE),
         folder_defaults(folder),
     )
-
-
-DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-def check_device(device: Any, types: tuple[str, ...] = DEVICE_TYPES, what: str = "pusa") -> Any:
-    """`device` as a `torch.device` this machine has, or a ValueError naming it and what is allowed.
-
-    `types` are the device types the caller runs on; `what` says who (in the message).
-    """
-    import torch
-
-    from .params import InputError
-
-    names = [t if t != "cuda" else "cuda (cuda:N)" for t in types]
-    allowed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
-    try:
-        parsed = device if isinstance(device, torch.device) else torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError("device", device, f"use {allowed}", "is not a torch device") from None
-    if parsed.type not in types:
-        raise InputError("device", device, f"{what} runs on {allowed}", "cannot be used")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            build = " (this torch is a CPU build)" if torch.version.cuda is None else ""
-            raise InputError("device", device, "use cpu", f"is not available: no CUDA device here{build}")
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise InputError(
-                "device",
-                device,
-                f"this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}",
-                "is not here",
-            )
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("device", device, "use cpu", "is not available: MPS (Apple GPU) is not here")
-    return parsed

@@ -1,0 +1,240 @@
+"""Memory tiers: where the weights live between uses, with diffusers' group offloading
+(`apply_group_offloading` / `ModelMixin.enable_group_offload`, CUDA-stream prefetch when a CUDA device is
+the target). `choose_memory_tier` picks one from free VRAM and the component sizes; `apply_memory_tier`
+applies it to a pipeline (or anything with `transformer` / `text_encoder` / `vae`).
+
+Importing this module is cheap (torch and diffusers are imported inside the functions that use them): the
+CLI offers `MEMORY_TIER_CHOICES` in its `--help`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = [
+    "BALANCED_RESIDENT_FRACTION",
+    "MEMORY_TIERS",
+    "MEMORY_TIER_BUDGETS",
+    "MEMORY_TIER_CHOICES",
+    "WORKING_BYTES",
+    "apply_memory_tier",
+    "choose_memory_tier",
+    "component_bytes",
+    "free_device_bytes",
+    "module_bytes",
+    "resolve_memory_tier",
+    "validate_memory_tier",
+]
+
+MEMORY_TIERS = ("full", "balanced", "low")
+MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS)
+
+GiB = 2**30
+
+
+# The card each tier is meant for (bytes of VRAM; None = as much as the models need). Documentation and
+# the benchmark's targets; the decision itself is `choose_memory_tier`, from measured sizes.
+MEMORY_TIER_BUDGETS: dict[str, int | None] = {
+    # transformer and VAE resident; the text encoder streamed through the GPU for each encode
+    "full": None,
+    # on CUDA, transformer and text encoder streamed leaf by leaf from pinned CPU memory, the next layer
+    # prefetched on a CUDA stream while the current one computes; VAE resident and untiled (a 480p decode
+    # of 21 latent frames peaks near 9.3 GiB). Without streams (non-CUDA targets): groups of 4 blocks
+    "balanced": 24 * 10**9,
+    # as balanced, and the VAE tiled
+    "low": 12 * 10**9,
+}
+# Activations of one forward at 720p (75,600 tokens, fused attention) or a VAE decode, with headroom.
+WORKING_BYTES = 10 * GiB
+# Share of the transformer resident under "balanced" (what `choose_memory_tier` budgets): streamed leaf by
+# leaf, only the current and the prefetched layers are on the GPU; without streams, groups of 4 of
+# Wan-14B's 40 blocks. 10% also leaves room for smaller models.
+BALANCED_RESIDENT_FRACTION = 0.10
+# Blocks per offload group when no stream can prefetch (non-CUDA targets); with streams diffusers
+# needs exactly one.
+BALANCED_BLOCKS_PER_GROUP = 4
+
+
+def validate_memory_tier(tier: str, allow_auto: bool = False) -> str:
+    """`tier` itself, or a ValueError naming the value and the allowed names."""
+    allowed = MEMORY_TIER_CHOICES if allow_auto else MEMORY_TIERS
+    if not isinstance(tier, str) or tier not in allowed:
+        raise ValueError(f"memory tier {tier!r} is not known; choose one of {', '.join(allowed)}")
+    return tier
+
+
+def choose_memory_tier(
+    free_bytes: int, model_bytes: Mapping[str, int], working_bytes: int = WORKING_BYTES
+) -> str:
+    """The tier to use with `free_bytes` of free VRAM, given the sizes (bytes, in the dtype they will run
+    in) of `model_bytes["transformer"]`, `["text_encoder"]` and `["vae"]` (missing keys count as 0). Pure.
+
+    - "full" if the transformer and the VAE stay resident and the larger of the text encoder (resident only
+      while encoding) and the working memory fits beside them;
+    - else "balanced" if a tenth of the transformer, the VAE and that same maximum fit;
+    - else "low" (the smallest footprint there is; it may still not fit).
+    """
+    transformer = int(model_bytes.get("transformer", 0))
+    text_encoder = int(model_bytes.get("text_encoder", 0))
+    vae = int(model_bytes.get("vae", 0))
+    transient = max(text_encoder, working_bytes)
+    if transformer + vae + transient <= free_bytes:
+        return "full"
+    if math.ceil(BALANCED_RESIDENT_FRACTION * transformer) + vae + transient <= free_bytes:
+        return "balanced"
+    return "low"
+
+
+def module_bytes(module: nn.Module | None) -> int:
+    """Bytes of a module's parameters and buffers (0 for None)."""
+    if module is None:
+        return 0
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _component(components: Any, name: str) -> nn.Module | None:
+    if isinstance(components, Mapping):
+        return components.get(name)
+    return getattr(components, name, None)
+
+
+def component_bytes(components: Any) -> dict[str, int]:
+    """`{"transformer", "text_encoder", "vae"}` -> bytes, for a pipeline, `weights.folders.Components` or
+    a dict."""
+    return {
+        name: module_bytes(_component(components, name)) for name in ("transformer", "text_encoder", "vae")
+    }
+
+
+def free_device_bytes(device: str | torch.device) -> int | None:
+    """Free memory of a CUDA device in bytes; None for other devices."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def _bytes_on(module: nn.Module | None, device: torch.device) -> int:
+    if module is None:
+        return 0
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
+    return sum(t.numel() * t.element_size() for t in tensors if t.device == device)
+
+
+def resolve_memory_tier(
+    requested: str, device: str | torch.device, components: Any, working_bytes: int = WORKING_BYTES
+) -> str:
+    """`requested` if it names a tier; for "auto", the tier `choose_memory_tier` picks from the device's
+    free memory ("full" on a non-CUDA device, where nothing is gained by offloading). Bytes of the
+    components already on the device count as free, since the tier decides where they go."""
+    import torch
+
+    requested = validate_memory_tier(requested, allow_auto=True)
+    if requested != "auto":
+        return requested
+    device = torch.device(device)
+    free = free_device_bytes(device)
+    if free is None:
+        return "full"
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    resident = sum(
+        _bytes_on(_component(components, name), device) for name in ("transformer", "text_encoder", "vae")
+    )
+    return choose_memory_tier(free + resident, component_bytes(components), working_bytes)
+
+
+def _streams_available(device: torch.device) -> bool:
+    import torch
+
+    return device.type == "cuda" and torch.cuda.is_available()
+
+
+def apply_memory_tier(
+    components: Any,
+    tier: str,
+    device: str | torch.device,
+    offload_device: str | torch.device = "cpu",
+) -> dict[str, str]:
+    """Place `components` (a pipeline, `weights.folders.Components` or a dict; missing parts are
+    skipped) for `tier` on `device`, and return where each part went, in words.
+
+    Apply once, preferably with the models still on the CPU (offloading moves them there anyway). On a
+    CUDA device the offloaded tiers prefetch on a CUDA stream; elsewhere transfers are synchronous. With
+    streams diffusers keeps a pinned CPU copy of every offloaded tensor and points the parameter at it
+    while offloaded, so in-place weight updates (`LoraFuser.set_alpha`) between forwards still take effect.
+    """
+    import torch
+    from diffusers.hooks import apply_group_offloading
+
+    # diffusers' own test for "is this module group-offloaded" (used by ModelMixin.to); no public name yet
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    tier = validate_memory_tier(tier)
+    device = torch.device(device)
+    offload_device = torch.device(offload_device)
+    stream = _streams_available(device)
+    transformer = _component(components, "transformer")
+    text_encoder = _component(components, "text_encoder")
+    vae = _component(components, "vae")
+    for name, module in (("transformer", transformer), ("text_encoder", text_encoder)):
+        if module is not None and _is_group_offload_enabled(module):
+            raise ValueError(f"{name} is already group-offloaded; apply a memory tier only once")
+
+    placement = {"tier": tier}
+
+    def offload(module: nn.Module, offload_type: str, **options: Any) -> None:
+        apply_group_offloading(
+            module, onload_device=device, offload_device=offload_device, offload_type=offload_type, **options
+        )
+
+    if transformer is not None:
+        if tier == "full":
+            transformer.to(device)
+            placement["transformer"] = f"resident on {device}"
+        elif stream:
+            # Leaf-level, not block-level: diffusers' block-level offload puts every module outside the
+            # block list (patch/text/time embedders, head; 235M parameters at 14B) into one group that is
+            # moved synchronously from pageable memory and back on every forward (measured on an H100 at
+            # 2 of 40 blocks: 725 ms per forward vs 171 resident), while leaf-level groups are all pinned
+            # and prefetched on the stream (187 ms).
+            offload(transformer, "leaf_level", use_stream=True)
+            placement["transformer"] = "leaf-level offload, CUDA-stream prefetch"
+        elif tier == "balanced":
+            offload(transformer, "block_level", num_blocks_per_group=BALANCED_BLOCKS_PER_GROUP)
+            placement["transformer"] = f"block-level offload, {BALANCED_BLOCKS_PER_GROUP} block(s) per group"
+        else:
+            offload(transformer, "leaf_level")
+            placement["transformer"] = "leaf-level offload"
+    if text_encoder is not None:
+        if stream:
+            # Every tier streams the encoder leaf by leaf from pinned memory: whole-model moves go through
+            # pageable memory (umT5-XXL, 10.8 GiB: 10.7 s per encode measured on an H100) and the encoder
+            # does little compute per byte, so streaming costs about one pass over the bus.
+            offload(text_encoder, "leaf_level", use_stream=True)
+            placement["text_encoder"] = "leaf-level offload, CUDA-stream prefetch, onloaded for each encode"
+        elif tier in ("full", "balanced"):
+            # umT5 has no top-level ModuleList, so block-level offloading makes the whole encoder one group:
+            # onloaded when an encode starts, offloaded when it ends.
+            offload(text_encoder, "block_level", num_blocks_per_group=1)
+            placement["text_encoder"] = f"onloaded to {device} for each encode, offloaded after"
+        else:
+            offload(text_encoder, "leaf_level")
+            placement["text_encoder"] = "leaf-level offload"
+    if vae is not None:
+        vae.to(device)
+        placement["vae"] = f"resident on {device}"
+        if tier == "low":
+            vae.enable_tiling()
+            placement["vae"] += ", tiled"
+    return placement

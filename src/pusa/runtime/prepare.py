@@ -1,0 +1,54 @@
+"""`prepare_for_device`: the speed and memory knobs of `runtime.memory` and `runtime.kernels`, combined.
+
+Order when combining them (each step assumes the previous ones; `prepare_for_device` does it): build on the
+CPU -> `LoraFuser` (pristine copies) -> `enable_fp8_weights` -> `apply_memory_tier` ->
+`apply_attention_backend` -> `compile_blocks`. fp8 must precede offloading so that float8 bytes, not bf16
+ones, cross the bus, and the layer is upcast on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .kernels import apply_attention_backend, compile_blocks, enable_fp8_weights, validate_attention_backend
+from .memory import _component, apply_memory_tier, resolve_memory_tier, validate_memory_tier
+
+__all__ = ["prepare_for_device"]
+
+
+def prepare_for_device(
+    components: Any,
+    device: str | torch.device,
+    *,
+    memory: str = "auto",
+    attention: str = "auto",
+    fp8: bool = False,
+    compile: bool = False,
+    compute_dtype: torch.dtype | None = None,
+    compile_kwargs: Mapping[str, Any] | None = None,
+    attention_tokens: int | None = None,
+) -> dict[str, Any]:
+    """The knobs of `runtime.kernels` and `runtime.memory`, in the order that works: fp8 weights -> memory
+    tier -> attention backend -> compile. `components` is a pipeline, `weights.folders.Components` or a
+    dict, best still on the CPU and with any `LoraFuser` already built (it keeps pristine copies of the
+    weights fp8 would round). Names are checked before anything changes. `attention_tokens`: the sequence
+    length "auto" attention is chosen at. Returns what was done, for logs and the settings record."""
+    device = torch.device(device)
+    validate_memory_tier(memory, allow_auto=True)
+    validate_attention_backend(attention)
+    transformer = _component(components, "transformer")
+    if transformer is None:
+        raise ValueError("components have no transformer")
+    report: dict[str, Any] = {"fp8": fp8, "compiled": compile}
+    if fp8:
+        # ModelMixin.dtype skips the modules kept in float32, so it is the dtype the blocks compute in
+        enable_fp8_weights(transformer, compute_dtype=compute_dtype or transformer.dtype)
+    report["memory_tier"] = resolve_memory_tier(memory, device, components)
+    report["placement"] = apply_memory_tier(components, report["memory_tier"], device)
+    report["attention"] = apply_attention_backend(transformer, attention, device, seq_len=attention_tokens)
+    if compile:
+        compile_blocks(transformer, **(compile_kwargs or {}))
+    return report

@@ -1,0 +1,130 @@
+"""Whole model folders: which layout a downloaded folder has (`find_layout`: diffusers or Wan's original,
+see `weights.checkpoints`), where each component lives in it (`ModelFolder`), and all of them loaded
+(`load_components`).
+
+Kept apart from `weights.checkpoints`, which loads one component at a time, so that each file stays under
+~500 lines; this one is the only other user of its private helpers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+from pusa.model import PusaTransformer3DModel
+
+from .checkpoints import (
+    WAN_VAE_NAME,
+    CheckpointError,
+    _find_text_encoder,
+    _load_text_encoder_dirs,
+    _safetensors_files,
+    load_transformer,
+    load_vae,
+)
+
+__all__ = ["Components", "ModelFolder", "find_layout", "load_components"]
+
+_TEXT_ENCODER_SUBFOLDERS = ("google/umt5-xxl", "umt5-xxl")
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """Where each component of a model folder lives."""
+
+    layout: str  # "diffusers" or "wan-original"
+    root: Path
+    transformer: Path  # folder: config.json + safetensors
+    vae: Path  # diffusers vae/ folder, or Wan2.1_VAE.pth
+    text_encoder: Path  # folder: config.json + weights
+    tokenizer: Path  # folder: spiece.model / tokenizer.json
+
+    @property
+    def identity(self) -> str:
+        return f"{self.layout}:{self.root}"
+
+
+def _weights_problem(folder: Path) -> str | None:
+    if not (folder / "config.json").is_file():
+        return f"{folder / 'config.json'}"
+    try:
+        _safetensors_files(folder)
+    except CheckpointError:
+        return f"{folder}/diffusion_pytorch_model*.safetensors"
+    return None
+
+
+def find_layout(model_dir: str | Path, text_encoder_dir: str | Path | None = None) -> ModelFolder:
+    """Detect the layout of a downloaded model folder and locate its components.
+
+    `text_encoder_dir` overrides where the umT5 encoder and tokenizer are looked for first (useful for
+    Wan's original download, whose google/umt5-xxl folder holds only the tokenizer).
+    """
+    root = Path(model_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise CheckpointError(f"model folder {root} does not exist")
+    overrides = [Path(text_encoder_dir).expanduser().resolve()] if text_encoder_dir is not None else []
+
+    if (root / "model_index.json").is_file() or (root / "transformer").is_dir():
+        layout, transformer, vae = "diffusers", root / "transformer", root / "vae"
+        text_candidates = [*overrides, root]
+        vae_problem = _weights_problem(vae)
+    elif (
+        (root / "config.json").is_file()
+        or (root / WAN_VAE_NAME).is_file()
+        or any(root.glob("diffusion_pytorch_model*.safetensors"))
+    ):
+        layout, transformer, vae = "wan-original", root, root / WAN_VAE_NAME
+        text_candidates = [*overrides, *(root / sub for sub in _TEXT_ENCODER_SUBFOLDERS), root]
+        vae_problem = None if vae.is_file() else str(vae)
+    else:
+        raise CheckpointError(
+            f"{root} is neither a diffusers layout (model_index.json, transformer/, vae/, text_encoder/, "
+            f"tokenizer/) nor Wan's original layout (config.json, diffusion_pytorch_model-*.safetensors, "
+            f"{WAN_VAE_NAME}, google/umt5-xxl/)"
+        )
+
+    problems = [p for p in (_weights_problem(transformer), vae_problem) if p is not None]
+    text_encoder = tokenizer = None
+    try:
+        text_encoder, tokenizer = _find_text_encoder(text_candidates)
+    except CheckpointError as error:
+        problems.append(str(error))
+    if problems:
+        raise CheckpointError(f"{root} ({layout} layout) is missing: " + "; ".join(problems))
+    return ModelFolder(layout, root, transformer, vae, text_encoder, tokenizer)
+
+
+@dataclass
+class Components:
+    """Loaded models of one model folder."""
+
+    transformer: PusaTransformer3DModel
+    vae: AutoencoderKLWan
+    text_encoder: UMT5EncoderModel
+    tokenizer: PreTrainedTokenizerBase
+    identity: str  # e.g. "wan-original:/models/Wan2.1-T2V-14B"
+
+
+def load_components(
+    model_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    text_encoder_dir: str | Path | None = None,
+    vae_dtype: torch.dtype | None = None,
+) -> Components:
+    """All components of a model folder (see `find_layout`); the VAE uses `vae_dtype` if given."""
+    folder = find_layout(model_dir, text_encoder_dir)
+    device = torch.device(device)
+    text_encoder, tokenizer = _load_text_encoder_dirs(folder.text_encoder, folder.tokenizer, dtype, device)
+    return Components(
+        transformer=load_transformer(folder.transformer, dtype, device),
+        vae=load_vae(folder.vae, vae_dtype or dtype, device),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        identity=folder.identity,
+    )

@@ -1,0 +1,40 @@
+"""What several test modules build: tiny model configs and random media files (imported as `helpers`:
+pytest puts tests/ on sys.path). The fixtures that use them are in conftest.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pusa.video import write_video
+
+# PusaTransformer3DModel at toy size: 2 blocks, 2 heads of 12, 4 latent channels.
+TINY_DIT = dict(
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=12,
+    ffn_dim=32,
+    text_dim=32,
+    freq_dim=16,
+    in_channels=4,
+    out_channels=4,
+    rope_max_seq_len=32,
+)
+
+
+def random_pixels(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """uint8 noise of `shape` ([H, W, 3] an image, [F, H, W, 3] a clip), the same for the same seed."""
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def save_image(path: str | Path, height: int = 24, width: int = 40, seed: int = 0) -> Path:
+    """A random RGB PNG (or any format Pillow writes for the suffix)."""
+    Image.fromarray(random_pixels((height, width, 3), seed)).save(path)
+    return Path(path)
+
+
+def save_clip(path: str | Path, frames: int, height: int = 32, width: int = 48, seed: int = 0) -> Path:
+    """A random H.264 mp4 at 8 fps."""
+    return write_video(path, random_pixels((frames, height, width, 3), seed), 8.0)
