@@ -34,6 +34,7 @@ ENDPOINTS = [
     "/video_to_video",
     "/text_to_video",
     "/jobs",
+    "/job_status",
     "/cancel_job",
 ]
 
@@ -169,6 +170,31 @@ def test_errors_come_back_with_the_page_message(client, images):
         Exception, match=r"Noise Multiplier: 1\.5 is not allowed; must be a number in 0\.0\.\.1\.0"
     ):
         client.predict(handle_file(images[0]), "x", noise_multiplier=1.5, **FAST, api_name="/image_to_video")
+
+
+def test_a_job_is_looked_up_by_the_id_its_status_carries(client, server):
+    """The status text names the job; `/job_status` answers for it (done: its video), and names an
+    unknown id. After a restart the same lookup answers from the history (tested in test_app_jobs)."""
+    video, _, status = client.predict("a red circle", **FAST, api_name="/text_to_video")
+    job_id = status.rsplit("job ", 1)[1]
+    record = client.predict(job_id, api_name="/job_status")
+    assert record["state"] == "done" and Path(record["video"]).name == Path(video).name
+    history: History = server[1]
+    history.record_failure("gone0001", 1.0, _spec(), "a reason")
+    assert client.predict("gone0001", api_name="/job_status") == {
+        "id": "gone0001",
+        "state": "failed",
+        "reason": "a reason",
+    }
+    with pytest.raises(Exception, match=r"job_id='nope' is not a job of this studio"):
+        client.predict("nope", api_name="/job_status")
+
+
+def _spec():
+    from pusa.request import GenerationRequest
+    from pusa.serving.history import JobSpec
+
+    return JobSpec(GenerationRequest(task="t2v", prompt="x", seed=1))
 
 
 def test_unreadable_uploads_are_named_by_their_field(client, tmp_path):

@@ -251,9 +251,17 @@ def test_unfinished_jobs_run_again_after_a_restart(pipe, tmp_path, image):
     assert History(tmp_path / "out").pending() == []
 
 
-def test_a_job_that_keeps_stopping_the_server_is_not_started_again(tmp_path):
+def test_a_job_that_keeps_stopping_the_server_is_not_started_again_and_is_recorded_as_failed(
+    pipe, tmp_path, image
+):
+    """Not only a log line: after the restart its id answers "failed" with the reason, History lists it
+    (across later restarts too), and its inputs are kept while it is listed."""
     history = History(tmp_path / "out")
-    spec = t2v("crashes the server")
+    kept = history.keep_input(image)
+    spec = JobSpec(
+        GenerationRequest(task="i2v", prompt="crashes the server", images=[kept], positions=[0], noise_multipliers=[0.2], **FAST),
+        form={"tab": "i2v"},
+    )  # fmt: skip
     assert history.remember("crasher", 1.0, spec) and history.remember("fine", 2.0, t2v("fine"))
     for _ in range(2):  # it was running when the server stopped, twice
         history.started("crasher")
@@ -261,6 +269,35 @@ def test_a_job_that_keeps_stopping_the_server_is_not_started_again(tmp_path):
     queue = JobQueue(lambda: None, history)
     assert [view.id for view in queue.active()] == ["fine"]
     assert [job_id for job_id, *_ in history.pending()] == ["fine"]
+    view = queue.view("crasher")
+    assert view.state == FAILED and "the server stopped 2 times while this job ran" in view.error
+    for _ in range(2):  # the record outlives later restarts
+        (failure,) = History(tmp_path / "out").failures()
+    assert (failure.id, failure.spec.request.prompt) == ("crasher", "crashes the server")
+    assert "not started again" in failure.reason and failure.spec.form == {"tab": "i2v"}
+    # A later restart: only the record remains, not a live job. Deleting a finished video made from the
+    # same upload keeps the upload: the failed job still names it.
+    later = JobQueue(lambda: pipe, history).start()
+    try:
+        assert later.view("crasher") is None
+        done = finish(later, later.submit(_with_form(kept)).id)
+    finally:
+        later.close(10)
+    assert done.state == DONE and history.delete(done.id) and Path(kept).exists()
+
+
+def test_a_failing_job_is_recorded_in_the_failed_list(pipe, tmp_path):
+    history = History(tmp_path / "out")
+    queue = JobQueue(lambda: pipe, history).start()
+    try:
+        gone = tmp_path / "gone.mp4"
+        spec = JobSpec(GenerationRequest(task="v2v", prompt="x", video=str(gone), positions=[0], **FAST))
+        view = finish(queue, queue.submit(spec).id)
+    finally:
+        queue.close(10)
+    assert view.state == FAILED
+    (failure,) = history.failures()
+    assert failure.id == view.id and "gone.mp4" in failure.reason and "does not exist" in failure.reason
 
 
 def test_jobs_with_in_memory_inputs_run_but_are_not_stored(pipe, tmp_path):

@@ -228,15 +228,19 @@ class StudioPage(Studio):
                     max_lines=30,
                     label="Settings (as in the mp4's metadata and its .json sidecar)",
                 )
+        with gr.Accordion("Failed jobs (no video; their inputs are kept)", open=False):
+            failed = gr.HTML(views.failures_html([]), elem_id="history-failed")
         private = dict(api_visibility="private", show_progress="hidden")
         refresh_event = dict(fn=self.history_refresh, inputs=picker, outputs=[table, picker], **private)
-        refresh.click(**refresh_event)
-        self.history_tab.select(**refresh_event)
-        self.demo.load(**refresh_event)
-        for tab in self.tabs.values():
-            tab.generate_event.then(**refresh_event)
-        # Also when any job ends well (one from another page, the API, or from before a restart).
-        self.videos_made.change(**refresh_event)
+        failed_event = dict(fn=self.failures_refresh, inputs=None, outputs=failed, **private)
+        for event in (refresh_event, failed_event):
+            refresh.click(**event)
+            self.history_tab.select(**event)
+            self.demo.load(**event)
+            for tab in self.tabs.values():
+                tab.generate_event.then(**event)
+            # Also when any job ends well (one from another page, the API, or from before a restart).
+            self.videos_made.change(**event)
         table.select(self.history_pick, None, picker, **private)
         picker.change(self.history_show, picker, [video, settings, summary, download, use, delete], **private)
         refill = [self.tab_switch, self.end_video_row] + [c for tab in self.tabs.values() for c in tab.inputs]
@@ -261,9 +265,12 @@ class StudioPage(Studio):
         private = dict(api_visibility="private", show_progress="hidden")
         table.select(self.history_pick, None, pick, **private)
         cancel.click(self.queue_cancel, pick, outcome, queue=False, **private)
-        # For gradio_client: list the unfinished jobs, cancel one by id.
+        # For gradio_client: list the unfinished jobs, look one up by id (also after a restart), cancel one.
         gr.Button(visible=False).click(self.jobs, None, gr.JSON(visible=False), api_name="jobs", queue=False)
         job_id = gr.Textbox(visible=False, label="job_id")
+        gr.Button(visible=False).click(
+            self.job_status, job_id, gr.JSON(visible=False), api_name="job_status", queue=False
+        )
         gr.Button(visible=False).click(
             self.cancel_job,
             job_id,

@@ -307,6 +307,23 @@ class Studio:
         """The unfinished jobs, the running one first: id, task, prompt, seed, state, step..."""
         return [views.job_record(view) for view in self.queue.active()]
 
+    def job_status(self, job_id: str) -> dict:
+        """One job by id, whatever became of it: unfinished (as `/jobs` lists it), done (its video), or
+        failed (why). A client whose stream broke when the server stopped asks this after the restart."""
+        job_id = job_id.strip() if isinstance(job_id, str) else ""
+        view = self.queue.view(job_id) if job_id else None
+        if view is not None and view.state not in (DONE, FAILED):
+            return views.job_record(view)
+        entry = self.history.get(job_id) if job_id else None
+        if entry is not None:
+            return {"id": job_id, "state": DONE, "video": str(entry.video), "seed": entry.seed}
+        failure = next((f for f in self.history.failures() if f.id == job_id), None) if job_id else None
+        if failure is not None:
+            return {"id": job_id, "state": FAILED, "reason": failure.reason}
+        if view is not None:
+            return views.job_record(view)
+        raise gr.Error(f"job_id={job_id!r} is not a job of this studio", print_exception=False)
+
     def cancel_job(self, job_id: str) -> str:
         """Cancel a waiting job, or a running one after its current step; returns its state then."""
         job_id = job_id.strip() if isinstance(job_id, str) else ""
@@ -437,6 +454,10 @@ class Studio:
         value = selected if selected in ids else (entries[0].id if entries else None)
         rows = views.history_rows(entries)
         return gr.update(value=rows), gr.update(choices=choices, value=value)
+
+    def failures_refresh(self) -> str:
+        """The jobs that ended without a video (a failure, or a server that stopped twice while it ran)."""
+        return views.failures_html(self.history.failures())
 
     def history_pick(self, event: gr.SelectData) -> Any:
         row = event.row_value or []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from html import escape
 
-from ..serving.history import HistoryEntry
+from ..serving.history import FailedJob, HistoryEntry
 from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, QUEUED, RUNNING, JobView, ModelStatus
 from .forms import TABS
 from .timeline import error_html
@@ -245,3 +245,18 @@ def history_summary_html(entry: HistoryEntry) -> str:
         f'<div style="font-size: 13px;">{escape(history_choice(entry)[0])} · made in '
         f"{_seconds(entry.elapsed_s)} · <code>{escape(entry.video.name)}</code>{missing}</div>"
     )
+
+
+def failures_html(failures: list[FailedJob]) -> str:
+    """The jobs that ended without a video, newest first: when, what, why (their inputs are kept)."""
+    if not failures:
+        return '<div class="pusa-failures" style="font-size: 13px;">No failed jobs.</div>'
+    items = []
+    for failure in failures:
+        r = failure.spec.request
+        name = TASK_NAMES.get(r.recipe or r.task, r.task)
+        items.append(
+            f"<li><code>{escape(failure.id)}</code> · {_when(failure.failed)} · {escape(name)} · "
+            f"“{escape(_short(r.prompt))}” · seed {r.seed}: <b>{escape(failure.reason)}</b></li>"
+        )
+    return f'<div class="pusa-failures" style="font-size: 13px;"><ul>{"".join(items)}</ul></div>'

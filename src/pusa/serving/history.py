@@ -65,6 +65,13 @@ CREATE TABLE IF NOT EXISTS history (
     video     TEXT NOT NULL,     -- the mp4, relative to the outputs folder
     elapsed_s REAL NOT NULL      -- time from the job's start to its saved mp4
 );
+CREATE TABLE IF NOT EXISTS failed (
+    id       TEXT PRIMARY KEY,
+    created  REAL NOT NULL,          -- unix time the job was submitted
+    failed   REAL NOT NULL,          -- unix time it failed
+    spec     TEXT NOT NULL,          -- JSON: the job spec (`spec_to_json`), its inputs kept while listed
+    reason   TEXT NOT NULL           -- why, in words
+);
 CREATE TABLE IF NOT EXISTS pending (
     id       TEXT PRIMARY KEY,
     created  REAL NOT NULL,          -- unix time the job was submitted
@@ -101,6 +108,17 @@ def spec_from_json(text: str) -> JobSpec:
         if data.get(name) is not None:
             record[name] = data[name]
     return JobSpec(GenerationRequest(**record), data["form"])
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """A job that ended without a video: when, what it was, and why."""
+
+    id: str
+    created: float
+    failed: float
+    spec: JobSpec
+    reason: str
 
 
 class History:
@@ -211,6 +229,7 @@ class History:
             db.execute("DELETE FROM history WHERE id = ?", (entry_id,))
         still_used = {path for other in self.list() for path in _input_paths(other.settings)}
         still_used |= {path for _, _, spec, _ in self.pending() for path in _spec_paths(spec)}
+        still_used |= {path for failure in self.failures() for path in _spec_paths(failure.spec)}
         doomed = [entry.video, entry.video.with_suffix(".json")]
         doomed += [Path(path) for path in _input_paths(entry.settings) if path not in still_used]
         for path in doomed:
@@ -242,6 +261,31 @@ class History:
         except sqlite3.Error as error:
             log.warning("could not record a pending job in %s: %s", self.database, error)
             return False
+
+    def record_failure(self, job_id: str, created: float, spec: JobSpec, reason: str) -> bool:
+        """Keep a failed job (and, while it is listed, its inputs) so it can be seen after a restart."""
+        text = spec_to_json(spec)
+        if text is None:
+            return False
+        row = (job_id, created, time.time(), text, reason)
+        return self._write("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?, ?)", row)
+
+    def failures(self, limit: int = 50) -> list[FailedJob]:
+        """The failed jobs, newest first; rows this version cannot read are skipped."""
+        try:
+            with self._connect() as db:
+                query = "SELECT id, created, failed, spec, reason FROM failed ORDER BY failed DESC LIMIT ?"
+                rows = db.execute(query, (limit,)).fetchall()
+        except sqlite3.Error as error:
+            log.warning("could not read the failed jobs in %s: %s", self.database, error)
+            return []
+        failures = []
+        for job_id, created, failed, text, reason in rows:
+            try:
+                failures.append(FailedJob(job_id, created, failed, spec_from_json(text), reason))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return failures
 
     def pending(self) -> list[tuple[str, float, JobSpec, int]]:
         """Stored jobs that have not finished, oldest first: (id, created, spec, starts).

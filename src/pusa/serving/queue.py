@@ -217,12 +217,16 @@ class JobQueue:
     def _restore(self) -> None:
         for job_id, created, spec, starts in self.history.pending():
             if starts >= MAX_STARTS:
-                log.warning(
-                    "job %s was running when the server stopped %d times; it is not started again",
-                    job_id,
-                    starts,
+                reason = (
+                    f"the server stopped {starts} times while this job ran (out of memory, or a crash in a "
+                    "kernel?); it was not started again"
                 )
+                log.warning("job %s: %s", job_id, reason)
+                self.history.record_failure(job_id, created, spec, reason)
                 self.history.forget(job_id)
+                job = _Job(job_id, spec, created, phase="failed", restored=True)
+                job.state, job.error, job.finished = FAILED, reason, time.time()
+                self._jobs[job.id] = job  # its id still answers (a client that lost its stream asks)
                 continue
             phase = "waiting (submitted before a restart)"
             job = _Job(job_id, spec, created, phase=phase, restored=True)
@@ -336,6 +340,7 @@ class JobQueue:
             if not isinstance(error, ValueError):
                 log.exception("job %s failed", job.id)
             message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            self.history.record_failure(job.id, job.created, job.spec, message)
             with self._changed:
                 self._finish(job, FAILED, "failed", message)
         finally:
