@@ -260,3 +260,16 @@ def test_every_command_names_a_device_it_cannot_use(capsys):
     )
     with pytest.raises(ValueError, match="device='cuda'"):
         PusaPipeline.from_preset("tiny-random", device="cuda")
+
+
+def test_a_clip_the_model_was_not_trained_on_runs_with_a_warning_naming_the_flag(tmp_path, capsys):
+    out = tmp_path / "long.mp4"
+    assert (
+        main(
+            ["generate", "t2v", "-p", "a red circle", "--steps", "1", "--frames", "21", "-q", "-o", str(out)]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "pusa: warning: --frames=21 is not a length this model was trained on (17 frames)" in err
+    assert json.loads(out.with_suffix(".json").read_text())["warnings"][0].startswith("num_frames=21 is not")

@@ -371,7 +371,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     the model once and make the videos."""
     from dataclasses import replace
 
-    from .request import validate
+    from .request import advisories, validate
     from .runtime.device import check_device
     from .weights.registry import model_limits, resolve_model
 
@@ -387,7 +387,9 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         check_device(args.device)
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
-    validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
+    resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
+    for note in advisories(resolved, limits.defaults):
+        print(f"pusa: warning: {error_message(note)}", file=sys.stderr)
     if args.quiet:
         _quiet_libraries()
     from tqdm import tqdm

@@ -20,7 +20,16 @@ import torch
 from . import __version__, recipes
 from .conditioning import Conditioning
 from .params import PARAMS
-from .request import WAN_DEFAULTS, GenerationRequest, Media, ModelDefaults, ModelLimits, validate, video_plan
+from .request import (
+    WAN_DEFAULTS,
+    GenerationRequest,
+    Media,
+    ModelDefaults,
+    ModelLimits,
+    advisories,
+    validate,
+    video_plan,
+)
 from .sampling import StepInfo, sample
 from .schedule import flow_sigmas
 from .video import fit_image, fit_video, load_image, read_video, write_video
@@ -472,5 +481,6 @@ class PusaPipeline:
         frames = self.decode_latents(latents)
 
         settings = self.settings_of(request)
+        settings["warnings"] = [str(note) for note in advisories(request, self.defaults)]
         settings["elapsed_s"] = round(time.perf_counter() - started, 3)
         return PusaOutput(frames=frames, settings=settings)

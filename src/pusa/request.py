@@ -43,6 +43,9 @@ class ModelDefaults:
     fps: float = 16.0
     max_sequence_length: int = 512
     lora_alpha: float = 1.4  # the strength its own LoRA works best at (Pusa V1: 1.4)
+    # What it was trained on (its manifest's "trained"); empty: not declared (real Wan: no warnings).
+    trained_frames: tuple[int, ...] = ()
+    trained_sizes: tuple[tuple[int, int], ...] = ()  # (width, height)
 
 
 WAN_DEFAULTS = ModelDefaults()
@@ -262,6 +265,31 @@ def video_plan(
         source_frames,
         end_frames,
     )
+
+
+def advisories(request: GenerationRequest, defaults: ModelDefaults) -> list[InputError]:
+    """Warnings (not raised) for a resolved request outside what the model was trained on: it runs, but
+    the model has never seen such a clip (pusa-tiny tiles its objects at 128x128, fades them at 33
+    frames). Each names its parameter like an error, so each face words it its own way."""
+    notes = []
+    if defaults.trained_frames and request.num_frames not in defaults.trained_frames:
+        trained = ", ".join(map(str, defaults.trained_frames))
+        notes.append(
+            InputError(
+                "num_frames", request.num_frames, "other lengths may fade or break its objects",
+                f"is not a length this model was trained on ({trained} frames)",
+            )
+        )  # fmt: skip
+    sizes = [tuple(size) for size in defaults.trained_sizes]
+    if sizes and (request.width, request.height) not in sizes:
+        trained = ", ".join(f"{w}x{h}" for w, h in sizes)
+        notes.append(
+            InputError(
+                "width", request.width, "other sizes may repeat or distort its objects",
+                f"(height {request.height}) is not a size this model was trained at ({trained})",
+            )
+        )  # fmt: skip
+    return notes
 
 
 def validate(request: GenerationRequest, limits: ModelLimits, media: bool = True) -> GenerationRequest:

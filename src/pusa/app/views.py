@@ -75,7 +75,14 @@ def _progress_parts(view: JobView) -> tuple[str, str, str, float | None, bool]:
         )
     if view.state == DONE and view.entry is not None:
         entry = view.entry
-        return "done", f"Done in {_seconds(entry.elapsed_s)}", f"{seed} · {entry.video.name}", 1.0, False
+        warnings = "".join(f" · warning: {note}" for note in entry.settings.get("warnings") or ())
+        return (
+            "done",
+            f"Done in {_seconds(entry.elapsed_s)}",
+            f"{seed} · {entry.video.name}{warnings}",
+            1.0,
+            False,
+        )
     if view.state == FAILED:
         return "failed", "The job failed", str(view.error), None, False
     if view.state == CANCELLED:

@@ -61,10 +61,16 @@ def number(name: str, defaults: ModelDefaults, limits: ModelLimits | None = None
     """A number box; whole numbers for INT parameters. Clip sizes say the model's multiple and limit."""
     param = PARAMS[name]
     info = param.help
+    trained = limits.defaults if limits is not None else defaults
     if limits is not None and name in ("width", "height"):
         info = f"a multiple of {limits.size_multiple}, at most {limits.max_side} (this model)"
+        if trained.trained_sizes:
+            sizes = ", ".join(f"{w}x{h}" for w, h in trained.trained_sizes)
+            info += f"; trained at {sizes} (other sizes: a warning)"
     if limits is not None and name == "num_frames":
         info = f"4k+1, e.g. 17, 33, 81; at most {limits.max_frames} (this model)"
+        if trained.trained_frames:
+            info += f"; trained on {', '.join(map(str, trained.trained_frames))} (others: a warning)"
     options = dict(
         value=default_of(name, defaults), label=param.label, info=info,
         precision=0 if param.kind == "int" else None,

@@ -122,7 +122,20 @@ def folder_defaults(model_dir: str | Path) -> ModelDefaults:
         raise ValueError(
             f"{Path(model_dir) / MODEL_MANIFEST}: defaults {unknown} are not settings; allowed: {sorted(allowed)}"
         )
-    return ModelDefaults(**given) if given else WAN_DEFAULTS
+    trained = manifest.get("trained") or {}
+    if not given and not trained:
+        return WAN_DEFAULTS
+    try:
+        declared = dict(
+            trained_frames=tuple(int(n) for n in trained.get("num_frames", ())),
+            trained_sizes=tuple((int(w), int(h)) for w, h in trained.get("sizes", ())),
+        )
+    except (TypeError, ValueError):
+        raise ValueError(
+            f'{Path(model_dir) / MODEL_MANIFEST}: trained must be {{"num_frames": [17, ...], '
+            f'"sizes": [[64, 64], ...]}}, not {trained!r}'
+        ) from None
+    return ModelDefaults(**given, **declared)
 
 
 def folder_lora(model_dir: str | Path) -> Path | None:
