@@ -99,7 +99,8 @@ def pipeline_loader(
     from ..weights.registry import resolve_model
 
     resolve_model(model, lora, prefix="--")
-    check_device(device)
+    if device != "cpu":  # "cpu" is always there: importing torch to say so would delay the page
+        check_device(device)
 
     def load():
         import torch

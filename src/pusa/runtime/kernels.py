@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 # diffusers' own test for "is this module group-offloaded" (used by ModelMixin.to); no public name yet
-from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from torch import nn
 
@@ -192,6 +191,8 @@ def compile_blocks(transformer: nn.Module, **compile_kwargs: Any) -> nn.Module:
     `compile_kwargs` go to `torch.compile`. Defaults to `fullgraph=True`, so a graph break is an error
     rather than a silent slowdown, except under group offloading, whose onload/offload hooks are
     deliberate graph breaks (`torch.compiler.disable`)."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled  # pulls in peft: only when asked
+
     compile_kwargs.setdefault("fullgraph", not _is_group_offload_enabled(transformer))
     transformer.compile_repeated_blocks(**compile_kwargs)
     return transformer
@@ -208,6 +209,8 @@ def enable_fp8_weights(
     A `LoraFuser` built before this keeps its pristine copies in the original dtype and re-fuses into the
     float8 weights exactly once per `set_alpha`. Call before `apply_memory_tier`.
     """
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled  # pulls in peft: only when asked
+
     if _is_group_offload_enabled(transformer):
         raise ValueError("enable fp8 weights before applying a memory tier (offloading), not after")
     transformer.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=compute_dtype)

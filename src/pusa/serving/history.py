@@ -18,9 +18,12 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..pipeline import GenerationRequest, PusaOutput
+from ..request import GenerationRequest
+
+if TYPE_CHECKING:
+    from ..pipeline import PusaOutput
 
 log = logging.getLogger(__name__)
 

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..pipeline import PusaOutput, PusaPipeline
-from ..sampling import Cancelled, StepInfo
 from .history import History, HistoryEntry, JobSpec
+
+if TYPE_CHECKING:  # the engine is imported by the worker, behind the page: `pusa serve` answers first
+    from ..pipeline import PusaOutput, PusaPipeline
+    from ..sampling import StepInfo
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +315,8 @@ class JobQueue:
             self._run(pipeline, job)
 
     def _run(self, pipeline: PusaPipeline, job: _Job) -> None:
+        from ..sampling import Cancelled
+
         def on_step(info: StepInfo) -> bool:
             with self._changed:
                 job.step, job.num_steps, job.last_step_at = info.step + 1, info.num_steps, time.time()
@@ -346,5 +350,6 @@ class JobQueue:
         finally:
             del output
             gc.collect()
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch = sys.modules.get("torch")  # loaded by the pipeline, if it ever ran
+            if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.empty_cache()
