@@ -3,6 +3,12 @@ pytest puts tests/ on sys.path). The fixtures that use them are in conftest.py."
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +44,52 @@ def save_image(path: str | Path, height: int = 24, width: int = 40, seed: int = 
 def save_clip(path: str | Path, frames: int, height: int = 32, width: int = 48, seed: int = 0) -> Path:
     """A random H.264 mp4 at 8 fps."""
     return write_video(path, random_pixels((frames, height, width, 3), seed), 8.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Studio:
+    """`python -m pusa.app` (what `pusa serve` runs) in a subprocess, on the default model."""
+
+    def __init__(self, outputs: Path, port: int, log: Path) -> None:
+        self.outputs, self.port, self.log = outputs, port, log
+        self.url = f"http://127.0.0.1:{port}/"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> float:
+        """Start and wait until the page answers; returns the seconds that took."""
+        started = time.perf_counter()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("PUSA_AUTH", None)
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pusa.app", "--port", str(self.port), "--outputs", str(self.outputs)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        while time.perf_counter() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the studio exited with {self.process.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"the studio did not answer within {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

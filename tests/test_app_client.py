@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -17,7 +16,7 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from helpers import save_image  # noqa: E402
+from helpers import free_port, save_image  # noqa: E402
 from pusa.pipeline import PusaPipeline  # noqa: E402
 from pusa.serving.history import History  # noqa: E402
 from pusa.serving.queue import JobQueue  # noqa: E402
@@ -37,12 +36,6 @@ ENDPOINTS = [
     "/job_status",
     "/cancel_job",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,14 @@ recorded and must stay on this machine. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import Studio, free_port
 from pusa.pipeline import GenerationRequest
 from pusa.serving.history import History, JobSpec
 
@@ -44,55 +40,6 @@ JOB_TIMEOUT = 120_000  # ms: a job (or a model load and a job) finishing
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Studio:
-    """`python -m pusa.app` in a subprocess."""
-
-    def __init__(self, outputs: Path, port: int, log: Path) -> None:
-        self.outputs, self.port, self.log = outputs, port, log
-        self.url = f"http://127.0.0.1:{port}/"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> float:
-        """Start and wait until the page answers; returns the seconds that took."""
-        started = time.perf_counter()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("PUSA_AUTH", None)
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pusa.app", "--port", str(self.port), "--outputs", str(self.outputs)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        while time.perf_counter() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the studio exited with {self.process.returncode}:\n{self.log.read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
-                    if response.status == 200:
-                        return time.perf_counter() - started
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError(f"the studio did not answer within {timeout} s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture
