@@ -388,13 +388,13 @@ def test_a_reloaded_tab_follows_its_job_again(tmp_path):
 
 def test_gradios_copies_of_videos_are_deleted_once_old(tmp_path):
     """gradio copies every video it sends into its cache folder (and does not track those copies): the
-    studio deletes the copies of its own videos once older than its cache age (an hour; a second here), so
+    studio deletes the copies of its own videos once older than its cache age (an hour; 3 s here), so
     the folder stops growing by one file per video. Only copies of our videos are touched."""
-    from pusa.app.page import build_app, launch_app
+    from pusa.app.page import build_app, cached_copies, launch_app
 
     history = History(tmp_path / "outputs")
     queue = JobQueue(lambda: PusaPipeline.from_preset("tiny-random"), history).start()
-    demo = build_app(queue, TINY_DEFAULTS, cache=(1, 1))
+    demo = build_app(queue, TINY_DEFAULTS, cache=(1, 3))
     cache = Path(demo.GRADIO_CACHE)
     other = cache / "not-ours" / "someone-elses.mp4"
     other.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +406,7 @@ def test_gradios_copies_of_videos_are_deleted_once_old(tmp_path):
         for seed in (1, 2):
             client.predict("a red circle", **{**FAST, "seed": seed}, api_name="/text_to_video")
         names = {entry.video.name for entry in history.list()}
-        copies = lambda: [path for path in cache.glob("*/*.mp4") if path.name in names]  # noqa: E731
+        copies = lambda: [path for path in cached_copies(cache) if path.name in names]  # noqa: E731
         assert len(names) == 2 and copies(), "gradio made no copies? then this test checks nothing"
         wait_for(lambda: not copies(), timeout=30, what="old copies deleted")
         assert all(entry.video.is_file() for entry in history.list())  # our videos stay

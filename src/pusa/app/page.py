@@ -5,7 +5,9 @@ of every event to `Studio`'s handlers, and serving it. The widgets come from the
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -376,15 +378,31 @@ def build_app(
     return StudioPage(queue, defaults, model_label, limits, exposed_host).build(cache)
 
 
+def cached_copies(cache_dir: str | Path) -> list[Path]:
+    """The mp4 files one level down in gradio's cache folder (`<cache>/<hash>/<name>.mp4`). Folders that
+    vanish meanwhile (other servers share the folder) are skipped, not an error."""
+    try:
+        folders = [entry.path for entry in os.scandir(cache_dir) if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    copies = []
+    for folder in folders:
+        try:
+            copies += [Path(entry.path) for entry in os.scandir(folder) if entry.name.endswith(".mp4")]
+        except OSError:
+            continue
+    return copies
+
+
 def sweep_cached_copies(cache_dir: str | Path, videos_dir: str | Path, age_s: float) -> int:
     """Delete gradio's copies of our videos older than `age_s`; returns how many.
 
     gradio copies every file an event returns into its cache folder (`<cache>/<hash>/<name>`) and, unlike
     uploads, does not track these copies for `delete_cache`: the folder grew by one file per video. Only
     files named like a video of ours are touched, and only inside the cache folder."""
-    cache_dir, names = Path(cache_dir), {path.name for path in Path(videos_dir).glob("*.mp4")}
+    names = {path.name for path in Path(videos_dir).glob("*.mp4")}
     deleted, now = 0, time.time()
-    for copy in cache_dir.glob("*/*.mp4"):
+    for copy in cached_copies(cache_dir):
         try:
             if copy.name in names and now - copy.stat().st_mtime > age_s:
                 copy.unlink()
@@ -398,7 +416,8 @@ def sweep_cached_copies(cache_dir: str | Path, videos_dir: str | Path, age_s: fl
 
 def _sweep_forever(cache_dir: str, videos_dir: Path, every_s: float, age_s: float) -> None:
     while True:
-        sweep_cached_copies(cache_dir, videos_dir, age_s)
+        with contextlib.suppress(OSError):  # the outputs folder itself gone: try again later, never end
+            sweep_cached_copies(cache_dir, videos_dir, age_s)
         time.sleep(every_s)
 
 
