@@ -73,6 +73,14 @@ def test_completion_keeps_the_sources_first_frame_and_its_last_four(source):
     assert list(clip[1:13]) == list(range(source - 16, source - 4))  # its real lead-in (the VAE is causal)
 
 
+def test_completion_needs_a_latent_to_generate():
+    assert recipes.completion(9, 9).positions == (0, 2)
+    with pytest.raises(
+        InputError, match=r"num_frames=5 is not allowed; the completion recipe needs 9 frames"
+    ):
+        recipes.completion(5, 9)
+
+
 def test_completion_of_a_source_as_long_as_the_output_is_the_source_itself():
     frames = np.random.default_rng(0).integers(0, 255, (17, 4, 4, 3), dtype=np.uint8)
     assert np.array_equal(recipes.completion(17, 17).conditioning_clip({"video": frames}), frames)

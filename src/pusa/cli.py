@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .params import cli_message
 
 TASK_HELP = {
     "t2v": "text-to-video",
@@ -28,25 +29,27 @@ _TYPES = {
 }
 
 
-def parse_int_list(text: str, flag: str) -> list[int]:
+def parse_int_list(text: str, param: str) -> list[int]:
+    """ "0,4" -> [0, 4]; an `InputError` naming `param` (the CLI shows its flag) otherwise."""
     from .params import InputError
 
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part != ""]
     except ValueError:
         raise InputError(
-            flag, text, "expected comma-separated whole numbers, e.g. 0,4", "is not a list"
+            param, text, "expected comma-separated whole numbers, e.g. 0,4", "is not a list"
         ) from None
 
 
-def parse_float_list(text: str, flag: str) -> list[float]:
+def parse_float_list(text: str, param: str) -> list[float]:
+    """ "0.2,0.5" -> [0.2, 0.5]; an `InputError` naming `param` otherwise."""
     from .params import InputError
 
     try:
         return [float(part) for part in text.replace(" ", "").split(",") if part != ""]
     except ValueError:
         raise InputError(
-            flag, text, "expected comma-separated numbers in 0..1, e.g. 0.2,0.5", "is not a list"
+            param, text, "expected comma-separated numbers, e.g. 0.2,0.5", "is not a list"
         ) from None
 
 
@@ -298,7 +301,7 @@ def run_eval(args: argparse.Namespace) -> None:
         )
     if args.num_clips < 1:
         raise ValueError(f"--num-clips={args.num_clips}: must be 1 or more")
-    alphas = parse_float_list(args.alphas, "--alphas") if args.alphas is not None else None
+    alphas = parse_float_list(args.alphas, "alphas") if args.alphas is not None else None
     settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, args.shift, tasks=tasks)
     results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base)
     print(format_table({name: r["metrics"] for name, r in results.items()}))
@@ -333,9 +336,9 @@ def build_request(args: argparse.Namespace, limits):
     from .request import GenerationRequest
 
     fields = {name: getattr(args, name) for name in COMMON}
-    positions = parse_int_list(args.positions, "--positions") if getattr(args, "positions", None) else []
+    positions = parse_int_list(args.positions, "positions") if getattr(args, "positions", None) else []
     multipliers = (
-        parse_float_list(args.noise_multipliers, "--noise-multipliers")
+        parse_float_list(args.noise_multipliers, "noise_multipliers")
         if getattr(args, "noise_multipliers", None)
         else []
     )
@@ -389,7 +392,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     request = build_request(args, limits)
     resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
     for note in advisories(resolved, limits.defaults):
-        print(f"pusa: warning: {error_message(note)}", file=sys.stderr)
+        print(f"pusa: warning: {cli_message(note)}", file=sys.stderr)
     if args.quiet:
         _quiet_libraries()
     from tqdm import tqdm
@@ -434,15 +437,6 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def error_message(error: ValueError) -> str:
-    """A bad input's message, naming the flag the user typed (an `InputError` carries its parameter)."""
-    from .params import InputError, flag_of
-
-    if isinstance(error, InputError):
-        return error.message(flag_of(error.param))
-    return str(error)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -458,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             run_eval(args)
     except ValueError as error:  # bad input: the message names the parameter, the value and what is allowed
-        print(f"pusa: error: {error_message(error)}", file=sys.stderr)
+        print(f"pusa: error: {cli_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pusa: interrupted", file=sys.stderr)

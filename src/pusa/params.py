@@ -15,7 +15,7 @@ is allowed, so each face names the parameter its own way (`--steps`, "Inference 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,9 +118,12 @@ class Param:
     def range_text(self, low: float | None = None, high: float | None = None) -> str:
         low = self.low if low is None else low
         high = self.high if high is None else high
-        if self.kind in (INT, INTS):
-            return f"a whole number in {int(low)}..{int(high)}"
-        return f"a number in {float(low)}..{float(high)}"
+        kind, cast = ("a whole number", int) if self.kind in (INT, INTS) else ("a number", float)
+        if low is not None and high is not None:
+            return f"{kind} in {cast(low)}..{cast(high)}"
+        if low is not None:
+            return f"{kind} of at least {cast(low)}"
+        return kind if high is None else f"{kind} of at most {cast(high)}"
 
     def check(self, value: Any, low: float | None = None, high: float | None = None) -> Any:
         """`value` if it is of the right kind and in range (`low`/`high` override the declared range,
@@ -128,15 +131,13 @@ class Param:
         low = self.low if low is None else low
         high = self.high if high is None else high
         if self.kind in (INT, FLOAT):
-            if not _is_number(value, integer=self.kind == INT) or (
-                low is not None and not low <= value <= high
-            ):
+            if not _is_number(value, integer=self.kind == INT) or not _within(value, low, high):
                 raise InputError(self.name, value, f"must be {self.range_text(low, high)}")
             return value
         if self.kind in (INTS, FLOATS):
             integer = self.kind == INTS
             for item in value:
-                if not _is_number(item, integer=integer) or (low is not None and not low <= item <= high):
+                if not _is_number(item, integer=integer) or not _within(item, low, high):
                     raise InputError(
                         self.name,
                         list(value),
@@ -153,6 +154,10 @@ class Param:
                 raise InputError(self.name, value, f"choose one of {', '.join(self.choices)}")
             return value
         return value
+
+
+def _within(value: float, low: float | None, high: float | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
 
 
 def _is_number(value: Any, integer: bool) -> bool:
@@ -279,8 +284,9 @@ def flag_of(param: str) -> str:
     return declared.flag if declared and declared.flag else "--" + param.replace("_", "-")
 
 
-def defaults_text(param: Param, own: Callable[[str], Any] | None = None) -> str:
-    """The default as help text shows it."""
-    if param.default is MODEL_OWN:
-        return "the model's own" if own is None else f"the model's own, {own(param.name)}"
-    return "none" if param.default is None else f"{param.default}"
+def cli_message(error: BaseException) -> str:
+    """A bad input's message as the command line says it: an `InputError` names the flag that sets its
+    parameter (`--steps=0 is not allowed; ...`); any other error is its own text."""
+    if isinstance(error, InputError):
+        return error.message(flag_of(error.param))
+    return str(error)

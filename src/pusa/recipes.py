@@ -1,10 +1,11 @@
-"""The conditioning recipes, as arithmetic on lengths. Pure: imports only numpy.
+"""The conditioning recipes, as arithmetic on lengths. Pure: imports only numpy (and `params`).
 
 For each recipe, from the source clip lengths and the output length: which latent frames are
 conditioned (`positions`), how strongly (`noise_multipliers`), which frames of which source are used,
 where they sit in the conditioning clip the VAE encodes, and how many frames each source needs. The
 pipeline builds its conditioning clip from a `RecipePlan`, the studio renders its notes from one, the
-CLI and the evaluation ask for the same plans; nothing else types these numbers.
+forms and `request.validate` (hence the CLI and the API) ask for the same plans; nothing else types
+these numbers.
 
 Latent frame k covers pixel frames 4k-3..4k (k >= 1), latent 0 pixel frame 0 alone (Wan's causal VAE),
 so `c` context latents at the start are `4(c-1)+1` frames and `c` latents at the end are `4c` frames.
@@ -126,7 +127,8 @@ class RecipePlan:
         holes = np.flatnonzero(~filled)
         if holes.size:
             before, after = holes[0] - 1, holes[-1] + 1
-            assert before >= 0 and after < self.clip_frames, "a gap must sit between two spans"
+            if before < 0 or after >= self.clip_frames or len(holes) != after - before - 1:
+                raise ValueError(f"{self.recipe}: its spans leave gaps one cross-fade cannot fill: {holes}")
             weights = np.linspace(0.0, 1.0, holes.size + 2, dtype=np.float32)[1:-1, None, None, None]
             clip[holes] = (1 - weights) * clip[before] + weights * clip[after]
         return clip.round().astype(np.uint8)
@@ -192,8 +194,8 @@ def completion(num_frames: int, source_frames: int | None = None, noise_multipli
     The source's last frames go to the end of the conditioning clip with the frames just before them (its
     real lead-in, for the causal VAE); a source shorter than the output is bridged by a cross-fade."""
     num_latent = num_latent_frames(num_frames)
-    if num_latent < 2:
-        raise InputError("num_frames", num_frames, "the completion recipe needs 5 frames or more")
+    if num_latent < 3:  # the first and the last latent kept, at least one generated between them
+        raise InputError("num_frames", num_frames, "the completion recipe needs 9 frames or more")
     multipliers = _multipliers(noise_multipliers, COMPLETION_MULTIPLIERS, 2, "completion")
     _need("video", source_frames, 5, "the completion recipe (its first frame and 4 more)")
     have = source_frames if source_frames is not None else num_frames

@@ -96,7 +96,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray, parameter: str = "
         with Image.open(path) as image:
             image.load()
             return to_rgb(image, parameter, str(path))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise MediaError(
             parameter, str(path), f"expected {_IMAGES}", f"is not a readable image ({error})"
         ) from None

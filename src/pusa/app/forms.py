@@ -172,7 +172,7 @@ def check_image(path: Any, param: str = "image", limits: UploadLimits = DEFAULT_
     try:
         with Image.open(path) as image:
             kind, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):  # a bomb: too many pixels to open
         raise FormError(param, name, allowed, "is not an image") from None
     if kind not in IMAGE_FORMATS:
         raise FormError(param, name, allowed, f"is a {kind} image")

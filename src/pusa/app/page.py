@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -145,7 +146,7 @@ class StudioPage(Studio):
                     info="one per position, 0.0-1.0 (lower = closer to the source frame)",
                 )  # fmt: skip
                 # It opens on the extension recipe, whose numbers fill the fields: what Generate will do.
-                tab.fields["recipe"] = gr.Radio(
+                tab.fields["recipe"] = widgets.RadioInput(
                     list(forms.FORM_RECIPES), value="extension", label="Recipe", elem_id="v2v-recipe",
                     info="custom: keep the source's frames at the positions; the buttons above fill in a recipe",
                 )  # fmt: skip
@@ -170,6 +171,9 @@ class StudioPage(Studio):
         for name, button in recipe_buttons.items():
             button.click(functools.partial(self.fill_recipe, name), f["num_frames"], **fill)
         f["recipe"].input(self.fill_recipe, [f["recipe"], f["num_frames"]], **fill)
+        # A recipe's positions depend on the frame count: typing a new one refills them (`.input`: the
+        # user's edits only, so "Use these settings" keeps the values it brings).
+        f["num_frames"].input(self.fill_recipe, [f["recipe"], f["num_frames"]], **fill)
         self._timeline(tab, self.preview_v2v, ["positions", "noise_multipliers", "recipe", "num_frames"])
         self._check_uploads(tab)
         return tab
@@ -378,6 +382,10 @@ def build_app(
     return StudioPage(queue, defaults, model_label, limits, exposed_host).build(cache)
 
 
+# How `History.add` names a video: <stamp>-<task or recipe>-<seed>-<job id>.mp4
+OUR_VIDEO = re.compile(r"\d{8}-\d{6}-[a-z0-9]+-\d+-[0-9a-f]{12}\.mp4")
+
+
 def cached_copies(cache_dir: str | Path) -> list[Path]:
     """The mp4 files one level down in gradio's cache folder (`<cache>/<hash>/<name>.mp4`). Folders that
     vanish meanwhile (other servers share the folder) are skipped, not an error."""
@@ -394,17 +402,19 @@ def cached_copies(cache_dir: str | Path) -> list[Path]:
     return copies
 
 
-def sweep_cached_copies(cache_dir: str | Path, videos_dir: str | Path, age_s: float) -> int:
+def sweep_cached_copies(cache_dir: str | Path, age_s: float) -> int:
     """Delete gradio's copies of our videos older than `age_s`; returns how many.
 
     gradio copies every file an event returns into its cache folder (`<cache>/<hash>/<name>`) and, unlike
     uploads, does not track these copies for `delete_cache`: the folder grew by one file per video. Only
-    files named like a video of ours are touched, and only inside the cache folder."""
-    names = {path.name for path in Path(videos_dir).glob("*.mp4")}
+    files named like a video of ours (`OUR_VIDEO`, also those since deleted from History) are touched,
+    and only inside the cache folder."""
     deleted, now = 0, time.time()
     for copy in cached_copies(cache_dir):
         try:
-            if copy.name in names and now - copy.stat().st_mtime > age_s:
+            # ctime: gradio's copy keeps the source's mtime (copy2), so an old video's fresh copy
+            # would look old; its ctime is when the copy was made.
+            if OUR_VIDEO.fullmatch(copy.name) and now - copy.stat().st_ctime > age_s:
                 copy.unlink()
                 deleted += 1
                 if not any(copy.parent.iterdir()):
@@ -414,10 +424,10 @@ def sweep_cached_copies(cache_dir: str | Path, videos_dir: str | Path, age_s: fl
     return deleted
 
 
-def _sweep_forever(cache_dir: str, videos_dir: Path, every_s: float, age_s: float) -> None:
+def _sweep_forever(cache_dir: str, every_s: float, age_s: float) -> None:
     while True:
         with contextlib.suppress(OSError):  # the outputs folder itself gone: try again later, never end
-            sweep_cached_copies(cache_dir, videos_dir, age_s)
+            sweep_cached_copies(cache_dir, age_s)
         time.sleep(every_s)
 
 
@@ -444,7 +454,7 @@ def launch_app(
     demo.queue()
     every_s, age_s = demo.delete_cache or CACHE
     threading.Thread(
-        target=_sweep_forever, args=(demo.GRADIO_CACHE, history.videos_dir, every_s, age_s), daemon=True,
+        target=_sweep_forever, args=(demo.GRADIO_CACHE, every_s, age_s), daemon=True,
         name="pusa-cache-sweep",
     ).start()  # fmt: skip
     return demo.launch(

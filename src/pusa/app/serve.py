@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from ..params import cli_message
 from ..weights.registry import DEFAULT_MODEL, PRESETS
 
 AUTH_ENV = "PUSA_AUTH"
@@ -119,9 +120,7 @@ def serve_main(args: argparse.Namespace) -> int:
         auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
         load = pipeline_loader(args.model, args.lora, args.device, args.dtype)
     except ValueError as error:
-        from ..cli import error_message
-
-        print(f"pusa serve: error: {error_message(error)}", file=sys.stderr)
+        print(f"pusa serve: error: {cli_message(error)}", file=sys.stderr)
         return 2
     warning = exposure_warning(args.host, auth)
     if warning:

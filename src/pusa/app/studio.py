@@ -97,7 +97,7 @@ def _thumbnail_cached(path: str, mtime_ns: int, size: int) -> str | None:
             image.thumbnail((size, size))
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=80)
-    except OSError:
+    except (OSError, Image.DecompressionBombError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -187,8 +187,12 @@ class Studio:
         self.initial_state = LOADING  # the model's state when the page was built
 
     # ================================================================== generation
-    def _stream(self, build: Callable[[], Any]) -> Iterator[Update]:
-        """Wait for the model, check the form, queue the job and follow it to its end."""
+    def _stream(self, build: Callable[[forms.Keep], Any]) -> Iterator[Update]:
+        """Wait for the model, check the form, queue the job and follow it to its end.
+
+        `build(keep)` makes the job; it is first made and checked with the uploads where they are, and only
+        a request that passes is made again with them copied into the outputs folder: a refused request
+        leaves no copy behind."""
         status = self.queue.status
         while status.state == LOADING:
             yield Update(views.waiting_for_model_html(), text="Waiting for the model: loading model...")
@@ -198,9 +202,8 @@ class Studio:
             yield Update(error_html(message), error=message)
             return
         try:
-            spec = build()
-            forms.check_spec(self.queue.pipeline.limits, spec)
-            view = self.queue.submit(spec)
+            forms.check_spec(self.queue.pipeline.limits, build(str))
+            view = self.queue.submit(build(self._keep))
         except (ValueError, RuntimeError, OSError) as error:
             yield Update(error_html(str(error)), error=str(error))
             return
@@ -243,20 +246,20 @@ class Studio:
     def generate(self, task: str, values: Mapping[str, Any]) -> Iterator[Update]:
         """One tab's Generate, or its API endpoint: the form's values by their keys (`TabWidgets.fields`)."""
         common = {key: values[key] for key in forms.COMMON_KEYS if key in values}
-        d, limits, keep = self.defaults, self.limits, self._keep
+        d, limits = self.defaults, self.limits
         builders = {
-            "i2v": lambda: forms.image_to_video(
+            "i2v": lambda keep: forms.image_to_video(
                 values.get("image"), values.get("noise_multiplier"), common, d, limits, keep
             ),
-            "frames": lambda: forms.frames_to_video(
+            "frames": lambda keep: forms.frames_to_video(
                 values.get("images"), values.get("positions"), values.get("noise_multipliers"), common, d, limits,
                 keep,
             ),
-            "v2v": lambda: forms.video_to_video(
+            "v2v": lambda keep: forms.video_to_video(
                 values.get("video"), values.get("positions"), values.get("noise_multipliers"), values.get("recipe"),
                 values.get("end_video"), common, d, limits, keep,
             ),
-            "t2v": lambda: forms.text_to_video(common, d),
+            "t2v": lambda keep: forms.text_to_video(common, d),
         }  # fmt: skip
         return self._stream(builders[task])
 
@@ -317,7 +320,7 @@ class Studio:
         entry = self.history.get(job_id) if job_id else None
         if entry is not None:
             return {"id": job_id, "state": DONE, "video": str(entry.video), "seed": entry.seed}
-        failure = next((f for f in self.history.failures() if f.id == job_id), None) if job_id else None
+        failure = self.history.failure(job_id) if job_id else None
         if failure is not None:
             return {"id": job_id, "state": FAILED, "reason": failure.reason}
         if view is not None:

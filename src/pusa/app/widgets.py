@@ -1,8 +1,8 @@
 """The studio's input widgets, made from the parameter declarations (`pusa.params`): range, step,
 default (the model's own where declared so), label and info come from one place.
 
-Two gradio components are subclassed here (their preprocessing stood between the page and our one
-validation). gradio writes a type stub (`widgets.pyi`) beside any module that subclasses a component, on
+Four gradio components are subclassed here: their preprocessing stood between the page and our one
+validation. gradio writes a type stub (`widgets.pyi`) beside any module that subclasses a component, on
 import, best-effort; it is git-ignored.
 """
 
@@ -21,6 +21,27 @@ class SliderInput(gr.Slider):
     with "Value 0 is less than minimum value 1." and no field name; ours names the field."""
 
     is_template = True  # gradio draws it as its own slider
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class NumberInput(gr.Number):
+    """A number box whose value reaches our validation as sent: gradio's own preprocessing rounded it to
+    the box's precision first (16.4 became 16, a seed of -1.6 became -2) and answered a non-number with
+    its own unnamed conversion error."""
+
+    is_template = True  # gradio draws it as its own number box
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class RadioInput(gr.Radio):
+    """A choice whose value reaches our validation as sent (gradio answered a value outside its choices
+    with "Value ... is not in the list of choices", naming no field)."""
+
+    is_template = True
 
     def preprocess(self, payload: Any) -> Any:
         return payload
@@ -75,7 +96,7 @@ def number(name: str, defaults: ModelDefaults, limits: ModelLimits | None = None
         value=default_of(name, defaults), label=param.label, info=info,
         precision=0 if param.kind == "int" else None,
     )  # fmt: skip
-    return gr.Number(**{**options, **extra})
+    return NumberInput(**{**options, **extra})
 
 
 def textbox(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Textbox:

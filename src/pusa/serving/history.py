@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -161,8 +163,11 @@ class History:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
         target = self.inputs_dir / f"{digest.hexdigest()[:20]}{source.suffix.lower()}"
-        if not target.exists():
-            shutil.copyfile(source, target)
+        if not target.exists():  # written whole, then renamed: a job reading the same file never sees half
+            handle, partial = tempfile.mkstemp(dir=self.inputs_dir, suffix=".partial")
+            os.close(handle)
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
         return str(target)
 
     def add(self, job_id: str, spec: JobSpec, output: PusaOutput, elapsed_s: float) -> HistoryEntry:
@@ -251,6 +256,10 @@ class History:
     def started(self, job_id: str) -> None:
         self._write("UPDATE pending SET starts = starts + 1 WHERE id = ?", (job_id,))
 
+    def unstarted(self, job_id: str) -> None:
+        """Take back a start that a clean shutdown interrupted (only a crash counts against `MAX_STARTS`)."""
+        self._write("UPDATE pending SET starts = MAX(starts - 1, 0) WHERE id = ?", (job_id,))
+
     def forget(self, job_id: str) -> None:
         self._write("DELETE FROM pending WHERE id = ?", (job_id,))
 
@@ -289,6 +298,16 @@ class History:
             except (KeyError, TypeError, ValueError):
                 continue
         return failures
+
+    def failure(self, job_id: str) -> FailedJob | None:
+        """One failed job by id (any age), or None."""
+        try:
+            with self._connect() as db:
+                query = "SELECT id, created, failed, spec, reason FROM failed WHERE id = ?"
+                row = db.execute(query, (job_id,)).fetchone()
+            return None if row is None else FailedJob(*row[:3], spec_from_json(row[3]), row[4])
+        except (sqlite3.Error, KeyError, TypeError, ValueError):
+            return None
 
     def pending(self) -> list[tuple[str, float, JobSpec, int]]:
         """Stored jobs that have not finished, oldest first: (id, created, spec, starts).

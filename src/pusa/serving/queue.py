@@ -269,9 +269,13 @@ class JobQueue:
     def _finish(
         self, job: _Job, state: str, phase: str, error: str | None = None, keep: bool = False
     ) -> None:
-        """End a job. `keep` (or a shutdown) leaves it stored, so the next start runs it again."""
+        """End a job. `keep`, or a shutdown that cancelled it, leaves it stored, so the next start runs it
+        again (a shutdown's cancel does not count as a start that stopped the server). A job that ended
+        by itself while the server stopped (done, failed) is not run again."""
         job.state, job.phase, job.error, job.finished = state, phase, error, time.time()
-        if not (keep or self._closing):
+        if self._closing and state == CANCELLED:
+            self.history.unstarted(job.id)
+        elif not keep:
             self.history.forget(job.id)
         # Every waiting job moved up one place.
         for other in self._waiting:

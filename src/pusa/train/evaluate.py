@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pusa import recipes
 from pusa.train import EVAL_TASKS
 from pusa.train.detector import analyze_clip
 from pusa.train.world import (
@@ -37,7 +38,6 @@ from pusa.train.world import (
     render_clip,
 )
 
-EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)
 TASKS = EVAL_TASKS
 # (key, label, unit-format) in table order
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -155,8 +155,7 @@ def evaluate_pipeline(
             record["keyframes"] = {"psnr": per["kf_psnr"][-1]}
             videos += 1
         if "extension" in settings.tasks and spec.motion != "bounces" and num_latent >= 3:
-            # The pipeline's default context (4 latents, multipliers 0/0.3/0.4/0.5), shortened for short clips.
-            multipliers = EXTENSION_MULTIPLIERS[: min(len(EXTENSION_MULTIPLIERS), num_latent - 1)]
+            multipliers = recipes.extension(d.num_frames).noise_multipliers  # the pipeline's default context
             out = pipe.extend_video(truth, prompt, noise_multipliers=multipliers, seed=seed, **common).frames
             analysis = analyze_clip(out)
             boundary = 4 * (len(multipliers) - 1) + 1  # the context frames are output frames 0..boundary-1

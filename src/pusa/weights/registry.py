@@ -116,7 +116,7 @@ def folder_defaults(model_dir: str | Path) -> ModelDefaults:
     """Native clip settings of a model folder: its manifest's `defaults`, else Wan2.1's (81 x 832x480)."""
     manifest = read_manifest(model_dir) or {}
     given = manifest.get("defaults") or {}
-    allowed = {f.name for f in fields(ModelDefaults)}
+    allowed = {f.name for f in fields(ModelDefaults)} - {"trained_frames", "trained_sizes"}  # under "trained"
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ValueError(
