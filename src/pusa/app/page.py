@@ -40,9 +40,17 @@ class StudioPage(Studio):
     def _generation_sliders(self, tab: TabWidgets) -> None:
         tab.fields["lora_alpha"] = widgets.slider("lora_alpha", self.defaults)
         tab.fields["steps"] = widgets.slider("num_inference_steps", self.defaults)
+        tab.fields["preset"] = widgets.choice("preset", self.defaults, elem_id=f"{tab.tab}-preset")
 
     def _tail(self, tab: TabWidgets) -> None:
         d, limits = self.defaults, self.model_limits
+        with gr.Accordion("LoRAs", open=False):
+            tab.fields["loras"] = widgets.textbox(
+                "loras", d, lines=2, elem_id=f"{tab.tab}-loras",
+                placeholder="/models/lightx2v_4step.safetensors:1.0\n/models/high_noise_pusa.safetensors:1.5@high",
+                info="one LoRA a line: FILE[:STRENGTH][@high|@low] (files on the server); STRENGTH A;B = "
+                "high;low of a two-expert model; no strength: LoRA Alpha; blank: the model's own LoRAs",
+            )  # fmt: skip
         with gr.Accordion("Negative prompt", open=False):
             tab.fields["negative_prompt"] = widgets.textbox("negative_prompt", d, lines=3, show_label=False)
         tab.fields["seed"] = widgets.number(
@@ -57,6 +65,7 @@ class StudioPage(Studio):
                 tab.fields["num_frames"] = widgets.number("num_frames", d, limits)
                 tab.fields["fps"] = widgets.number("fps", d)
             tab.fields["shift"] = widgets.slider("shift", d)
+            tab.fields["boundary"] = widgets.slider("boundary", d)
 
     def _outputs(self, tab: TabWidgets) -> None:
         ready = self.initial_state == READY

@@ -106,6 +106,17 @@ def textbox(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Textbox:
     return gr.Textbox(**{**options, **extra})
 
 
+def choice(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Radio:
+    """A radio of the declared choices, with "none" first for a parameter that may be absent."""
+    param = PARAMS[name]
+    value = default_of(name, defaults)
+    options = dict(
+        choices=["none", *param.choices], value="none" if value is None else value, label=param.label,
+        info=param.help,
+    )  # fmt: skip
+    return gr.Radio(**{**options, **extra})
+
+
 def image_upload(**options: Any) -> ImageInput:
     """An image upload that hands the file over unconverted (`ImageInput`)."""
     return ImageInput(type="filepath", image_mode=None, **options)
