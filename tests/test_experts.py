@@ -209,3 +209,34 @@ def test_mismatched_expert_is_named_before_loading(folders, tmp_path):
         CheckpointError, match=r"experts do not match.*low_noise_model/config.json.*num_layers: 2 vs 3"
     ):
         find_layout(original)
+
+
+# ---------------------------------------------------------------- memory: one expert resident at a time
+def test_swap_tier_gives_the_same_video_and_counts_its_swaps(pipe2, tmp_path):
+    from pusa.runtime.expert_swap import choose_expert_tier
+
+    swapped = PusaPipeline.from_preset("tiny-random-a14b", memory="swap")
+    assert swapped.acceleration["memory_tier"] == "swap"
+    common = dict(num_inference_steps=4, cfg=2.0, num_frames=5, **SMALL)
+    first = swapped.text_to_video("a fox", **common)
+    assert first.settings["expert_swaps"]["swaps"] == 1  # high resident, low swapped in at the boundary
+    assert first.settings["acceleration"]["memory_tier"] == "swap"
+    again = swapped.text_to_video("a fox", **common)
+    assert again.settings["expert_swaps"]["swaps"] == 2  # back to high, then low again
+    reference = pipe2.text_to_video("a fox", **common).frames
+    assert np.array_equal(first.frames, reference) and np.array_equal(again.frames, reference)
+    from test_lora_stack import write_peft
+
+    lora = f"{write_peft(tmp_path / 'p.safetensors')}:1.3@low"  # fused into the low expert while it is on the host
+    with_lora = swapped.text_to_video("a fox", loras=lora, **common).frames
+    assert np.array_equal(with_lora, pipe2.text_to_video("a fox", loras=lora, **common).frames)
+    pipe2.text_to_video("a fox", **common)  # the shared pipeline back to no LoRA
+    with pytest.raises(ValueError, match="'swap' is for two-expert models"):
+        PusaPipeline.from_preset("tiny-random", memory="swap")
+    gib = 2**30
+    sizes = {"text_encoder": 11 * gib, "vae": gib // 2}
+    # Wan2.2-A14B in bf16: 28.6 GB per expert
+    expert = int(28.6e9)
+    assert choose_expert_tier(80 * gib, sizes, expert, 10 * gib) == "full"
+    assert choose_expert_tier(48 * gib, sizes, expert, 10 * gib) == "swap"
+    assert choose_expert_tier(24 * gib, sizes, expert, 10 * gib) in ("balanced", "low")

@@ -110,8 +110,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     model.add_argument(
         "--memory", default="auto", choices=MEMORY_TIER_CHOICES,
-        help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB); "
-        "auto picks from free VRAM (default: auto)",
+        help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB), swap (two-expert "
+        "models: one expert on the GPU, the other in pinned CPU memory, swapped at the boundary); auto picks "
+        "from free VRAM, counting both experts (default: auto)",
     )  # fmt: skip
     model.add_argument(
         "--attention", default="auto", type=_attention_backend, metavar="BACKEND",

@@ -19,7 +19,7 @@ import torch
 
 from . import __version__, recipes
 from .conditioning import Conditioning
-from .experts import ALL, EXPERTS, LOW, expert_for, expert_plan
+from .experts import ALL, EXPERTS, HIGH, LOW, expert_for, expert_plan
 from .lora_specs import LoraSpec, check_stack, parse_loras
 from .params import PARAMS, InputError
 from .presets import preset_of
@@ -80,16 +80,53 @@ def native_tokens(transformer: Any, vae: Any, defaults: ModelDefaults) -> int:
 
 
 def _prepare(components: Any, device: str | torch.device, **options: Any) -> dict[str, Any]:
-    """`runtime.prepare.prepare_for_device` for the model, then for a low-noise expert with the same
-    options (its placement under "transformer_2" in the report)."""
+    """`runtime.prepare.prepare_for_device` for the model and, for a two-expert model, its low-noise expert:
+    "auto" counts both experts; "swap" (or "auto" on a card that holds one expert but not two) keeps the
+    active expert resident and the other in pinned CPU memory (`runtime.expert_swap`); the other tiers
+    place both experts alike. The second expert's placement is the report's "transformer_2"."""
     from .runtime.prepare import prepare_for_device
 
     second = components.get("transformer_2") if isinstance(components, dict) else components.transformer_2
-    report = prepare_for_device(components, device, **options)
-    if second is not None:
-        expert = prepare_for_device({"transformer": second}, device, **options)
+    if second is None:
+        if options.get("memory") == "swap":
+            raise ValueError("memory tier 'swap' is for two-expert models; this model has one DiT")
+        return prepare_for_device(components, device, **options)
+    first = components["transformer"] if isinstance(components, dict) else components.transformer
+    memory = options.get("memory", "auto")
+    if memory == "auto":
+        memory = _expert_tier(components, first, device)
+    if memory != "swap":
+        report = prepare_for_device(components, device, **{**options, "memory": memory})
+        expert = prepare_for_device({"transformer": second}, device, **{**options, "memory": memory})
         report["transformer_2"] = expert["placement"].get("transformer")
+        return report
+    from .runtime.expert_swap import ExpertSwap
+    from .runtime.kernels import apply_attention_backend, compile_blocks, enable_fp8_weights
+
+    if options.get("fp8"):  # before the host copies, so that float8 bytes cross the bus
+        enable_fp8_weights(second, compute_dtype=options.get("compute_dtype") or second.dtype)
+    swap = ExpertSwap({LOW: second}, device)  # the low-noise expert to pinned host memory first
+    report = prepare_for_device(components, device, **{**options, "memory": "full"})
+    apply_attention_backend(second, report["attention"], device, seq_len=options.get("attention_tokens"))
+    if options.get("compile"):
+        compile_blocks(second, **(options.get("compile_kwargs") or {}))
+    swap.adopt(HIGH, first)  # resident now; swapped out when the sampler crosses the boundary
+    report["memory_tier"] = "swap"
+    report["transformer_2"] = "in pinned CPU memory, swapped with the high-noise expert at the boundary"
+    report["expert_swap"] = swap
     return report
+
+
+def _expert_tier(components: Any, first: torch.nn.Module, device: str | torch.device) -> str:
+    """The tier "auto" means for a two-expert model on `device` (both experts counted)."""
+    from .runtime.expert_swap import choose_expert_tier
+    from .runtime.memory import WORKING_BYTES, component_bytes, free_device_bytes, module_bytes
+
+    free = free_device_bytes(device)
+    if free is None:
+        return "full"
+    sizes = component_bytes(components)
+    return choose_expert_tier(free, sizes, module_bytes(first), WORKING_BYTES)
 
 
 class PusaPipeline:
@@ -214,7 +251,7 @@ class PusaPipeline:
         from .runtime.kernels import validate_attention_backend
         from .runtime.memory import validate_memory_tier
         from .weights.folders import load_components
-        from .weights.registry import folder_defaults, folder_loras
+        from .weights.registry import folder_defaults, folder_experts, folder_loras
         from .weights.stack import load_lora_cached
 
         # Names are checked before a 14B load, not after.
@@ -226,6 +263,7 @@ class PusaPipeline:
         if isinstance(lora, str) and lora == "auto":
             lora = folder_loras(model_dir)
         stack = parse_loras([str(lora)] if isinstance(lora, (str, Path)) else lora)
+        check_stack(stack, 2 if folder_experts(model_dir) else 1, param="lora")
         for spec in stack:  # a bad LoRA file is named before the DiT loads
             load_lora_cached(spec.path)
         load_device = device if memory == "full" else "cpu"  # other tiers place the weights themselves
@@ -243,7 +281,6 @@ class PusaPipeline:
             dtype=dtype,
             transformer_2=components.transformer_2,
         )
-        check_stack(stack, pipe.num_experts, param="lora")
         # Fused before fp8 could round the pristine copies (the stack's strengths: the model's own alpha).
         pipe.apply_loras(stack, defaults.lora_alpha)
         report = _prepare(
@@ -541,7 +578,9 @@ class PusaPipeline:
         record["experts"] = self.num_experts
         record["pusa_version"] = __version__
         # fp8 weights and the attention kernel change the numbers, so they belong to the record
-        record["acceleration"] = {k: v for k, v in self.acceleration.items() if k != "placement"}
+        record["acceleration"] = {
+            k: v for k, v in self.acceleration.items() if k not in ("placement", "expert_swap")
+        }
         return record
 
     def generate(
@@ -576,17 +615,29 @@ class PusaPipeline:
         experts = {name: velocity_of(self.expert_model(name)) for name in EXPERTS}
         plan = expert_plan(sigmas.tolist(), request.boundary) if self.transformer_2 is not None else None
         boundary = request.boundary
-        chooser = None if plan is None else (lambda i, t: experts[expert_for(t, boundary)])
+        swap = self.acceleration.get("expert_swap")
+        swaps_before = (swap.swaps, swap.seconds) if swap is not None else None
+
+        def chooser(step: int, timestep: float) -> Callable[..., torch.Tensor]:
+            name = expert_for(timestep, boundary)
+            if swap is not None:
+                swap.activate(name)  # the other expert back to pinned CPU memory
+            return experts[name]
+
         with torch.inference_mode():
             latents = sample(
                 velocity_of(self.transformer), noise, sigmas, conditioning, text, negative_text, request.cfg,
-                callback, velocity_for_step=chooser,
+                callback, velocity_for_step=chooser if plan is not None else None,
             )  # fmt: skip
         frames = self.decode_latents(latents)
 
         settings = self.settings_of(request)
         settings["expert_steps"] = plan  # None for a one-expert model
         settings["dit_forwards"] = self.dit_forwards - forwards_before
+        if swaps_before is not None:
+            settings["expert_swaps"] = {
+                "swaps": swap.swaps - swaps_before[0], "seconds": round(swap.seconds - swaps_before[1], 4)
+            }  # fmt: skip
         settings["warnings"] = [str(note) for note in advisories(request, self.defaults)]
         settings["elapsed_s"] = round(time.perf_counter() - started, 3)
         return PusaOutput(frames=frames, settings=settings)
