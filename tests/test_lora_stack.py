@@ -259,3 +259,43 @@ def test_folder_manifest_names_its_stack_and_cli_overrides_it(files, tmp_path, c
     assert main(["generate", *common, "--lora", str(tmp_path / "none.safetensors"), "-o", str(out2)]) == 2
     err = capsys.readouterr().err
     assert "--lora=" in err and "is not a file" in err
+
+
+def test_a_lora_that_does_not_fit_a_folder_is_named_from_the_headers(files, tmp_path, capsys):
+    folder = write_two_expert_folder(tmp_path / "wan22", "diffusers")
+    bad = tmp_path / "sdxl.safetensors"
+    save_file(
+        {"unet.down.0.lora_A.weight": torch.zeros(2, 4), "unet.down.0.lora_B.weight": torch.zeros(4, 2)},
+        str(bad),
+    )
+    deep = tmp_path / "deep.safetensors"
+    one = {"lora_A.weight": torch.zeros(2, DIM), "lora_B.weight": torch.zeros(DIM, 2)}
+    save_file({f"blocks.{b}.self_attn.q.{k}": v.clone() for b in (0, 7) for k, v in one.items()}, str(deep))
+    common = [
+        "t2v",
+        "--model",
+        str(folder),
+        "-p",
+        "x",
+        "--frames",
+        "5",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "-q",
+    ]
+    assert main(["generate", *common, "--lora", f"{bad}@low", "-o", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--lora=" in err
+        and "sdxl.safetensors" in err
+        and "matches nothing in the low-noise expert (transformer_2/)" in err
+    )
+    assert main(["generate", *common, "--lora", str(deep), "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "gives blocks.7.attn1.to_q.weight a delta of shape [32, 32]" in capsys.readouterr().err
+    with pytest.raises(InputError, match="matches nothing") as caught:
+        PusaPipeline.from_pretrained(folder, lora=f"{bad}@high")
+    assert caught.value.param == "lora"
+    original = write_two_expert_folder(tmp_path / "orig", "wan-original")
+    PusaPipeline.from_pretrained(original, lora=f"{files['kohya']}:1.0@low")  # Wan's names fit, converted

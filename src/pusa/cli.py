@@ -393,7 +393,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
     resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
-    _check_lora_files(resolved)
+    _check_lora_files(resolved, resolve_model(args.model))
     for note in advisories(resolved, limits.defaults):
         print(f"pusa: warning: {cli_message(note)}", file=sys.stderr)
     if args.quiet:
@@ -431,9 +431,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     return outputs
 
 
-def _check_lora_files(request) -> None:
-    """Read every LoRA of the stack before the model loads (kept for the pipeline), so that a file in no
-    known format is named by its flag at once."""
+def _check_lora_files(request, model) -> None:
+    """Read every LoRA of the stack before the model loads (kept for the pipeline) and, for a model folder,
+    check it against the DiT's safetensors headers, so that a file in no known format or one that matches
+    nothing is named by its flag at once."""
     from .lora_specs import parse_loras
     from .params import InputError
 
@@ -448,6 +449,10 @@ def _check_lora_files(request) -> None:
             load_lora_cached(spec.path)
         except CheckpointError as error:
             raise InputError("loras", spec.path, "give a LoRA file in a known format", str(error)) from None
+    if not isinstance(model, str):  # a folder (tiny-random is built in memory: the pipeline checks it)
+        from .weights.stack import check_stack_fits_folder
+
+        check_stack_fits_folder(specs, model)
 
 
 def _quiet_libraries() -> None:

@@ -252,7 +252,7 @@ class PusaPipeline:
         from .runtime.memory import validate_memory_tier
         from .weights.folders import load_components
         from .weights.registry import folder_defaults, folder_experts, folder_loras
-        from .weights.stack import load_lora_cached
+        from .weights.stack import check_stack_fits_folder
 
         # Names are checked before a 14B load, not after.
         check_device(device)
@@ -264,8 +264,7 @@ class PusaPipeline:
             lora = folder_loras(model_dir)
         stack = parse_loras([str(lora)] if isinstance(lora, (str, Path)) else lora)
         check_stack(stack, 2 if folder_experts(model_dir) else 1, param="lora")
-        for spec in stack:  # a bad LoRA file is named before the DiT loads
-            load_lora_cached(spec.path)
+        check_stack_fits_folder(stack, model_dir, param="lora")  # headers only: before the DiT loads
         load_device = device if memory == "full" else "cpu"  # other tiers place the weights themselves
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
         components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32)

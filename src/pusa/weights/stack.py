@@ -18,7 +18,7 @@ from torch import nn
 
 from .lora import LoraWeights, _pristine_copy, check_lora_fits, load_lora, lora_delta
 
-__all__ = ["StackFuser", "file_sha256", "load_lora_cached"]
+__all__ = ["StackFuser", "check_stack_fits_folder", "file_sha256", "load_lora_cached"]
 
 _CACHE: collections.OrderedDict[tuple[str, int, int], LoraWeights] = collections.OrderedDict()
 _CACHE_SIZE = 8
@@ -93,3 +93,58 @@ class StackFuser:
             param.copy_(pristine if fused is None else fused.to(param.dtype))
         self.fused = wanted
         return True
+
+
+def check_stack_fits_folder(stack: Sequence, model_dir: str | Path, param: str = "loras") -> None:
+    """Every LoRA of `stack` (`lora_specs.LoraSpec`s) against the DiT(s) of a model folder, from the
+    safetensors headers alone (no weight is read): an `InputError` naming `param` and the file when a LoRA
+    matches nothing in its expert, or names a module the DiT lacks, or has a delta of the wrong shape."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from ..experts import ALL, HIGH, LOW
+    from ..params import InputError
+    from .checkpoints import _read_headers, _safetensors_files
+    from .folders import find_layout
+
+    if not stack:
+        return
+    folder = find_layout(model_dir)
+    dits = (
+        {HIGH: folder.transformer}
+        if folder.transformer_2 is None
+        else {HIGH: folder.transformer, LOW: folder.transformer_2}
+    )
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, path in dits.items():
+        headers = _read_headers(_safetensors_files(path))
+        if folder.layout == "wan-original":
+            renamed = convert_wan_transformer_to_diffusers({key: key for key in headers})
+            shapes[name] = {new: headers[old][0] for new, old in renamed.items()}
+        else:
+            shapes[name] = {key: shape for key, (shape, _) in headers.items()}
+    for spec in stack:
+        lora = load_lora_cached(spec.path)
+        for name in dits if spec.expert == ALL else [spec.expert]:
+            known = shapes[name]
+            which = "the model's DiT" if len(dits) == 1 else f"the {name}-noise expert ({dits[name].name}/)"
+            wanted = {m: [up.shape[0], down.shape[1]] for m, (down, up) in lora.modules.items()}
+            for module, deltas in lora.diffs.items():
+                for kind, delta in deltas.items():
+                    wanted.setdefault(f"{module}#{kind}", list(delta.shape))
+
+            def key(m: str) -> str:
+                module, _, kind = m.partition("#")
+                return f"{module}.{kind or 'weight'}"
+
+            matched = [m for m in wanted if key(m) in known]
+            if not matched:
+                first = ", ".join(lora.file_key(m.partition("#")[0]) for m in list(wanted)[:3])
+                raise InputError(param, spec.path, f"a LoRA for {which}: Wan/Pusa keys such as "
+                                 "blocks.0.self_attn.q.lora_A.weight",
+                                 f"({Path(spec.path).name}) matches nothing in {which} (first keys: {first})")  # fmt: skip
+            for m, shape in wanted.items():
+                have = known.get(key(m))
+                if have is None or list(have) != shape:
+                    what = "nothing" if have is None else f"shape {list(have)}"
+                    raise InputError(param, spec.path, f"each key must fit {which}",
+                                     f"({Path(spec.path).name}) gives {key(m)} a delta of shape {shape}; {which} has {what} there")  # fmt: skip
