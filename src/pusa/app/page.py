@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from .. import recipes
-from ..params import RECIPES
+from ..params import RECIPES, label_of
 from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
 from ..serving.queue import READY, JobQueue
@@ -162,7 +162,9 @@ class StudioPage(Studio):
         positions, multipliers = forms.recipe_fields("extension", self.defaults.num_frames)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                tab.fields["video"] = gr.Video(label="Source video", sources=["upload"], elem_id="v2v-video")
+                tab.fields["video"] = gr.Video(
+                    label=label_of("video"), sources=["upload"], elem_id="v2v-video"
+                )
                 tab.fields["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="v2v-prompt")
                 gr.Markdown("**Recipes** fill in the positions and multipliers below:")
                 with gr.Row():
@@ -185,7 +187,9 @@ class StudioPage(Studio):
                 )  # fmt: skip
                 with gr.Row(visible=False) as self.end_video_row:
                     tab.fields["end_video"] = gr.Video(
-                        label="Second clip (transition target)", sources=["upload"], elem_id="v2v-end-video"
+                        label=f"{label_of('end_video')} (transition target)",
+                        sources=["upload"],
+                        elem_id="v2v-end-video",
                     )
                 tab.timeline = gr.HTML(
                     self.preview_v2v(positions, multipliers, "extension", None), elem_id="v2v-timeline"
