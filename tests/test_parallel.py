@@ -92,3 +92,18 @@ def test_parallel_video_is_written(runner, tmp_path):
     path = out.save(tmp_path / "cp.mp4")
     assert path.is_file() and path.with_suffix(".json").is_file()
     assert out.frames.shape == (17, 64, 64, 3) and out.frames.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "0"], "--parallel=0 is not allowed"),
+        (["--parallel", "2", "--cfg-parallel"], "give one"),
+        (["--parallel", "2", "--device", "cuda:1"], "give plain cuda"),
+    ],
+)
+def test_parallel_flags_refused_before_loading(argv, message, capsys):
+    from pusa.cli import main
+
+    assert main(["generate", "t2v", "-p", "x", *argv]) == 2
+    assert message in capsys.readouterr().err

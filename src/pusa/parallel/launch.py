@@ -301,4 +301,21 @@ class ParallelRunner:
         self.close()
 
 
-__all__ = ["MODES", "LoadSpec", "ParallelRunner", "free_port"]
+def start_ranks(
+    parallel: int,
+    cfg_parallel: bool,
+    model: str,
+    lora: Any,
+    device: str,
+    dtype: torch.dtype,
+    acceleration: dict[str, Any],
+) -> ParallelRunner:
+    """What `--parallel N` / `--cfg-parallel` start: this process as rank 0, the others spawned; they stop
+    when this process exits."""
+    spec = LoadSpec(model, lora, device, str(dtype).removeprefix("torch."), dict(acceleration))
+    if cfg_parallel:
+        return ParallelRunner(2, "cfg", spec)
+    return ParallelRunner(parallel, "context", spec)
+
+
+__all__ = ["MODES", "LoadSpec", "ParallelRunner", "free_port", "start_ranks"]
