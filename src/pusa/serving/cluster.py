@@ -20,6 +20,7 @@ level: the studio page answers before anything loads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -115,7 +116,9 @@ class PusaWorker:
                 outcome.append(("cancelled", str(error)))
             except Exception as error:  # reported on the job's page, as with the embedded worker
                 bad_input = isinstance(error, ValueError)
-                outcome.append(("failed", str(error) if bad_input else f"{type(error).__name__}: {error}", bad_input))
+                outcome.append(
+                    ("failed", str(error) if bad_input else f"{type(error).__name__}: {error}", bad_input)
+                )
             finally:
                 steps.put(None)
 
@@ -160,7 +163,12 @@ def _with_local_files(request: Any, local: dict[str, str]) -> Any:
         return value
 
     images = [swap(f"images-{i}", image) for i, image in enumerate(request.images or ())]
-    return replace(request, images=images, video=swap("video", request.video), end_video=swap("end_video", request.end_video))
+    return replace(
+        request,
+        images=images,
+        video=swap("video", request.video),
+        end_video=swap("end_video", request.end_video),
+    )
 
 
 def _restore_paths(record: Any, worker_paths: dict[str, str]) -> Any:
@@ -226,7 +234,9 @@ class RemotePipeline:
                     outcome = item
         except ray.exceptions.RayActorError as error:
             self.lost = True
-            raise WorkerLost(f"worker {self.index} ({self.info.get('host')}, pid {self.info.get('pid')}) died") from error
+            raise WorkerLost(
+                f"worker {self.index} ({self.info.get('host')}, pid {self.info.get('pid')}) died"
+            ) from error
         if outcome is None:
             raise RuntimeError("the worker ended the job without a result")
         if outcome[0] == "cancelled":
@@ -261,6 +271,10 @@ def _worker_paths(settings: dict, originals: dict[str, str], token: str) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- queue
+class _WorkerGone(Exception):
+    """A dispatcher's actor did not come back after Ray's restarts (or the queue closed meanwhile)."""
+
+
 class ClusterQueue(JobQueue):
     """`JobQueue` whose jobs run on Ray actors: one dispatcher thread per actor, one shared FIFO."""
 
@@ -270,6 +284,7 @@ class ClusterQueue(JobQueue):
         self.remotes: list[RemotePipeline] = []
         self._started_ray = False
         self._load_failures = 0
+        self.ran_on: dict[str, list[int]] = {}  # job id -> the workers that started it, in order
 
     @staticmethod
     def _no_local_pipeline() -> Any:
@@ -319,7 +334,12 @@ class ClusterQueue(JobQueue):
                 self._changed.notify_all()
             return
         threads = [
-            threading.Thread(target=self._dispatch, args=(remote, started), name=f"pusa-dispatch-{remote.index}", daemon=True)
+            threading.Thread(
+                target=self._dispatch,
+                args=(remote, started),
+                name=f"pusa-dispatch-{remote.index}",
+                daemon=True,
+            )
             for remote in self.remotes
         ]
         for thread in threads:
@@ -344,10 +364,13 @@ class ClusterQueue(JobQueue):
                 label = f"{remote.identity} on {len(self.remotes)} worker(s)"
                 self._status = ModelStatus(READY, label, round(time.perf_counter() - started, 3))
                 self._changed.notify_all()
-        self._serve(remote)
+        with contextlib.suppress(_WorkerGone):
+            self._serve(remote)
 
     def _run(self, pipeline: Any, job: Any) -> None:
         pipeline.job_id = job.id
+        with self._changed:
+            self.ran_on.setdefault(job.id, []).append(pipeline.index)
         try:
             super()._run(pipeline, job)
         finally:
@@ -355,9 +378,10 @@ class ClusterQueue(JobQueue):
         if pipeline.lost and not self._closing:  # the job went back to the queue; wait for Ray's restart
             try:
                 pipeline.wait_ready()
-            except Exception:
-                log.exception("worker %d did not come back", pipeline.index)
-                raise SystemExit from None  # this dispatcher ends; the others keep serving
+            except Exception as error:
+                if not self._closing:
+                    log.exception("worker %d did not come back", pipeline.index)
+                raise _WorkerGone from error  # this dispatcher ends; the others keep serving
 
     def worker_of(self, job_id: str) -> RemotePipeline | None:
         """The worker running `job_id` now (None if none)."""

@@ -366,7 +366,12 @@ class JobQueue:
                 else:  # first in line again, for whichever worker is free
                     log.warning("job %s: its worker went away (%s); queued again", job.id, error)
                     self.history.unstarted(job.id)
-                    job.state, job.phase, job.step, job.started = QUEUED, "waiting (its worker stopped)", 0, None
+                    job.state, job.phase, job.step, job.started = (
+                        QUEUED,
+                        "waiting (its worker stopped)",
+                        0,
+                        None,
+                    )
                     self._waiting.appendleft(job)
                     for other in self._waiting:
                         other.version += 1
