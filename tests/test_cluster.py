@@ -108,3 +108,25 @@ def test_a_worker_killed_mid_job_has_its_job_completed_by_the_other(cluster):
     assert view.state == DONE, view.error
     assert view.entry.video.is_file()
     assert cluster.ran_on[job.id] == [worker.index, 1 - worker.index]
+
+
+def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path):
+    """`pusa serve --workers 2`: a client's job shows the remote worker's steps, its video lands in the
+    studio's outputs, and a SIGTERM stops the studio, its workers and Ray."""
+    gradio_client = pytest.importorskip("gradio_client")
+    from helpers import Studio, free_port
+
+    studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log", ("--workers", "2"))
+    studio.start(timeout=120)
+    try:
+        client = gradio_client.Client(studio.url, verbose=False, download_files=False)
+        job = client.submit("a red circle slides to the left", seed=3, steps=4, api_name="/text_to_video")
+        job.result(timeout=240)
+        statuses = [o[2] for o in job.outputs() if isinstance(o, (list, tuple)) and len(o) == 3]
+        assert any(s.startswith("Step 2/4") for s in statuses), statuses
+        entries = History(tmp_path / "outputs").list()
+        assert len(entries) == 1 and entries[0].video.is_file() and entries[0].seed == 3
+    finally:
+        studio.stop()
+    assert studio.process.returncode is not None
+    assert "closing server" in studio.log.read_text()

@@ -45,7 +45,40 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
+    cluster = parser.add_argument_group('workers (Ray; pip install -e ".[cluster]")')
+    cluster.add_argument(
+        "--workers", type=int, default=0, metavar="N",
+        help="run jobs on N Ray worker processes, each loading the model once (one GPU each with --device "
+        "cuda); a local Ray cluster on 127.0.0.1 unless --ray-address (default: 0, the embedded worker)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--ray-address", default=None, metavar="HOST:PORT",
+        help="join a running Ray cluster (`ray start --head` on one machine, `ray start --address` on the "
+        "others); its workers may be on any machine of it (default: 2 workers with this flag alone)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--worker-cpus", type=float, default=1.0, metavar="N",
+        help="CPU cores Ray reserves per worker (and its torch threads) (default: %(default)s)",
+    )  # fmt: skip
     return parser
+
+
+def cluster_spec(args: argparse.Namespace):
+    """The Ray workers `--workers` / `--ray-address` ask for, or None for the embedded worker."""
+    workers = getattr(args, "workers", 0)
+    address = getattr(args, "ray_address", None)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
+        raise ValueError(f"--workers={workers!r} is not allowed; must be a whole number in 0..256")
+    if not workers and not address:
+        return None
+    if not 0 < args.worker_cpus <= 256:
+        raise ValueError(f"--worker-cpus={args.worker_cpus!r} is not allowed; must be in (0, 256]")
+    from ..serving.cluster import ClusterSpec
+
+    return ClusterSpec(
+        workers=workers or 2, address=address, model=args.model, lora=args.lora, device=args.device,
+        dtype=args.dtype, cpus_per_worker=args.worker_cpus,
+    )  # fmt: skip
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -114,11 +147,16 @@ def pipeline_loader(
     return load
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_main(args: argparse.Namespace) -> int:
     """Start the studio with parsed `add_serve_arguments` options; returns when the server stops."""
     try:
         auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
         load = pipeline_loader(args.model, args.lora, args.device, args.dtype)
+        cluster = cluster_spec(args)
     except ValueError as error:
         print(f"pusa serve: error: {cli_message(error)}", file=sys.stderr)
         return 2
@@ -130,7 +168,16 @@ def serve_main(args: argparse.Namespace) -> int:
     from .page import build_app, launch_app
 
     history = History(args.outputs)
-    queue = JobQueue(load, history).start()
+    if cluster is not None:  # Ray workers: the same queue and history, jobs run on the actors
+        import signal
+
+        from ..serving.cluster import ClusterQueue, start_ray
+
+        start_ray(cluster)  # here, in the main thread; a SIGTERM then stops the workers and Ray cleanly
+        signal.signal(signal.SIGTERM, _interrupt)
+        queue = ClusterQueue(cluster, history, owns_ray=True).start()
+    else:
+        queue = JobQueue(load, history).start()
     exposed_host = args.host if warning else None
     demo = build_app(queue, limits_for(args.model), model_label=args.model, exposed_host=exposed_host)
     try:

@@ -270,6 +270,30 @@ def _worker_paths(settings: dict, originals: dict[str, str], token: str) -> dict
     return mapping
 
 
+def start_ray(spec: ClusterSpec) -> None:
+    """Connect to `spec.address`, or start a small local Ray cluster on 127.0.0.1 (no dashboard).
+    The studio calls it in its main thread, so Ray's signal handling is in place; `ClusterQueue.close`
+    shuts down what was started."""
+    import ray
+
+    if spec.address is None:
+        ray.init(
+            num_cpus=max(1, round(spec.workers * spec.cpus_per_worker)),
+            num_gpus=spec.workers if spec.device.startswith("cuda") else 0,
+            object_store_memory=spec.object_store_mb * 2**20,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            namespace="pusa",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    else:
+        ray.init(address=spec.address, namespace="pusa", log_to_driver=False, configure_logging=False)
+    # Build Ray's serialization context now: it imports pydantic.v1, and that import racing gradio's own
+    # pydantic imports in another thread fails (KeyError 'pydantic.v1').
+    ray.put(None)
+
+
 # ---------------------------------------------------------------------------------------------- queue
 class _WorkerGone(Exception):
     """A dispatcher's actor did not come back after Ray's restarts (or the queue closed meanwhile)."""
@@ -278,11 +302,13 @@ class _WorkerGone(Exception):
 class ClusterQueue(JobQueue):
     """`JobQueue` whose jobs run on Ray actors: one dispatcher thread per actor, one shared FIFO."""
 
-    def __init__(self, spec: ClusterSpec, history: History, keep_finished: int = 200) -> None:
+    def __init__(
+        self, spec: ClusterSpec, history: History, keep_finished: int = 200, owns_ray: bool = False
+    ) -> None:
         super().__init__(self._no_local_pipeline, history, keep_finished)
         self.spec = spec
         self.remotes: list[RemotePipeline] = []
-        self._started_ray = False
+        self._started_ray = owns_ray  # close() shuts Ray down if this queue (or its caller for it) started it
         self._load_failures = 0
         self.ran_on: dict[str, list[int]] = {}  # job id -> the workers that started it, in order
 
@@ -296,19 +322,7 @@ class ClusterQueue(JobQueue):
 
         spec = self.spec
         if not ray.is_initialized():
-            if spec.address is None:
-                ray.init(
-                    num_cpus=max(1, round(spec.workers * spec.cpus_per_worker)),
-                    num_gpus=spec.workers if spec.device.startswith("cuda") else 0,
-                    object_store_memory=spec.object_store_mb * 2**20,
-                    include_dashboard=False,
-                    _node_ip_address="127.0.0.1",
-                    namespace="pusa",
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
-            else:
-                ray.init(address=spec.address, namespace="pusa", log_to_driver=False, configure_logging=False)
+            start_ray(spec)
             self._started_ray = True
         actor_class = ray.remote(PusaWorker).options(
             num_cpus=spec.cpus_per_worker,
@@ -398,4 +412,4 @@ class ClusterQueue(JobQueue):
                 ray.shutdown()
 
 
-__all__ = ["ClusterQueue", "ClusterSpec", "PusaWorker", "RemotePipeline"]
+__all__ = ["ClusterQueue", "ClusterSpec", "PusaWorker", "RemotePipeline", "start_ray"]
