@@ -255,4 +255,36 @@ def enable_context_parallel(
     return ContextParallel(model, group, strategy)
 
 
-__all__ = ["STRATEGIES", "ContextParallel", "TokenSplit", "enable_context_parallel", "local_modulation"]
+def communicated_bytes(
+    seq_len: int,
+    dim: int,
+    layers: int,
+    world_size: int,
+    bytes_per_element: int = 2,
+    strategy: str = "ulysses",
+) -> dict[str, float]:
+    """Bytes one rank sends in one DiT forward pass under context parallel (computed from shapes).
+
+    Ulysses, per layer: the q, k, v all-to-all sends `3 s D (N-1)/N` elements and the output's all-to-all
+    `s D (N-1)/N`, s = L/N the local tokens: `4 s D (N-1)/N`. All-gather fallback, per layer: the local
+    k, v to every other rank, `2 s D (N-1)`. Once per pass: the final hidden states' all-gather, `s D (N-1)`.
+    """
+    n = world_size
+    local = seq_len / n
+    if strategy == "ulysses":
+        per_layer = 4 * local * dim * (n - 1) / n
+    else:
+        per_layer = 2 * local * dim * (n - 1)
+    gather = local * dim * (n - 1)
+    per_rank = (layers * per_layer + gather) * bytes_per_element
+    return {"per_rank": per_rank, "all_ranks": per_rank * n}
+
+
+__all__ = [
+    "STRATEGIES",
+    "ContextParallel",
+    "TokenSplit",
+    "communicated_bytes",
+    "enable_context_parallel",
+    "local_modulation",
+]
