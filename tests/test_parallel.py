@@ -107,3 +107,18 @@ def test_parallel_flags_refused_before_loading(argv, message, capsys):
 
     assert main(["generate", "t2v", "-p", "x", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "65"], "--parallel=65 is not allowed"),
+        (["--parallel", "2", "--workers", "2"], "not supported yet"),
+        (["--workers", "-1"], "--workers=-1 is not allowed"),
+    ],
+)
+def test_serve_parallel_and_worker_flags_refused_before_starting(argv, message, capsys):
+    from pusa.cli import main
+
+    assert main(["serve", "--port", "1", *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -19,7 +19,10 @@ returns the velocity function `sample` calls.
 from __future__ import annotations
 
 import atexit
+import os
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -125,8 +128,19 @@ class _Modes:
         self.current = (mode, strategy)
 
 
-def _follower_main(rank: int, world_size: int, port: int, spec: LoadSpec) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A follower blocked in a collective would wait for rank 0 forever (IDLE_TIMEOUT): it leaves as soon
+    as rank 0's process is gone (killed, or stopped by a signal that skipped `close`)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _follower_main(rank: int, world_size: int, port: int, spec: LoadSpec, parent: int | None = None) -> None:
     """Ranks 1..N-1: load the DiT once, then follow rank 0's jobs until it says stop (or goes away)."""
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _init_group(spec, rank, world_size, port)
     pipe = _load(spec, rank, keep_io=False)
     device = pipe.device
@@ -196,7 +210,7 @@ class ParallelRunner:
         context = mp.get_context("spawn")
         for rank in range(1, self.world_size):
             process = context.Process(
-                target=_follower_main, args=(rank, self.world_size, port, self.spec), daemon=True
+                target=_follower_main, args=(rank, self.world_size, port, self.spec, os.getpid()), daemon=True
             )
             process.start()
             self._processes.append(process)
