@@ -89,6 +89,7 @@ def main() -> None:
     queue = JobQueue(lambda: PusaPipeline.from_model("pusa-tiny"), History(outputs / "embedded")).start()
     assert queue.wait_ready(300).state == READY
     rows.append(("embedded worker (all cores)", throughput(queue, args.jobs, args.steps)))
+    print(rows[-1], flush=True)
     queue.close(30)
 
     overhead = recovered = None
@@ -103,10 +104,13 @@ def main() -> None:
                 throughput(queue, args.jobs, args.steps),
             )
         )
+        print(rows[-1], flush=True)
         if workers == 1:
             overhead = dispatch_overhead_ms(queue, args.jobs, args.steps)
+            print("overhead ms", overhead, flush=True)
         else:
             recovered = recovery(queue, 50)
+            print("recovery", recovered, flush=True)
         queue.close(30)
 
     print(

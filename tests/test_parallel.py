@@ -53,7 +53,7 @@ def _latents(pipe, request: GenerationRequest) -> tuple[torch.Tensor, dict]:
 
 # 17 frames at 64x64 on tiny-random: 5 latent frames of 4x4 tokens, 80 tokens; rank 1 starts at token 40,
 # the middle of latent frame 2.
-T2V = GenerationRequest(task="t2v", prompt="a red circle", seed=3, num_inference_steps=3, cfg=3.0)
+T2V = GenerationRequest(task="t2v", prompt="a red circle", seed=3, num_inference_steps=2, cfg=3.0)
 I2V = GenerationRequest(
     task="i2v",
     prompt="it moves",
@@ -61,7 +61,7 @@ I2V = GenerationRequest(
     positions=[0],
     noise_multipliers=[0.2],
     seed=5,
-    num_inference_steps=3,
+    num_inference_steps=2,
 )
 
 
