@@ -84,13 +84,24 @@ def main() -> None:
     outputs = Path(tempfile.mkdtemp(prefix="pusa-cluster-bench-"))
     rows = []
 
+    import torch
+
     from pusa.pipeline import PusaPipeline
 
-    queue = JobQueue(lambda: PusaPipeline.from_model("pusa-tiny"), History(outputs / "embedded")).start()
-    assert queue.wait_ready(300).state == READY
-    rows.append(("embedded worker (all cores)", throughput(queue, args.jobs, args.steps)))
-    print(rows[-1], flush=True)
-    queue.close(30)
+    default_threads = torch.get_num_threads()
+    for threads in (default_threads, 1):
+        torch.set_num_threads(threads)
+        queue = JobQueue(
+            lambda: PusaPipeline.from_model("pusa-tiny"), History(outputs / f"embedded{threads}")
+        )
+        queue.start()
+        assert queue.wait_ready(300).state == READY
+        rows.append(
+            (f"embedded worker ({threads} torch thread(s))", throughput(queue, args.jobs, args.steps))
+        )
+        print(rows[-1], flush=True)
+        queue.close(30)
+    torch.set_num_threads(default_threads)
 
     overhead = recovered = None
     for workers in (1, 2):
@@ -119,7 +130,7 @@ def main() -> None:
     print("| worker set-up | jobs/min |\n|---|---:|")
     for name, rate in rows:
         print(f"| {name} | {rate:.1f} |")
-    print(f"\n2 Ray workers / 1 Ray worker: {rows[2][1] / rows[1][1]:.2f}x")
+    print(f"\n2 Ray workers / 1 Ray worker: {rows[3][1] / rows[2][1]:.2f}x")
     print(f"dispatch overhead per job (median, remote generate wall - worker's generate): {overhead:.0f} ms")
     print(
         f"killed worker (50-step job killed after its first step): run again on the other worker after "

@@ -108,6 +108,12 @@ def test_a_worker_killed_mid_job_has_its_job_completed_by_the_other(cluster):
     assert view.state == DONE, view.error
     assert view.entry.video.is_file()
     assert cluster.ran_on[job.id] == [worker.index, 1 - worker.index]
+    deadline = time.monotonic() + 180  # Ray restarts the killed worker; it loads the model and serves again
+    while worker.index not in cluster.rejoined and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker.index in cluster.rejoined and not worker.lost
+    again = finish(cluster, cluster.submit(spec("after the restart", 8)).id)
+    assert again.state == DONE
 
 
 def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path):

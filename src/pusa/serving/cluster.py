@@ -196,10 +196,20 @@ class RemotePipeline:
         self.lost = False
         self.job_id: str | None = None  # the queue job it runs now (for tests and the benchmarks)
 
-    def wait_ready(self) -> dict[str, Any]:
+    def wait_ready(self, timeout: float = 600.0) -> dict[str, Any]:
+        """The worker's facts once its model is loaded; after a crash, once Ray has restarted it (a
+        restarting actor answers ActorUnavailableError until then). RayActorError once it is gone for good."""
         import ray
 
-        self.info = ray.get(self.actor.info.remote())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.info = ray.get(self.actor.info.remote())
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         self.lost = False
         return self.info
 
@@ -311,6 +321,7 @@ class ClusterQueue(JobQueue):
         self._started_ray = owns_ray  # close() shuts Ray down if this queue (or its caller for it) started it
         self._load_failures = 0
         self.ran_on: dict[str, list[int]] = {}  # job id -> the workers that started it, in order
+        self.rejoined: list[int] = []  # workers that came back after their process died
 
     @staticmethod
     def _no_local_pipeline() -> Any:
@@ -392,6 +403,9 @@ class ClusterQueue(JobQueue):
         if pipeline.lost and not self._closing:  # the job went back to the queue; wait for Ray's restart
             try:
                 pipeline.wait_ready()
+                log.info("worker %d is back (pid %s)", pipeline.index, pipeline.info.get("pid"))
+                with self._changed:
+                    self.rejoined.append(pipeline.index)
             except Exception as error:
                 if not self._closing:
                     log.exception("worker %d did not come back", pipeline.index)
