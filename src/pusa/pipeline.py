@@ -107,6 +107,8 @@ class PusaPipeline:
         self.dtype = dtype
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
         self.acceleration: dict[str, Any] = {}  # what prepare_for_device did (memory tier, attention, ...)
+        # pusa.parallel sets it: wrapper(velocity, text, negative_text, cfg) -> the velocity `sample` calls
+        self.velocity_wrapper: Callable[..., Any] | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -477,6 +479,8 @@ class PusaPipeline:
         def velocity(x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
             return self.transformer(x.to(self.dtype), timestep, context, return_dict=False)[0]
 
+        if self.velocity_wrapper is not None:  # several ranks share each DiT call (pusa.parallel)
+            velocity = self.velocity_wrapper(velocity, text, negative_text, request.cfg)
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
         with torch.inference_mode():
             latents = sample(
