@@ -92,7 +92,8 @@ def main() -> None:
         print(f"tiny-random-a14b folder: load {load_s:.2f} s; {d.num_frames} frames at {d.width}x{d.height}; "
               f"torch threads {torch.get_num_threads()}; median of {args.repeats} after a warm-up")  # fmt: skip
         print(
-            "| task | 10 steps cfg 3.0: s | DiT forwards | preset: s | DiT forwards | wall ratio | forward ratio |"
+            "| task | 10 steps cfg 3.0: s (DiT s) | DiT forwards | preset: s (DiT s) | DiT forwards | DiT-time ratio | "
+            "forward ratio |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name, run in tasks.items():

@@ -30,6 +30,7 @@ from .request import (
     ModelDefaults,
     ModelLimits,
     advisories,
+    listed,
     validate,
     video_plan,
 )
@@ -160,12 +161,15 @@ class PusaPipeline:
         )
         self._fusers: dict[str, Any] = {}  # expert ("all" for one DiT) -> weights.stack.StackFuser
         self.dit_forwards = 0  # DiT forward passes so far (benchmarks count them)
+        self.fused_loras: tuple[LoraSpec, ...] = ()  # the stack `apply_loras` fused last, strengths filled
         self.identity = identity
         self.defaults = defaults
         self.device = torch.device(device)
         self.dtype = dtype
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
         self.acceleration: dict[str, Any] = {}  # what prepare_for_device did (memory tier, attention, ...)
+        # pusa.parallel sets it: wrapper(velocity, text, negative_text, cfg) -> the velocity `sample` calls
+        self.velocity_wrapper: Callable[..., Any] | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -334,6 +338,11 @@ class PusaPipeline:
 
         names = [ALL] if self.transformer_2 is None else list(EXPERTS)
         per_dit: dict[str, list] = {name: [] for name in names}
+        # what is fused, strengths filled in: other ranks of a parallel group fuse the same (pusa.parallel)
+        self.fused_loras = tuple(
+            LoraSpec(spec.path, lora_alpha if spec.strength is None else spec.strength, spec.expert)
+            for spec in stack
+        )
         for spec in stack:
             try:
                 weights = load_lora_cached(spec.path)
@@ -396,19 +405,20 @@ class PusaPipeline:
         the first to the last latent frame; multiplier 0.2 for the first and 0.5 for the rest (the
         original demo's "0,20" / "0.2,0.5" at 81 frames).
         """
-        images = list(images)
+        images = listed("images", images)
         if positions is None:
             positions = recipes.spread_positions(
                 len(images), common.get("num_frames") or self.defaults.num_frames
             )
+        positions = listed("positions", positions)
         if noise_multipliers is None:
             noise_multipliers = recipes.keyframe_multipliers(len(positions))
         return self._submit(
             task="frames",
             prompt=prompt,
             images=images,
-            positions=list(positions),
-            noise_multipliers=list(noise_multipliers),
+            positions=positions,
+            noise_multipliers=listed("noise_multipliers", noise_multipliers),
             **common,
         )
 
@@ -429,8 +439,10 @@ class PusaPipeline:
             prompt=prompt,
             video=video,
             end_video=end_video,
-            positions=list(positions),
-            noise_multipliers=list(noise_multipliers or ()),
+            positions=listed("positions", positions),
+            noise_multipliers=listed(
+                "noise_multipliers", () if noise_multipliers is None else noise_multipliers
+            ),
             recipe=recipe,
             **common,
         )
@@ -611,6 +623,9 @@ class PusaPipeline:
             return velocity
 
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
+        main_velocity = velocity_of(self.transformer)
+        if self.velocity_wrapper is not None:  # several ranks share each DiT call (pusa.parallel)
+            main_velocity = self.velocity_wrapper(main_velocity, text, negative_text, request.cfg)
         experts = {name: velocity_of(self.expert_model(name)) for name in EXPERTS}
         plan = expert_plan(sigmas.tolist(), request.boundary) if self.transformer_2 is not None else None
         boundary = request.boundary
@@ -625,7 +640,7 @@ class PusaPipeline:
 
         with torch.inference_mode():
             latents = sample(
-                velocity_of(self.transformer), noise, sigmas, conditioning, text, negative_text, request.cfg,
+                main_velocity, noise, sigmas, conditioning, text, negative_text, request.cfg,
                 callback, velocity_for_step=chooser if plan is not None else None,
             )  # fmt: skip
         frames = self.decode_latents(latents)
