@@ -470,10 +470,17 @@ def sweep_cached_copies(cache_dir: str | Path, age_s: float) -> int:
     return deleted
 
 
-def _sweep_forever(cache_dir: str, every_s: float, age_s: float) -> None:
+def _sweep_while_served(demo: gr.Blocks, every_s: float, age_s: float) -> None:
+    """Sweep every `every_s` until the page is closed (a sweeper left running after its server closed
+    went on deleting copies that other servers sharing the cache folder still served)."""
+    served = False
     while True:
-        with contextlib.suppress(OSError):  # the outputs folder itself gone: try again later, never end
-            sweep_cached_copies(cache_dir, age_s)
+        running = demo.is_running
+        if served and not running:
+            return
+        served = served or running
+        with contextlib.suppress(OSError):  # the outputs folder itself gone: try again later
+            sweep_cached_copies(demo.GRADIO_CACHE, age_s)
         time.sleep(every_s)
 
 
@@ -500,7 +507,7 @@ def launch_app(
     demo.queue()
     every_s, age_s = demo.delete_cache or CACHE
     threading.Thread(
-        target=_sweep_forever, args=(demo.GRADIO_CACHE, every_s, age_s), daemon=True,
+        target=_sweep_while_served, args=(demo, every_s, age_s), daemon=True,
         name="pusa-cache-sweep",
     ).start()  # fmt: skip
     return demo.launch(
