@@ -36,8 +36,6 @@ from .queue import FAILED, LOADING, READY, JobQueue, ModelStatus, WorkerLost
 
 log = logging.getLogger(__name__)
 
-MEDIA_FIELDS = ("images", "video", "end_video")
-
 
 @dataclass(frozen=True)
 class ClusterSpec:
