@@ -27,6 +27,7 @@ from .request import (
     ModelDefaults,
     ModelLimits,
     advisories,
+    listed,
     validate,
     video_plan,
 )
@@ -281,19 +282,20 @@ class PusaPipeline:
         the first to the last latent frame; multiplier 0.2 for the first and 0.5 for the rest (the
         original demo's "0,20" / "0.2,0.5" at 81 frames).
         """
-        images = list(images)
+        images = listed("images", images)
         if positions is None:
             positions = recipes.spread_positions(
                 len(images), common.get("num_frames") or self.defaults.num_frames
             )
+        positions = listed("positions", positions)
         if noise_multipliers is None:
             noise_multipliers = recipes.keyframe_multipliers(len(positions))
         return self._submit(
             task="frames",
             prompt=prompt,
             images=images,
-            positions=list(positions),
-            noise_multipliers=list(noise_multipliers),
+            positions=positions,
+            noise_multipliers=listed("noise_multipliers", noise_multipliers),
             **common,
         )
 
@@ -314,8 +316,10 @@ class PusaPipeline:
             prompt=prompt,
             video=video,
             end_video=end_video,
-            positions=list(positions),
-            noise_multipliers=list(noise_multipliers or ()),
+            positions=listed("positions", positions),
+            noise_multipliers=listed(
+                "noise_multipliers", () if noise_multipliers is None else noise_multipliers
+            ),
             recipe=recipe,
             **common,
         )

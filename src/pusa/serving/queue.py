@@ -85,6 +85,7 @@ class JobView:
     entry: HistoryEntry | None
     version: int  # grows on every change
     restored: bool  # submitted before the server restarted
+    cancelling: bool = False  # Cancel was pressed; a running job stops after its current step
 
     @property
     def done(self) -> bool:
@@ -266,6 +267,7 @@ class JobQueue:
             entry=job.entry,
             version=job.version,
             restored=job.restored,
+            cancelling=job.cancel.is_set(),
         )
 
     def _touch(self, job: _Job) -> None:
