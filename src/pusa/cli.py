@@ -16,6 +16,8 @@ TASK_HELP = {
     "i2v": "image-to-video: the image becomes the first frame",
     "frames": "multi-frames-to-video: start/end frames or keyframes at chosen latent positions",
     "v2v": "video-to-video: keep chosen latent frames of a source video (recipes: extension, completion, transition)",
+    "long": "long video: one video of --frames frames, chained from clips of the model's own length, "
+    "from the prompt, an --image or the end of a --video",
 }
 _TYPES = {
     "int": int,
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         "frames 4k-3..4k (for 81 frames, 0,20 = first and last; for pusa-tiny's 17, 0,4).",
         "v2v": ". Positions are latent frame indices of the source video; it needs at least 4*max(position)+1 "
         "frames. Recipes set the positions themselves (--noise-multipliers overrides their strengths).",
+        "long": ". Each chunk after the first opens on the last --overlap latent frames of the one before "
+        "(e.g. pusa-tiny: --frames 65 is 4 chunks of 17); one progress bar, one mp4, every chunk's seed "
+        "and settings in its sidecar.",
     }
     required = {"image", "images", "video"}
     defaults_help = {
@@ -172,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
             "frames": " (default: spread from first to last)",
             "v2v": " (required without --recipe)",
         },
+        "image": {"long": " (optional: the first chunk is image-to-video)"},
+        "video": {"long": " (optional: the first chunk extends its end)"},
+        "noise_multiplier": {"long": " (with --image)"},
         "noise_multipliers": {
             "frames": " (default: 0.2 then 0.5)",
             "v2v": " (default: the recipe's, else 0.2 each)",
@@ -179,13 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     }
     from .params import PARAMS, TASK_INPUTS
 
-    for task, inputs in (("t2v", ()), *((t, TASK_INPUTS[t]) for t in ("i2v", "frames", "v2v"))):
+    for task, inputs in (("t2v", ()), *((t, TASK_INPUTS[t]) for t in ("i2v", "frames", "v2v", "long"))):
         sub = tasks.add_parser(
             task, help=TASK_HELP[task], description=TASK_HELP[task] + descriptions.get(task, "")
         )
         for name in inputs:
             extra = defaults_help.get(name, {}).get(task, "")
-            add_param(sub, name, required=name in required, help=PARAMS[name].help + extra)
+            add_param(sub, name, required=name in required and task != "long", help=PARAMS[name].help + extra)
         _add_common(sub)
     _add_train_commands(commands)
     from .app.serve import add_serve_arguments  # light: imports no gradio
@@ -332,7 +340,7 @@ def _lora(args: argparse.Namespace):
 def build_request(args: argparse.Namespace, limits):
     """The `GenerationRequest` the flags ask for (seed: --seed; the model's own values left None)."""
     from . import recipes
-    from .params import COMMON
+    from .params import COMMON, LONG
     from .request import GenerationRequest
 
     fields = {name: getattr(args, name) for name in COMMON}
@@ -360,6 +368,15 @@ def build_request(args: argparse.Namespace, limits):
             positions=positions,
             noise_multipliers=multipliers,
             **fields,
+        )
+    if args.task == "long":
+        chunk = {name: getattr(args, name) for name in LONG}
+        chunk["chunk_multipliers"] = (
+            parse_float_list(args.chunk_multipliers, "chunk_multipliers") if args.chunk_multipliers else []
+        )
+        image = dict(images=[args.image], positions=[0], noise_multipliers=[args.noise_multiplier])
+        return GenerationRequest(
+            task="long", video=args.video, **(image if args.image else {}), **chunk, **fields
         )
     if args.task == "v2v":
         return GenerationRequest(
@@ -407,6 +424,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         def progress(info, bars=bars, label=label) -> None:  # starts once the inputs are checked
             if not bars:
                 bars.append(tqdm(total=info.num_steps, desc=label, unit="step", disable=args.quiet))
+            if hasattr(info, "chunk"):  # a long video: one bar over its chunks
+                bars[0].set_postfix_str(info.text(), refresh=False)
             bars[0].update(1)
 
         out = pipe.generate(replace(request, seed=seed), progress)

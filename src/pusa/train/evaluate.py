@@ -91,6 +91,67 @@ def _position_error(frames: np.ndarray, spec: ClipSpec, frame_indices: Sequence[
     return float(np.mean(errors))
 
 
+def continuity(centroids: np.ndarray, boundary: int) -> tuple[float, float] | None:
+    """(position jump px, velocity change px/frame) at output frame `boundary`: the velocity of the 5
+    frames before it predicts where frame `boundary` should be; the 4 frames from it give the new
+    velocity. None when the object is missing from any of those frames."""
+    context = centroids[max(0, boundary - 5) : boundary]  # [<=5, 2]
+    new = centroids[boundary : boundary + 4]  # [<=4, 2]
+    if len(context) < 2 or len(new) < 1 or np.isnan(context).any() or np.isnan(new).any():
+        return None
+    velocity = (context[-1] - context[0]) / (len(context) - 1)  # px/frame
+    jump = float(np.linalg.norm(new[0] - (context[-1] + velocity)))
+    new_velocity = (new[-1] - context[-1]) / len(new)
+    return jump, float(np.linalg.norm(new_velocity - velocity))
+
+
+def long_video_metrics(frames: np.ndarray, plan: recipes.LongPlan, color: str | None = None) -> dict:
+    """How a long video holds together, from its pixels (`plan`: its chunks).
+
+    jump / velocity: `continuity` at each chunk boundary (the first frame a chunk gives), and, as the
+    floor to compare with, at the middle of every chunk; lost: boundaries where the object is missing
+    around it. background / object drift: mean absolute difference per channel (0..255) between the
+    first and the last chunk's median background colour and median object colour. kept: per chunk,
+    whether the object is in every frame with the colour `color` (default: the first chunk's)."""
+    width = frames.shape[2]
+    analyses = [analyze_clip(frames[c.frames[0] : c.frames[1] + 1]) for c in plan.chunks]
+    color = color or analyses[0].color
+    kept = [float(a.present_fraction == 1.0 and a.color == color) for a in analyses]
+    jumps, velocities, inner_jumps, inner_velocities, lost = [], [], [], [], 0
+    for chunk in plan.chunks:
+        first, last = chunk.frames
+        for at, jump_list, velocity_list in (
+            (first, jumps, velocities),
+            ((first + last + 1) // 2, inner_jumps, inner_velocities),
+        ):
+            if at < 5 or (chunk.index == 0 and jump_list is jumps):
+                continue
+            window = frames[at - 5 : at + 4]
+            measured = continuity(analyze_clip(window).centroids, 5)
+            if measured is None:
+                lost += jump_list is jumps
+                continue
+            jump_list.append(measured[0])
+            velocity_list.append(measured[1])
+
+    def rgb(analysis, part: str) -> np.ndarray | None:
+        if part == "background":
+            return analysis.background_rgb
+        values = [d.object_rgb for d in analysis.detections if d.present and d.object_rgb is not None]
+        return np.median(np.asarray(values), axis=0) if values else None
+
+    drift = {}
+    for part in ("background", "object"):
+        a, b = rgb(analyses[0], part), rgb(analyses[-1], part)
+        drift[part] = math.nan if a is None or b is None else float(np.mean(np.abs(np.subtract(a, b))))
+    return {
+        "jump": _mean(jumps), "velocity": _mean(velocities), "inner_jump": _mean(inner_jumps),
+        "inner_velocity": _mean(inner_velocities), "boundaries": len(plan.chunks) - 1, "lost": lost,
+        "background_drift": drift["background"], "object_drift": drift["object"],
+        "kept": float(np.mean(kept)), "chunks_kept": kept, "width": width,
+    }  # fmt: skip
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
