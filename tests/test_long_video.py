@@ -239,3 +239,23 @@ def test_cli_long_writes_one_video_of_the_frames_asked(tmp_path, capsys):
 def test_cli_bad_long_inputs_name_the_flag(args, message, capsys):
     assert main(["generate", "long", "-p", "x", *args, *CLI_FAST]) == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- studio
+def test_a_tabs_long_video_controls_make_its_job_a_long_one():
+    from pusa.app import forms
+    from pusa.app.timeline import long_timeline_html
+    from pusa.weights.registry import TINY_DEFAULTS
+
+    spec = forms.text_to_video({"prompt": "x", "seed": 3}, TINY_DEFAULTS)
+    assert forms.as_long(spec, {"long_frames": 0}).request.task == "t2v"
+    long = forms.as_long(spec, {"long_frames": 65, "context_latents": 1, "chain": "latent"})
+    r = long.request
+    assert (r.task, r.num_frames, r.chunk_frames, r.context_latents) == ("long", 65, 17, 1)
+    assert long.form["long_frames"] == 65 and long.form["tab"] == "t2v"  # "Use these settings" refills it
+    with pytest.raises(forms.FormError, match=r"^Long video \(frames\): 66 is not allowed"):
+        forms.as_long(spec, {"long_frames": 66})
+    with pytest.raises(forms.FormError, match=r"^Overlap \(latent frames\): 5 is not allowed"):
+        forms.as_long(spec, {"long_frames": 65, "context_latents": 5})
+    html = long_timeline_html(forms.long_plan(65, 1, "latent", 17))
+    assert html.count('class="pusa-long-chunk"') == 4 and "chunk 2: frames 17–32, opens on 16–16" in html

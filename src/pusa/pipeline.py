@@ -474,6 +474,7 @@ class PusaPipeline:
         record = asdict(replace(request, images=(), video=None, end_video=None, sources={}))
         record["positions"] = list(request.positions)
         record["noise_multipliers"] = [float(m) for m in request.noise_multipliers]
+        record["chunk_multipliers"] = [float(m) for m in request.chunk_multipliers]
         record["images"] = []
         if request.task in ("i2v", "frames", "long"):
             record["images"] = [_describe_source(image) for image in request.images]
