@@ -44,6 +44,7 @@ def test_the_chunks_cover_every_frame_once(num_frames, context):
         assert chunk.first_frame == 4 * chunk.start
     assert plan.chunks[0].seed == 5 and len({c.seed for c in plan.chunks}) == len(plan.chunks)
     assert plan.noise_multipliers == (0.0,) * context
+    assert recipes.long_video(num_frames, 17).context == recipes.LONG_CONTEXT == 3  # the measured default
 
 
 def test_chunk_seeds_are_reproducible_and_the_record_says_them():
@@ -117,7 +118,7 @@ def test_an_image_and_a_video_are_not_both_taken(tmp_path, pipe):
 
 
 # ------------------------------------------------------------------------------------------- pipeline
-@pytest.mark.parametrize("chain", ["latent", "pixel", "pixel-matched"])
+@pytest.mark.parametrize("chain", ["latent", "anchored", "pixel", "pixel-matched"])
 def test_the_api_makes_exactly_the_frames_asked(pipe, chain):
     steps = []
     out = pipe.long_video("x", 41, context_latents=2, chain=chain, callback=steps.append, **FAST)
@@ -146,7 +147,9 @@ def test_the_sidecar_reproduces_the_video(pipe):
 def test_latent_chain_the_boundary_is_the_next_chunks_conditioning(pipe):
     """The long video's latents at chunk 1's overlap are chunk 0's last latents, and are what chunk 1
     was conditioned on at every step (multiplier 0: kept exactly, not a re-encoded copy)."""
-    request = GenerationRequest(task="long", prompt="x", num_frames=33, context_latents=2, **FAST)
+    request = GenerationRequest(
+        task="long", prompt="x", num_frames=33, context_latents=2, chain="latent", **FAST
+    )
     seen: dict[int, list[torch.Tensor]] = {0: [], 1: [], 2: []}
     chained = pipe.chain_latents(request, lambda info: seen[info.chunk].append(info.latents.clone()))
     assert chained.shape[2] == recipes.num_latent_frames(33) == 9
@@ -182,7 +185,9 @@ def test_cancel_in_chunk_2_stops_there(pipe):
 
 def test_cancel_in_chunk_2_through_the_queue_frees_the_worker(pipe, tmp_path):
     queue = JobQueue(lambda: pipe, History(tmp_path / "out")).start()
-    request = GenerationRequest(task="long", prompt="x", num_frames=65, **{**FAST, "num_inference_steps": 50})
+    request = GenerationRequest(
+        task="long", prompt="x", num_frames=65, context_latents=1, **{**FAST, "num_inference_steps": 50}
+    )
     try:
         queue.wait_ready(30)
         job = queue.submit(JobSpec(request, form={"tab": "t2v"}))

@@ -282,6 +282,10 @@ def _add_train_commands(commands) -> None:
     edemo.add_argument("--no-base", action="store_true", help="skip the base model column")
     edemo.add_argument("--tasks", default=",".join(EVAL_TASKS), help=f"comma list of {', '.join(EVAL_TASKS)}")
     edemo.add_argument("--json", default=None, metavar="FILE", help="also write every result, per clip, here")
+    edemo.add_argument(
+        "--frames", default=None, metavar="N[,N...]",
+        help="clip lengths to score every task at, one column each (default: the model's own)",
+    )  # fmt: skip
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -311,7 +315,13 @@ def run_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-clips={args.num_clips}: must be 1 or more")
     alphas = parse_float_list(args.alphas, "alphas") if args.alphas is not None else None
     settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, args.shift, tasks=tasks)
-    results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base)
+    lengths = parse_int_list(args.frames, "frames") if args.frames else [None]
+    bad = [n for n in lengths if n is not None and (n < 5 or (n - 1) % 4)]
+    if bad:
+        raise ValueError(
+            f"--frames={args.frames!r}: {bad} are not clip lengths; give 4k+1 values of 5 or more"
+        )
+    results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base, lengths=lengths)
     print(format_table({name: r["metrics"] for name, r in results.items()}))
     if args.json:
         import json

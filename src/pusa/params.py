@@ -187,7 +187,7 @@ TASK_NAMES = {
 }
 # The long task: one video of up to this many frames, chained from clips of the model's own length.
 LONG_MAX_FRAMES = 4 * 256 + 1
-CHAINS = ("latent", "pixel", "pixel-matched")
+CHAINS = ("latent", "anchored", "pixel", "pixel-matched")
 RECIPES = ("extension", "completion", "transition")
 
 _PARAMS = (
@@ -228,7 +228,7 @@ _PARAMS = (
         flag="--chunk-frames",
     ),
     Param(
-        "context_latents", INT, 1, 1, 8, step=1, label="Overlap (latent frames)",
+        "context_latents", INT, 3, 1, 8, step=1, label="Overlap (latent frames)",
         help="latent frames of each chunk's end that open the next one (1 = its last pixel frame, "
         "k = its last 4k-3 frames)",
         flag="--overlap",
@@ -239,10 +239,11 @@ _PARAMS = (
         flag="--overlap-multipliers",
     ),
     Param(
-        "chain", CHOICE, "latent", choices=CHAINS, label="Chaining",
-        help="latent: the next chunk opens on the previous one's latents, the whole video is decoded once; "
-        "pixel: each chunk is decoded and its end encoded again; pixel-matched: pixel, with each chunk's "
-        "colours shifted to match the overlap",
+        "chain", CHOICE, "pixel", choices=CHAINS, label="Chaining",
+        help="pixel (default, the least drift measured): each chunk is decoded and its end encoded again; "
+        "pixel-matched: pixel, each chunk's colours shifted to match the overlap; latent: the next chunk opens "
+        "on the previous one's latents and the whole video is decoded once; anchored: latent, with the "
+        "overlap's first latent made from its last frame alone",
         flag="--chain",
     ),
     Param(

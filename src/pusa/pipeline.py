@@ -576,7 +576,7 @@ class PusaPipeline:
     ) -> PusaOutput:
         """The chain: one progress over every chunk's steps (`ChunkStepInfo`), cancel at any step."""
         plan = long_plan(request)
-        if request.chain == "latent":
+        if request.chain in ("latent", "anchored"):
             video = self.decode_latents(self.chain_latents(request, callback, validated=True))
         else:
             video = self._chain_pixels(request, plan, callback)
@@ -611,15 +611,21 @@ class PusaPipeline:
     ) -> torch.Tensor:
         """A long request's latents, chained in latent space: chunk k's overlap (its latents
         0..context-1) is chunk k-1's last `context` clean latents themselves, not decoded and encoded
-        again, and the long video takes them from chunk k-1; `[1, C, F_lat, h, w]` for all its frames."""
+        again, and the long video takes them from chunk k-1; `[1, C, F_lat, h, w]` for all its frames.
+        "anchored": the same, but the overlap's latent 0 is its last pixel frame encoded alone (a clip's
+        latent 0 is one frame; the chained latent there covers 4)."""
         request = request if validated else validate(request, self.limits)
         plan = long_plan(request)
         kept: list[torch.Tensor] = []
         previous: torch.Tensor | None = None
-        for chunk in plan.chunks:
+        for chunk, before in zip(plan.chunks, (None, *plan.chunks), strict=False):
             conditioning = None
             if chunk.index:
                 latents = previous[:, :, -plan.context :]
+                if request.chain == "anchored":
+                    # Latent 0 of a clip is one frame: the overlap's last frame, encoded alone.
+                    frame = self.decode_latents(previous)[chunk.first_frame - before.first_frame]
+                    latents = torch.cat([self.encode_frames(frame[None]), latents[:, :, 1:]], dim=2)
                 conditioning = Conditioning(plan.positions, plan.noise_multipliers, latents)
             previous = self._chunk_latents(request, chunk, len(plan.chunks), conditioning, callback)
             kept.append(previous[:, :, chunk.keep_from : chunk.keep_to])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .params import RECIPES, InputError
+from .params import PARAMS, RECIPES, InputError
 
 EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)  # context latents 0..3: the oldest kept exactly
 COMPLETION_MULTIPLIERS = (0.3, 0.3)  # the first frame and the last 4
@@ -310,7 +310,7 @@ def keyframe_multipliers(count: int) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------ long video
-LONG_CONTEXT = 1  # overlap latents between chunks (benchmarks/long_video.py chose it)
+LONG_CONTEXT = PARAMS["context_latents"].default  # overlap latents (benchmarks/long_video.py chose it)
 LONG_MULTIPLIER = 0.0  # each overlap latent kept exactly: the chain's seams are the previous chunk's
 
 

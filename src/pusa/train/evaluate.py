@@ -12,6 +12,11 @@ Metrics (one row each):
 - keyframes (first, middle, last latent slot): PSNR and position error at the conditioned frames.
 - extension (the last 13 frames of the clip become latents 0-3, multipliers 0 / 0.3 / 0.4 / 0.5): position
   and velocity continuity across the boundary, on clips whose object moves in a straight line or stays put.
+- transition (clip A's frames, then another clip B with another colour): A's object (its colour) in the first
+  frame and B's in the last, and the position error at both ends.
+- long video (image-to-video from the clip's frame 0, 4 chunks at the default chaining; not on growing /
+  shrinking clips): `long_video_metrics` (jump and velocity change at the chunk boundaries, background and
+  object colour drift from the first chunk to the last, chunks keeping the object), seconds per video.
 - flicker: mean absolute frame difference of the background, over every generated clip (0 for the world).
 """
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,14 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("kf_pos_err", "keyframes position error (px)", "px"),
     ("ext_pos_err", "extension position jump at boundary (px)", "px"),
     ("ext_vel_err", "extension velocity change (px/frame)", "px"),
+    ("tr_both", "transition: A's object at the start and B's at the end", "pct"),
+    ("tr_pos_err", "transition position error at both ends (px)", "px"),
+    ("long_jump", "long video (4 chunks): position jump at boundaries (px)", "px"),
+    ("long_vel", "long video: velocity change at boundaries (px/frame)", "px"),
+    ("long_bg_drift", "long video: background colour drift, first to last chunk (/255)", "px"),
+    ("long_obj_drift", "long video: object colour drift, first to last chunk (/255)", "px"),
+    ("long_kept", "long video: chunks that keep the object and its colour", "pct"),
+    ("long_seconds", "long video: seconds per video (this run)", "s"),
     ("flicker", "temporal flicker, background (0..255)", "px"),
     ("seconds_per_video", "seconds per video (this run)", "s"),
 )
@@ -69,6 +82,8 @@ class EvalSettings:
     shift: float | None = None  # None: the pipeline's default
     i2v_noise_multiplier: float = 0.2
     tasks: tuple[str, ...] = TASKS
+    num_frames: int | None = None  # clip length of every task (None: the model's own)
+    long_chunks: int = 4
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -163,9 +178,11 @@ def evaluate_pipeline(
     """Run every task on the held-out clips; returns {"metrics": {key: value}, "clips": [per-clip records],
     "settings": the evaluation settings and the model's sampling defaults that applied}."""
     d = pipe.defaults
-    specs = eval_specs(settings.num_clips, settings.eval_seed, d.num_frames, d.width, d.height)
-    num_latent = pipe.num_latent_frames()
+    length = settings.num_frames or d.num_frames
+    specs = eval_specs(settings.num_clips, settings.eval_seed, length, d.width, d.height)
+    num_latent = pipe.num_latent_frames(length)
     common = dict(num_inference_steps=settings.num_inference_steps, cfg=settings.cfg, lora_alpha=lora_alpha)
+    common["num_frames"] = length
     if settings.shift is not None:
         common["shift"] = settings.shift
     per: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
@@ -216,7 +233,7 @@ def evaluate_pipeline(
             record["keyframes"] = {"psnr": per["kf_psnr"][-1]}
             videos += 1
         if "extension" in settings.tasks and spec.motion != "bounces" and num_latent >= 3:
-            multipliers = recipes.extension(d.num_frames).noise_multipliers  # the pipeline's default context
+            multipliers = recipes.extension(length).noise_multipliers  # the pipeline's default context
             out = pipe.extend_video(truth, prompt, noise_multipliers=multipliers, seed=seed, **common).frames
             analysis = analyze_clip(out)
             boundary = 4 * (len(multipliers) - 1) + 1  # the context frames are output frames 0..boundary-1
@@ -234,11 +251,59 @@ def evaluate_pipeline(
                 per["ext_vel_err"].append(float(np.linalg.norm(new_velocity - velocity)))
             per["flicker"].append(analysis.flicker)
             videos += 1
+        if "transition" in settings.tasks and num_latent >= 4:
+            other = next((s for s in specs if s.color != spec.color), specs[(i + 1) % len(specs)])
+            arrival = render_clip(other)
+            out = pipe.transition(truth, arrival, canonical_caption(other), seed=seed, **common).frames
+            first, last = analyze_clip(out[:1]).detections[0], analyze_clip(out[-1:]).detections[0]
+            per["tr_both"].append(float(first.color == spec.color and last.color == other.color))
+            ends = []
+            for detection, at in ((first, ground_truth(spec)[-1]), (last, ground_truth(other)[0])):
+                ends.append(
+                    math.hypot(detection.cx - at[0], detection.cy - at[1])
+                    if detection.present
+                    else min(spec.width, spec.height) / 2
+                )
+            per["tr_pos_err"].append(float(np.mean(ends)))
+            per["flicker"].append(analyze_clip(out).flicker)
+            record["transition"] = {"start": first.color, "end": last.color, "arrival": other.color}
+            videos += 1
+        if "long" in settings.tasks and spec.motion not in ("grows", "shrinks"):
+            plan = recipes.long_video(
+                recipes.head_frames(
+                    num_latent + (settings.long_chunks - 1) * (num_latent - recipes.LONG_CONTEXT)
+                ),
+                length,
+                seed=seed,
+            )
+            long_started = time.perf_counter()
+            out = pipe.long_video(
+                prompt, plan.num_frames, image=truth[0], noise_multiplier=settings.i2v_noise_multiplier,
+                chunk_frames=length, seed=seed, **{k: v for k, v in common.items() if k != "num_frames"},
+            ).frames  # fmt: skip
+            per["long_seconds"].append(time.perf_counter() - long_started)
+            scores = long_video_metrics(out, plan, spec.color)
+            per["long_jump"].append(scores["jump"])
+            per["long_vel"].append(scores["velocity"])
+            per["long_bg_drift"].append(scores["background_drift"])
+            per["long_obj_drift"].append(scores["object_drift"])
+            per["long_kept"].append(scores["kept"])
+            record["long"] = {key: value for key, value in scores.items() if key != "width"}
         records.append(record)
     elapsed = time.perf_counter() - started
     metrics = {key: _mean(values) for key, values in per.items() if key != "seconds_per_video"}
     metrics["seconds_per_video"] = elapsed / max(videos, 1)
-    for key in ("t2v_color", "t2v_shape", "t2v_direction", "t2v_motion", "i2v_motion", "i2v_kept"):
+    pct = (
+        "t2v_color",
+        "t2v_shape",
+        "t2v_direction",
+        "t2v_motion",
+        "i2v_motion",
+        "i2v_kept",
+        "tr_both",
+        "long_kept",
+    )
+    for key in pct:
         if not math.isnan(metrics[key]):
             metrics[key] *= 100.0
     used = {**asdict(settings), "lora_alpha": lora_alpha, "model": getattr(pipe, "identity", None)}
@@ -266,17 +331,23 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _at(length: int | None) -> str:
+    return "" if length is None else f" @{length}"
+
+
 def evaluate_demo(
     model_dir: str | Path | None = None,
     settings: EvalSettings = EvalSettings(),
     lora_alphas: Sequence[float] | None = None,
     include_base: bool = True,
     progress: bool = True,
+    lengths: Sequence[int | None] = (None,),
 ) -> dict[str, dict]:
     """Base model (no LoRA) and the VTA model at each alpha (None: the model's own), on the same clips and seeds.
 
     A folder without a LoRA (a run exported before its VTA stage) is scored as a base model alone, unless
-    alphas are asked for: that is refused before anything runs."""
+    alphas are asked for: that is refused before anything runs. lengths: clip lengths to score each model
+    at (None: its own), one column each ("VTA alpha 0.6 @33")."""
     from pusa.pipeline import PusaPipeline
     from pusa.weights.registry import folder_lora, resolve_model
 
@@ -293,11 +364,17 @@ def evaluate_demo(
     if include_base:
         if progress:
             print("evaluating base (no LoRA) ...", flush=True)
-        results["base"] = evaluate_pipeline(PusaPipeline.from_model(model, lora=None), settings)
+        base = PusaPipeline.from_model(model, lora=None)
+        for length in lengths:
+            results["base" + _at(length)] = evaluate_pipeline(base, replace(settings, num_frames=length))
     if has_lora and (lora_alphas is None or lora_alphas):
         pipe = PusaPipeline.from_model(model)
         for alpha in lora_alphas if lora_alphas is not None else [pipe.defaults.lora_alpha]:
             if progress:
                 print(f"evaluating VTA (LoRA alpha {alpha}) ...", flush=True)
-            results[f"VTA alpha {alpha}"] = evaluate_pipeline(pipe, settings, lora_alpha=alpha)
+            for length in lengths:
+                column = f"VTA alpha {alpha}" + _at(length)
+                results[column] = evaluate_pipeline(
+                    pipe, replace(settings, num_frames=length), lora_alpha=alpha
+                )
     return results
