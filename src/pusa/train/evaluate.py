@@ -289,6 +289,7 @@ def evaluate_pipeline(
             per["long_obj_drift"].append(scores["object_drift"])
             per["long_kept"].append(scores["kept"])
             record["long"] = {key: value for key, value in scores.items() if key != "width"}
+            videos += 1
         records.append(record)
     elapsed = time.perf_counter() - started
     metrics = {key: _mean(values) for key, values in per.items() if key != "seconds_per_video"}
