@@ -127,6 +127,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--fp8", action="store_true", help="store the transformer weights in float8 (half the memory)"
     )
+    model.add_argument(
+        "--cfg-batch", default="auto", choices=("auto", "on", "off"),
+        help="run CFG's positive and negative passes as one batch of 2: auto = on CUDA except --memory low "
+        "(default: auto)",
+    )  # fmt: skip
 
     gen = parser.add_argument_group("generation")
     for name in COMMON:
@@ -317,7 +322,13 @@ def load_pipeline(args: argparse.Namespace):
     from .pipeline import PusaPipeline
 
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
-    acceleration = dict(memory=args.memory, attention=args.attention, compile=args.compile, fp8=args.fp8)
+    acceleration = dict(
+        memory=args.memory,
+        attention=args.attention,
+        compile=args.compile,
+        fp8=args.fp8,
+        cfg_batch=args.cfg_batch,
+    )
     return PusaPipeline.from_model(
         args.model, lora=_lora(args), device=args.device, dtype=dtype, **acceleration
     )

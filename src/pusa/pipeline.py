@@ -141,7 +141,8 @@ class PusaPipeline:
         dtype: torch.dtype = torch.float32,
         **acceleration: Any,
     ) -> PusaPipeline:
-        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8` (see `from_pretrained`).
+        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8`, `cfg_batch` (see
+        `from_pretrained`).
 
         "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
         same structure (`seed` picks it)."""
@@ -175,6 +176,7 @@ class PusaPipeline:
         attention: str = "auto",
         compile: bool = False,
         fp8: bool = False,
+        cfg_batch: str = "auto",
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -182,12 +184,13 @@ class PusaPipeline:
         defaults: native clip settings (default: the folder's `pusa_model.json`, else Wan2.1's);
         memory: "full" | "balanced" (24 GB cards) | "low" (12 GB) | "auto" (from free VRAM);
         attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
-        compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8.
+        compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8;
+        cfg_batch: "auto" | "on" | "off": CFG's two passes as one batch of 2 (`runtime.prepare.resolve_cfg_batch`).
         """
         from .runtime.device import check_device
         from .runtime.kernels import validate_attention_backend
         from .runtime.memory import validate_memory_tier
-        from .runtime.prepare import prepare_for_device
+        from .runtime.prepare import prepare_for_device, validate_cfg_batch
         from .weights.folders import load_components
         from .weights.lora import LoraFuser, load_lora
         from .weights.registry import folder_defaults, folder_lora
@@ -196,6 +199,7 @@ class PusaPipeline:
         check_device(device)
         validate_memory_tier(memory, allow_auto=True)
         validate_attention_backend(attention)
+        validate_cfg_batch(cfg_batch)
         if defaults is None:
             defaults = folder_defaults(model_dir)
         if isinstance(lora, str) and lora == "auto":
@@ -214,6 +218,7 @@ class PusaPipeline:
             compile=compile,
             compute_dtype=dtype,
             attention_tokens=native_tokens(components.transformer, components.vae, defaults),
+            cfg_batch=cfg_batch,
         )
         pipe = cls(
             components.transformer,
@@ -476,7 +481,15 @@ class PusaPipeline:
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
         with torch.inference_mode():
             latents = sample(
-                velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback
+                velocity,
+                noise,
+                sigmas,
+                conditioning,
+                text,
+                negative_text,
+                request.cfg,
+                callback,
+                cfg_batch=bool(self.acceleration.get("cfg_batch", False)),
             )
         frames = self.decode_latents(latents)
 
