@@ -132,6 +132,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="run CFG's positive and negative passes as one batch of 2: auto = on CUDA except --memory low "
         "(default: auto)",
     )  # fmt: skip
+    model.add_argument(
+        "--fp8-compute", default="off", choices=("off", "rowwise", "tensor"),
+        help="run the transformer blocks' matrix products in float8 with per-row (token x channel) or "
+        "per-tensor scales (torch._scaled_mm; a GPU of compute capability 8.9+, or the CPU) (default: off)",
+    )  # fmt: skip
 
     gen = parser.add_argument_group("generation")
     for name in COMMON:
@@ -328,6 +333,7 @@ def load_pipeline(args: argparse.Namespace):
         compile=args.compile,
         fp8=args.fp8,
         cfg_batch=args.cfg_batch,
+        fp8_compute=args.fp8_compute,
     )
     return PusaPipeline.from_model(
         args.model, lora=_lora(args), device=args.device, dtype=dtype, **acceleration
@@ -399,6 +405,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     resolve_model(args.model, _lora(args), prefix="--")  # the CLI's flag names in any error
     if args.device != "cpu":  # "cpu" is always there: no need to import torch to say so
         check_device(args.device)
+    if args.attention != "auto":  # a kernel package that is not installed: said before any weights load
+        from .runtime.kernels import check_attention_installed
+
+        check_attention_installed(args.attention)
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
     resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__, recipes
+from .caching import step_cache
 from .conditioning import Conditioning
 from .params import PARAMS
 from .request import (
@@ -141,7 +142,7 @@ class PusaPipeline:
         dtype: torch.dtype = torch.float32,
         **acceleration: Any,
     ) -> PusaPipeline:
-        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8`, `cfg_batch` (see
+        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8`, `cfg_batch`, `fp8_compute` (see
         `from_pretrained`).
 
         "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
@@ -177,6 +178,7 @@ class PusaPipeline:
         compile: bool = False,
         fp8: bool = False,
         cfg_batch: str = "auto",
+        fp8_compute: str = "off",
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -185,12 +187,13 @@ class PusaPipeline:
         memory: "full" | "balanced" (24 GB cards) | "low" (12 GB) | "auto" (from free VRAM);
         attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
         compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8;
-        cfg_batch: "auto" | "on" | "off": CFG's two passes as one batch of 2 (`runtime.prepare.resolve_cfg_batch`).
+        cfg_batch: "auto" | "on" | "off": CFG's two passes as one batch of 2 (`runtime.prepare.resolve_cfg_batch`);
+        fp8_compute: "off" | "rowwise" | "tensor": the DiT blocks' matrix products in float8 with those scales.
         """
         from .runtime.device import check_device
-        from .runtime.kernels import validate_attention_backend
+        from .runtime.kernels import check_attention_installed, validate_attention_backend
         from .runtime.memory import validate_memory_tier
-        from .runtime.prepare import prepare_for_device, validate_cfg_batch
+        from .runtime.prepare import prepare_for_device, validate_cfg_batch, validate_fp8_compute
         from .weights.folders import load_components
         from .weights.lora import LoraFuser, load_lora
         from .weights.registry import folder_defaults, folder_lora
@@ -199,7 +202,10 @@ class PusaPipeline:
         check_device(device)
         validate_memory_tier(memory, allow_auto=True)
         validate_attention_backend(attention)
+        if attention != "auto":
+            check_attention_installed(attention)  # a missing kernel package is said before a 14B load
         validate_cfg_batch(cfg_batch)
+        validate_fp8_compute(fp8_compute)
         if defaults is None:
             defaults = folder_defaults(model_dir)
         if isinstance(lora, str) and lora == "auto":
@@ -219,6 +225,7 @@ class PusaPipeline:
             compute_dtype=dtype,
             attention_tokens=native_tokens(components.transformer, components.vae, defaults),
             cfg_batch=cfg_batch,
+            fp8_compute=fp8_compute,
         )
         pipe = cls(
             components.transformer,
@@ -479,21 +486,24 @@ class PusaPipeline:
             return self.transformer(x.to(self.dtype), timestep, context, return_dict=False)[0]
 
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
-        with torch.inference_mode():
-            latents = sample(
-                velocity,
-                noise,
-                sigmas,
-                conditioning,
-                text,
-                negative_text,
-                request.cfg,
-                callback,
-                cfg_batch=bool(self.acceleration.get("cfg_batch", False)),
-            )
+        cache = step_cache(request.cache, request.cache_threshold, request.num_inference_steps)
+        if cache is not None:  # the transformer runs its blocks through the cache for this run only
+            velocity = cache.wrap(velocity)
+            self.transformer.block_runner = cache
+        try:
+            with torch.inference_mode():
+                latents = sample(
+                    velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback,
+                    cfg_batch=bool(self.acceleration.get("cfg_batch", False)),
+                )  # fmt: skip
+        finally:
+            if cache is not None:
+                self.transformer.block_runner = None
         frames = self.decode_latents(latents)
 
         settings = self.settings_of(request)
         settings["warnings"] = [str(note) for note in advisories(request, self.defaults)]
+        if cache is not None:
+            settings["step_cache"] = cache.report()
         settings["elapsed_s"] = round(time.perf_counter() - started, 3)
         return PusaOutput(frames=frames, settings=settings)

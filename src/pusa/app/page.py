@@ -57,6 +57,9 @@ class StudioPage(Studio):
                 tab.fields["num_frames"] = widgets.number("num_frames", d, limits)
                 tab.fields["fps"] = widgets.number("fps", d)
             tab.fields["shift"] = widgets.slider("shift", d)
+            with gr.Row():
+                tab.fields["cache"] = widgets.choice("cache", d, elem_id=f"{tab.tab}-cache")
+                tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
 
     def _outputs(self, tab: TabWidgets) -> None:
         ready = self.initial_state == READY

@@ -68,6 +68,15 @@ def default_of(name: str, defaults: ModelDefaults) -> Any:
     return getattr(defaults, name) if param.default is MODEL_OWN else param.default
 
 
+def choice(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Radio:
+    """Radio buttons over the declared choices, at the declared default."""
+    param = PARAMS[name]
+    options = dict(
+        choices=list(param.choices), value=default_of(name, defaults), label=param.label, info=param.help
+    )
+    return RadioInput(**{**options, **extra})
+
+
 def slider(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Slider:
     """A slider over the declared range, at the declared step."""
     param = PARAMS[name]

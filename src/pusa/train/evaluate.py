@@ -69,6 +69,8 @@ class EvalSettings:
     shift: float | None = None  # None: the pipeline's default
     i2v_noise_multiplier: float = 0.2
     tasks: tuple[str, ...] = TASKS
+    cache: str = "off"  # the step cache (`pusa.caching`) and its threshold, as the request parameters
+    cache_threshold: float | None = None  # None: the declared default
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,6 +109,10 @@ def evaluate_pipeline(
     common = dict(num_inference_steps=settings.num_inference_steps, cfg=settings.cfg, lora_alpha=lora_alpha)
     if settings.shift is not None:
         common["shift"] = settings.shift
+    if settings.cache != "off":
+        common["cache"] = settings.cache
+        if settings.cache_threshold is not None:
+            common["cache_threshold"] = settings.cache_threshold
     per: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
     records, started, videos = [], time.perf_counter(), 0
     for i, spec in enumerate(specs):
