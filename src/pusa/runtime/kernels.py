@@ -36,6 +36,7 @@ __all__ = [
     "attention_function",
     "check_attention_installed",
     "compile_blocks",
+    "disable_fp8_compute",
     "dit_forward_flops",
     "enable_fp8_compute",
     "enable_fp8_weights",
@@ -432,6 +433,16 @@ def enable_fp8_compute(transformer: nn.Module, scaling: str = "rowwise") -> int:
                 module.__class__ = Fp8ComputeLinear
                 module.fp8_rowwise = scaling == "rowwise"
                 switched += 1
+    return switched
+
+
+def disable_fp8_compute(transformer: nn.Module) -> int:
+    """Undo `enable_fp8_compute` (the layers become plain Linears again); returns how many."""
+    switched = 0
+    for module in transformer.modules():
+        if type(module) is Fp8ComputeLinear:
+            module.__class__ = nn.Linear
+            switched += 1
     return switched
 
 
