@@ -9,6 +9,11 @@ Rows, per size (480x832x81 = 32,760 tokens; 1280x720x81 = 75,600 tokens), one mo
   ours-compile     ours-fused with torch.compile of the repeated blocks                      (--compile)
   ours-fp8         ours-fused with float8 weights; relative error of the output vs bf16      (--fp8)
   tier-<name>      ours (no LoRA) under memory tier full / balanced / low (first size only)
+  speed-*          (--parts speed) one Pusa DiT without LoRA: base, CFG batch, fp8 compute rowwise / tensor,
+                   each installed attention extra, the combination (fp8 rowwise + the fastest attention +
+                   CFG batch) eager and compiled; error vs the base bf16 forward; base and combination also
+                   time a CFG step through the step cache computed and skipped (the 10-step estimates with
+                   --cache-skips of 10 steps skipped). --parts attention adds each kernel's error vs cuDNN.
 then umT5-XXL encoding of 512 tokens (resident, and as the "full" tier runs it: onload, encode, offload),
 Wan VAE encode of one 480p image and decode of 21 latent frames, and a 10-step I2V estimate at 480p:
 2 text encodes (prompt, negative) + VAE encode + 10 CFG steps (2 forwards each) + VAE decode.
@@ -22,6 +27,7 @@ A full real run with --compile --fp8 takes more than 10 minutes; split it and me
   python benchmarks/gpu_bench.py --parts dit,text,vae --json a.json
   python benchmarks/gpu_bench.py --parts tiers,compile,fp8 --sizes 480p --json b.json
   python benchmarks/gpu_bench.py --merge a.json b.json --json all.json
+The issue-19 speed rows in one go per size: `bash benchmarks/gpu_speed_run.sh 480p|720p OUT_DIR`.
 The JSON is rewritten after every row, so a run cut short keeps what it measured.
 """
 
@@ -947,7 +953,9 @@ def main(argv: list[str] | None = None) -> None:
     spec = (tiny_spec if args.tiny else real_spec)(device, args.repeats, args.compile_backend)
     if args.layers is not None:
         spec = replace(spec, dit={**spec.dit, "num_layers": args.layers})
-    parts = args.parts.split(",") if args.parts else list(PARTS if args.tiny else DEFAULT_PARTS)
+    # --tiny: every part but the speed rows, which its own smoke test runs (tests/test_gpu_bench.py)
+    tiny_parts = [p for p in PARTS if p != "speed"]
+    parts = args.parts.split(",") if args.parts else list(tiny_parts if args.tiny else DEFAULT_PARTS)
     if args.compile and "compile" not in parts:
         parts.append("compile")
     if args.fp8 and "fp8" not in parts:
