@@ -26,5 +26,5 @@ case $size in
     720p) parts=speed,attention; extra=(--no-speed-compile) ;;
     *) echo "size must be 480p or 720p" >&2; exit 2 ;;
 esac
-timeout 560 python3 benchmarks/gpu_bench.py --parts "$parts" --sizes "$size" "${extra[@]}" \
+timeout 560 python3 benchmarks/gpu_bench.py --parts "$parts" --sizes "$size" ${extra[@]+"${extra[@]}"} \
     --json "$out/speed-$size.json" 2>&1 | tee "$out/speed-$size.log"

@@ -55,8 +55,9 @@ def free_port() -> int:
 class Studio:
     """`python -m pusa.app` (what `pusa serve` runs) in a subprocess, on the default model."""
 
-    def __init__(self, outputs: Path, port: int, log: Path) -> None:
+    def __init__(self, outputs: Path, port: int, log: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.outputs, self.port, self.log = outputs, port, log
+        self.extra_args = tuple(extra_args)  # more `pusa serve` flags, e.g. ("--workers", "2")
         self.url = f"http://127.0.0.1:{port}/"
         self.process: subprocess.Popen | None = None
 
@@ -67,7 +68,16 @@ class Studio:
         env.pop("PUSA_AUTH", None)
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pusa.app", "--port", str(self.port), "--outputs", str(self.outputs)],
+                [
+                    sys.executable,
+                    "-m",
+                    "pusa.app",
+                    "--port",
+                    str(self.port),
+                    "--outputs",
+                    str(self.outputs),
+                    *self.extra_args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -305,7 +305,8 @@ def test_uploads_are_checked_as_they_arrive(tmp_path, images):
     junk.write_bytes(b"junk" * 100)
     message = studio.check_upload("video", str(junk))
     assert (
-        'class="pusa-error"' in message and "Video: &#x27;clip.mp4&#x27; is not a readable video" in message
+        'class="pusa-error"' in message
+        and "Source video: &#x27;clip.mp4&#x27; is not a readable video" in message
     )
     text = tmp_path / "notes.png"
     text.write_text("hello")

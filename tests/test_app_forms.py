@@ -353,25 +353,25 @@ def test_multi_frames_messages(files):
 def test_video_messages(files):
     clip = str(files["clip17"])
     expect(
-        r"Video: none uploaded; Video-to-Video needs a source video",
+        r"Source video: none uploaded; Video-to-Video needs a source video",
         forms.video_to_video, None, "0", "", "custom", None, common(), D,
     )  # fmt: skip
     expect(
-        r"Video: 'clip.txt' is not a video file; allowed: mp4, webm, mov, mkv, avi, m4v",
+        r"Source video: 'clip.txt' is not a video file; allowed: mp4, webm, mov, mkv, avi, m4v",
         forms.check_video, files["gif_named_txt"],
     )  # fmt: skip
     expect(
-        r"Video: 'broken.mp4' is not a readable video \(.*\); expected a video file \(mp4, .*\)",
+        r"Source video: 'broken.mp4' is not a readable video \(.*\); expected a video file \(mp4, .*\)",
         forms.check_video,
         files["garbage"],
     )
-    expect(r"Video: 'sound.mp4' has no video stream; .*", forms.check_video, files["audio"])
+    expect(r"Source video: 'sound.mp4' has no video stream; .*", forms.check_video, files["audio"])
     expect(
-        r"Video: 'clip17.mp4' is [0-9.]+ MB; the limit is 1e-06 MB",
+        r"Source video: 'clip17.mp4' is [0-9.]+ MB; the limit is 1e-06 MB",
         forms.check_video, clip, limits=UploadLimits(video_mb=1e-6),
     )  # fmt: skip
     expect(
-        r"Video: 'clip17.mp4' lasts 2.1 s; the limit is 1 s",
+        r"Source video: 'clip17.mp4' lasts 2.1 s; the limit is 1 s",
         forms.check_video, clip, limits=UploadLimits(video_seconds=1),
     )  # fmt: skip
     expect(
@@ -389,11 +389,11 @@ def test_video_to_video_messages(files):
         forms.video_to_video, clip25, " ", "", "custom", None, common(), D,
     )  # fmt: skip
     expect(
-        r"Video: 'clip9.mp4' has 9 frames; positions up to latent 3 needs at least 13",
+        r"Source video: 'clip9.mp4' has 9 frames; positions up to latent 3 needs at least 13",
         forms.video_to_video, clip9, "0,3", "", "custom", None, common(), D,
     )  # fmt: skip
     expect(
-        r"Video: 'clip9.mp4' has 9 frames; the extension recipe with 4 context latents needs at least 13",
+        r"Source video: 'clip9.mp4' has 9 frames; the extension recipe with 4 context latents needs at least 13",
         forms.video_to_video, clip9, "0,1,2,3", "0,0.3,0.4,0.5", "extension", None, common(), D,
     )  # fmt: skip
     expect(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import save_image
+from pusa.app import views
 from pusa.pipeline import GenerationRequest, PusaPipeline
 from pusa.serving.history import History, JobSpec
 from pusa.serving.queue import CANCELLED, DONE, FAILED, LOADING, QUEUED, READY, JobQueue
@@ -121,6 +122,10 @@ def test_cancel_running_and_waiting_jobs(pipe, tmp_path):
         assert view.state == "running" and view.num_steps == 50 and view.eta_s is not None
         assert queue.cancel(waiting.id) and queue.view(waiting.id).state == CANCELLED
         assert queue.cancel(long.id)
+        pressed = queue.view(long.id)  # until its step ends, it says so (the page shows these words)
+        assert pressed.cancelling
+        if pressed.state == "running":  # (almost always: 49 steps to go)
+            assert views.job_state_text(pressed) == "cancelling after this step"
         view = finish(queue, long.id)
         assert view.state == CANCELLED and view.step < 50 and view.entry is None
         assert not queue.cancel(long.id)  # already over

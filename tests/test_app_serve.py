@@ -98,3 +98,29 @@ def test_status_line():
     assert "the model failed to load: OSError: &lt;no weights&gt;" in failed
     ready = views.status_html(ModelStatus(READY, "tiny-random(seed=0)", 1.5), [], "tiny-random")
     assert "model tiny-random(seed=0) ready (loaded in 1.5 s) · idle" in ready
+
+
+def test_clip_fields_are_bounded_by_what_the_model_was_trained_on(tmp_path):
+    from pusa.app import widgets
+    from pusa.app.page import StudioPage
+    from pusa.serving.history import History
+    from pusa.serving.queue import JobQueue
+    from pusa.weights.registry import model_limits
+
+    def fields(limits):
+        page = StudioPage(JobQueue(lambda: None, History(tmp_path / "outputs")), limits, "m")
+        page.build()
+        return {tab: page.tabs[tab].fields for tab in ("i2v", "frames", "v2v", "t2v")}
+
+    # pusa-tiny declares 17 frames at 64x64: each tab offers only those
+    for tab, field in fields(model_limits("pusa-tiny")).items():
+        for name, value in (("num_frames", 17), ("width", 64), ("height", 64)):
+            widget = field[name]
+            assert isinstance(widget, widgets.DropdownInput), (tab, name)
+            assert [choice[1] for choice in widget.choices] == [value] and widget.value == value
+            assert "trained on" in widget.info
+        # an API caller's other length reaches our validation as sent (and runs with a warning)
+        assert field["num_frames"].preprocess(33) == 33
+    # a model that declares nothing (tiny-random, real Wan folders) keeps its number boxes
+    for field in fields(TINY_DEFAULTS).values():
+        assert all(isinstance(field[name], widgets.NumberInput) for name in ("num_frames", "width", "height"))

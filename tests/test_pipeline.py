@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import pusa
+from pusa.params import InputError
 from pusa.pipeline import GenerationRequest, PusaOutput, PusaPipeline
 from pusa.request import validate
 from pusa.sampling import Cancelled, StepInfo, sample
@@ -338,6 +339,20 @@ def test_multiplier_count_differs_from_position_count(pipe, image):
         ValueError, match=r"noise_multipliers=\[0\.1, 0\.2\] has 2 values but positions=\[0\] has 1"
     ):
         pipe.frames_to_video([image], "x", positions=[0], noise_multipliers=[0.1, 0.2], **SMALL)
+
+
+def test_a_single_value_where_a_list_belongs_is_refused_by_name(pipe, image, five_frame_mp4):
+    # Python callers wrote positions=0 and got "object of type 'int' has no len()"
+    with pytest.raises(InputError, match=r"positions=0 is not a list; give a list, e.g. positions=\[0, 4\]"):
+        pipe.frames_to_video([image, image], "x", positions=0, **SMALL)
+    with pytest.raises(InputError, match=r"noise_multipliers=0.2 is not a list"):
+        pipe.frames_to_video([image, image], "x", noise_multipliers=0.2, **SMALL)
+    with pytest.raises(InputError, match=r"positions=3 is not a list"):
+        pipe.video_to_video(five_frame_mp4, "x", positions=3, **SMALL)
+    with pytest.raises(InputError, match=r"^images: got ndarray, not a list; give a list"):
+        pipe.frames_to_video(np.zeros((8, 8, 3), np.uint8), "x", **SMALL)
+    with pytest.raises(InputError, match=r"noise_multipliers=0.2 is not a list"):  # also built by hand
+        pipe.generate(GenerationRequest("frames", "x", images=[image], positions=[0], noise_multipliers=0.2))
 
 
 def test_frames_task_without_images(pipe):

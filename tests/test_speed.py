@@ -280,3 +280,24 @@ def test_fp8_compute_follows_a_refused_lora():
     assert not np.array_equal(a.frames, b.frames) and np.array_equal(a.frames, again.frames)
     with pytest.raises(ValueError, match="fp8_compute='int4'"):
         PusaPipeline.from_preset("tiny-random", fp8_compute="int4")
+
+
+def test_parallel_pipelines_refuse_the_cache_and_do_not_batch_cfg(image):
+    """Under `pusa.parallel` the other ranks run every block rank 0 runs: a skip on rank 0 alone would
+    leave them waiting, so the cache is refused by name; CFG batching gives way to the ranks' own split."""
+    pipe = PusaPipeline.from_preset("tiny-random", cfg_batch="on")
+    calls = []
+
+    def wrapper(velocity, text, negative_text, cfg):  # the seam pusa.parallel uses, here on one process
+        def wrapped(x, timestep, context):
+            calls.append(x.shape[0])
+            return velocity(x, timestep, context)
+
+        return wrapped
+
+    pipe.velocity_wrapper = wrapper
+    with pytest.raises(InputError) as error:
+        pipe.image_to_video(image, "a fox", cache="pusa", **FAST)
+    assert error.value.param == "cache" and getattr(pipe.transformer, "block_runner", None) is None
+    out = pipe.image_to_video(image, "a fox", **FAST)
+    assert calls == [1] * 8 and out.settings["acceleration"]["cfg_batch"] is False

@@ -137,6 +137,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="run the transformer blocks' matrix products in float8 with per-row (token x channel) or "
         "per-tensor scales (torch._scaled_mm; a GPU of compute capability 8.9+, or the CPU) (default: off)",
     )  # fmt: skip
+    model.add_argument(
+        "--parallel", type=int, default=1, metavar="N",
+        help="split each video's transformer over N processes (context parallel): cuda:0..N-1 with --device "
+        "cuda, else N CPU processes; this process keeps the text encoder, VAE and files (default: 1)",
+    )  # fmt: skip
+    model.add_argument(
+        "--cfg-parallel", action="store_true",
+        help="2 processes: the positive and the negative guidance pass of each step at the same time "
+        "(cuda:0 and cuda:1 with --device cuda)",
+    )  # fmt: skip
 
     gen = parser.add_argument_group("generation")
     for name in COMMON:
@@ -335,6 +345,11 @@ def load_pipeline(args: argparse.Namespace):
         cfg_batch=args.cfg_batch,
         fp8_compute=args.fp8_compute,
     )
+    if getattr(args, "parallel", 1) > 1 or getattr(args, "cfg_parallel", False):
+        from .parallel.launch import start_ranks  # rank 0 is this process; the others follow its jobs
+
+        return start_ranks(args.parallel, args.cfg_parallel, args.model, _lora(args), args.device, dtype,
+                           acceleration).pipe  # fmt: skip
     return PusaPipeline.from_model(
         args.model, lora=_lora(args), device=args.device, dtype=dtype, **acceleration
     )
@@ -403,6 +418,9 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             f"--output={args.output!r}: the video is written as H.264 mp4; give a path ending in .mp4"
         )
     resolve_model(args.model, _lora(args), prefix="--")  # the CLI's flag names in any error
+    from .parallel.flags import check_parallel_flags  # light: no torch
+
+    check_parallel_flags(args.parallel, args.cfg_parallel, args.device)
     if args.device != "cpu":  # "cpu" is always there: no need to import torch to say so
         check_device(args.device)
     if args.attention != "auto":  # a kernel package that is not installed: said before any weights load

@@ -195,7 +195,7 @@ _PARAMS = (
     ),
     Param("image", MEDIA, label="Image", help="the first frame (PNG, JPEG, ...), center-cropped to the video size", flag="--image"),
     Param("images", MEDIAS, label="Images", help="two or more images, in order", flag="--images"),
-    Param("video", MEDIA, label="Video", help="source video (mp4, webm, mov, ...)", flag="--video"),
+    Param("video", MEDIA, label="Source video", help="source video (mp4, webm, mov, ...)", flag="--video"),
     Param("end_video", MEDIA, label="Second clip", help="the clip a transition arrives at", flag="--end-video"),
     # conditioning
     Param(

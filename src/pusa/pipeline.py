@@ -20,7 +20,7 @@ import torch
 from . import __version__, recipes
 from .caching import step_cache
 from .conditioning import Conditioning
-from .params import PARAMS
+from .params import PARAMS, InputError
 from .request import (
     WAN_DEFAULTS,
     GenerationRequest,
@@ -28,6 +28,7 @@ from .request import (
     ModelDefaults,
     ModelLimits,
     advisories,
+    listed,
     validate,
     video_plan,
 )
@@ -107,6 +108,8 @@ class PusaPipeline:
         self.dtype = dtype
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
         self.acceleration: dict[str, Any] = {}  # what prepare_for_device did (memory tier, attention, ...)
+        # pusa.parallel sets it: wrapper(velocity, text, negative_text, cfg) -> the velocity `sample` calls
+        self.velocity_wrapper: Callable[..., Any] | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -291,19 +294,20 @@ class PusaPipeline:
         the first to the last latent frame; multiplier 0.2 for the first and 0.5 for the rest (the
         original demo's "0,20" / "0.2,0.5" at 81 frames).
         """
-        images = list(images)
+        images = listed("images", images)
         if positions is None:
             positions = recipes.spread_positions(
                 len(images), common.get("num_frames") or self.defaults.num_frames
             )
+        positions = listed("positions", positions)
         if noise_multipliers is None:
             noise_multipliers = recipes.keyframe_multipliers(len(positions))
         return self._submit(
             task="frames",
             prompt=prompt,
             images=images,
-            positions=list(positions),
-            noise_multipliers=list(noise_multipliers),
+            positions=positions,
+            noise_multipliers=listed("noise_multipliers", noise_multipliers),
             **common,
         )
 
@@ -324,8 +328,10 @@ class PusaPipeline:
             prompt=prompt,
             video=video,
             end_video=end_video,
-            positions=list(positions),
-            noise_multipliers=list(noise_multipliers or ()),
+            positions=listed("positions", positions),
+            noise_multipliers=listed(
+                "noise_multipliers", () if noise_multipliers is None else noise_multipliers
+            ),
             recipe=recipe,
             **common,
         )
@@ -485,6 +491,16 @@ class PusaPipeline:
         def velocity(x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
             return self.transformer(x.to(self.dtype), timestep, context, return_dict=False)[0]
 
+        parallel = self.velocity_wrapper is not None
+        if parallel and request.cache != "off":  # the other ranks would run blocks rank 0 skips
+            raise InputError(
+                "cache", request.cache, "turn it off for a pipeline split over several processes",
+                "runs on one process only;",
+            )  # fmt: skip
+        # CFG batching makes one call of the two passes, which the ranks split their own way
+        cfg_batch = bool(self.acceleration.get("cfg_batch", False)) and not parallel
+        if parallel:  # several ranks share each DiT call (pusa.parallel)
+            velocity = self.velocity_wrapper(velocity, text, negative_text, request.cfg)
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
         cache = step_cache(request.cache, request.cache_threshold, request.num_inference_steps)
         if cache is not None:  # the transformer runs its blocks through the cache for this run only
@@ -494,7 +510,7 @@ class PusaPipeline:
             with torch.inference_mode():
                 latents = sample(
                     velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback,
-                    cfg_batch=bool(self.acceleration.get("cfg_batch", False)),
+                    cfg_batch=cfg_batch,
                 )  # fmt: skip
         finally:
             if cache is not None:
@@ -503,6 +519,8 @@ class PusaPipeline:
 
         settings = self.settings_of(request)
         settings["warnings"] = [str(note) for note in advisories(request, self.defaults)]
+        if "cfg_batch" in settings["acceleration"]:
+            settings["acceleration"]["cfg_batch"] = cfg_batch  # what ran
         if cache is not None:
             settings["step_cache"] = cache.report()
         settings["elapsed_s"] = round(time.perf_counter() - started, 3)

@@ -143,9 +143,23 @@ def _error(task: str, error: InputError) -> InputError:
     return error.renamed(name)
 
 
+def listed(name: str, value: Any) -> list:
+    """A list-valued parameter as a list; a single number, a string or None is refused by name (Python
+    callers wrote `positions=0` and got "object of type 'int' has no len()")."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:  # a 1-D numpy array or tensor
+        return list(value.tolist())
+    example = {"images": "[first, last]"}.get(name, "[0, 4]" if name == "positions" else "[0.2, 0.5]")
+    if isinstance(value, (int, float, str)) or value is None:
+        raise InputError(name, value, f"give a list, e.g. {name}={example}", "is not a list")
+    problem = f"got {type(value).__name__}, not a list"  # an array or an image: its repr says nothing
+    raise InputError(name, value, f"give a list, e.g. {name}={example}", problem, show_value=False)
+
+
 def check_positions(positions: Sequence[int], noise_multipliers: Sequence[float], num_latent: int) -> None:
     """Positions are distinct latent frame indices with one multiplier in [0, 1] each."""
-    positions, multipliers = list(positions), list(noise_multipliers)
+    positions, multipliers = listed("positions", positions), listed("noise_multipliers", noise_multipliers)
     if len(positions) != len(multipliers):
         raise InputError(
             "noise_multipliers", multipliers, "give one noise multiplier per position",

@@ -2,7 +2,7 @@
 (what `pusa serve` runs) on the default model (the shipped pusa-tiny).
 
 One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
-video play, reload the page and find it again; type bad positions in Multi-Frames, see the error, fix them and generate; restart the
+video play, reload the page and find it again; type a number past a slider's range and be refused by name; type bad positions in Multi-Frames, see the error, fix them and generate; restart the
 server (with a job left in its queue, which it then runs) and find the videos in History, then refill
 a form from one. Every request the page makes is
 recorded and must stay on this machine. Screenshots go to test-artifacts/.
@@ -148,6 +148,21 @@ def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> No
     )
     page.locator("#i2v-prompt textarea").fill("a red circle slides to the left")
     page.wait_for_selector("#i2v-timeline .pusa-timeline img", timeout=UI_TIMEOUT)
+    # A number typed past a slider's range is kept as typed (gradio's box clamped it, silently, and the
+    # clamped value ran): Generate refuses it naming the field.
+    steps = page.locator("#i2v-steps input[type=number]")
+    own_steps = steps.input_value()
+    steps.fill("500")
+    page.locator("#i2v-prompt textarea").click()  # the box loses focus, where gradio clamped
+    assert steps.input_value() == "500"
+    marked = "document.querySelector('#i2v-steps input[type=number]').classList.contains('pusa-out-of-range')"
+    page.wait_for_function(f"() => {marked}", timeout=UI_TIMEOUT)  # the box says it is outside the range
+    status = generate(page, "i2v")
+    assert "Inference Steps: 500 is not allowed" in status, status
+    steps.fill(own_steps)
+    page.locator("#i2v-prompt textarea").click()
+    page.wait_for_function(f"() => !{marked}", timeout=UI_TIMEOUT)
+
     status = generate(page, "i2v")
     assert "Done in" in status and "seed" in status, status
     video = wait_video_plays(page, "#i2v-video")

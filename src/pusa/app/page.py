@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from .. import recipes
-from ..params import RECIPES
+from ..params import RECIPES, label_of
 from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
 from ..serving.queue import READY, JobQueue
@@ -30,6 +30,37 @@ CACHE = (600, 3600)  # seconds: check every 10 minutes, delete gradio's copies o
 CSS = """
 #pusa-title h1 { margin-bottom: 0; }
 .pusa-compact { gap: 8px !important; }
+input.pusa-out-of-range { outline: 2px solid var(--error-border-color, #ef4444); color: var(--error-text-color, #b91c1c); }
+"""
+
+# gradio's slider clamps a number typed into its box to the range when the box loses focus, so a typed
+# 500 steps silently ran as 100. This stops that one blur handler (capture phase, before gradio's) for
+# an out-of-range value: the box keeps what the user typed, says it is outside the range, and Generate
+# sends it to our validation, which refuses it naming the field. Nothing is fetched; it runs on load.
+SLIDER_JS = """
+() => {
+  const check = (box) => {
+    const value = box.valueAsNumber, low = parseFloat(box.min), high = parseFloat(box.max);
+    const outside = Number.isFinite(value) && (value < low || value > high);
+    box.classList.toggle('pusa-out-of-range', outside);
+    box.title = outside ? `${value} is outside ${low}..${high}: Generate will refuse it` : '';
+    return outside;
+  };
+  const sliderBox = (target) => {  // the number box of a gradio slider, from its box or its range
+    if (!(target instanceof HTMLInputElement)) return null;
+    const wrap = target.closest('.wrap');
+    if (!wrap?.querySelector('.slider_input_container')) return null;
+    return wrap.querySelector('input[type=number]');
+  };
+  window.addEventListener('blur', (event) => {
+    const box = sliderBox(event.target);
+    if (box === event.target && check(box)) event.stopPropagation();
+  }, true);
+  window.addEventListener('input', (event) => {
+    const box = sliderBox(event.target);
+    if (box) setTimeout(() => check(box), 0);
+  }, true);
+}
 """
 
 
@@ -38,8 +69,10 @@ class StudioPage(Studio):
 
     # ================================================================== layout
     def _generation_sliders(self, tab: TabWidgets) -> None:
-        tab.fields["lora_alpha"] = widgets.slider("lora_alpha", self.defaults)
-        tab.fields["steps"] = widgets.slider("num_inference_steps", self.defaults)
+        tab.fields["lora_alpha"] = widgets.slider(
+            "lora_alpha", self.defaults, elem_id=f"{tab.tab}-lora-alpha"
+        )
+        tab.fields["steps"] = widgets.slider("num_inference_steps", self.defaults, elem_id=f"{tab.tab}-steps")
 
     def _tail(self, tab: TabWidgets) -> None:
         d, limits = self.defaults, self.model_limits
@@ -132,7 +165,9 @@ class StudioPage(Studio):
         positions, multipliers = forms.recipe_fields("extension", self.defaults.num_frames)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                tab.fields["video"] = gr.Video(label="Source video", sources=["upload"], elem_id="v2v-video")
+                tab.fields["video"] = gr.Video(
+                    label=label_of("video"), sources=["upload"], elem_id="v2v-video"
+                )
                 tab.fields["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="v2v-prompt")
                 gr.Markdown("**Recipes** fill in the positions and multipliers below:")
                 with gr.Row():
@@ -155,7 +190,9 @@ class StudioPage(Studio):
                 )  # fmt: skip
                 with gr.Row(visible=False) as self.end_video_row:
                     tab.fields["end_video"] = gr.Video(
-                        label="Second clip (transition target)", sources=["upload"], elem_id="v2v-end-video"
+                        label=f"{label_of('end_video')} (transition target)",
+                        sources=["upload"],
+                        elem_id="v2v-end-video",
                     )
                 tab.timeline = gr.HTML(
                     self.preview_v2v(positions, multipliers, "extension", None), elem_id="v2v-timeline"
@@ -481,4 +518,5 @@ def launch_app(
         pwa=False,
         theme=theme(),
         css=CSS,
+        js=SLIDER_JS,
     )

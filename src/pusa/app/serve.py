@@ -45,7 +45,53 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
+    parser.add_argument(
+        "--parallel", type=int, default=1, metavar="N",
+        help="split each job's transformer over N processes (context parallel; cuda:0..N-1 with --device "
+        "cuda); the studio is rank 0, the others follow each job (default: 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cfg-parallel", action="store_true",
+        help="2 processes: the positive and negative guidance pass of each step side by side",
+    )  # fmt: skip
+    cluster = parser.add_argument_group('workers (Ray; pip install -e ".[cluster]")')
+    cluster.add_argument(
+        "--workers", type=int, default=0, metavar="N",
+        help="run jobs on N Ray worker processes, each loading the model once (one GPU each with --device "
+        "cuda); a local Ray cluster on 127.0.0.1 unless --ray-address (default: 0, the embedded worker)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--ray-address", default=None, metavar="HOST:PORT",
+        help="join a running Ray cluster (`ray start --head` on one machine, `ray start --address` on the "
+        "others); its workers may be on any machine of it (default: 2 workers with this flag alone)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--worker-cpus", type=float, default=1.0, metavar="N",
+        help="CPU cores Ray reserves per worker (and its torch threads) (default: %(default)s)",
+    )  # fmt: skip
     return parser
+
+
+def cluster_spec(args: argparse.Namespace):
+    """The Ray workers `--workers` / `--ray-address` ask for, or None for the embedded worker."""
+    workers = getattr(args, "workers", 0)
+    address = getattr(args, "ray_address", None)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
+        raise ValueError(f"--workers={workers!r} is not allowed; must be a whole number in 0..256")
+    if not workers and not address:
+        return None
+    if getattr(args, "parallel", 1) > 1 or getattr(args, "cfg_parallel", False):
+        raise ValueError(
+            "--workers / --ray-address with --parallel or --cfg-parallel: not supported yet; give one"
+        )
+    if not 0 < args.worker_cpus <= 256:
+        raise ValueError(f"--worker-cpus={args.worker_cpus!r} is not allowed; must be in (0, 256]")
+    from ..serving.cluster import ClusterSpec
+
+    return ClusterSpec(
+        workers=workers or 2, address=address, model=args.model, lora=args.lora, device=args.device,
+        dtype=args.dtype, cpus_per_worker=args.worker_cpus,
+    )  # fmt: skip
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -93,13 +139,21 @@ def limits_for(model: str):
 
 
 def pipeline_loader(
-    model: str, lora: str | None = None, device: str = "cpu", dtype: str | None = None
+    model: str,
+    lora: str | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    parallel: int = 1,
+    cfg_parallel: bool = False,
 ) -> Callable:
-    """Check the model arguments now; return a function that loads the pipeline (run in the worker)."""
+    """Check the model arguments now; return a function that loads the pipeline (run in the worker).
+    With `parallel` > 1 or `cfg_parallel` it starts the other ranks too (`pusa.parallel.launch`)."""
+    from ..parallel.flags import check_parallel_flags
     from ..runtime.device import check_device
     from ..weights.registry import resolve_model
 
     resolve_model(model, lora, prefix="--")
+    check_parallel_flags(parallel, cfg_parallel, device)
     if device != "cpu":  # "cpu" is always there: importing torch to say so would delay the page
         check_device(device)
 
@@ -109,16 +163,27 @@ def pipeline_loader(
         from ..pipeline import PusaPipeline
 
         torch_dtype = getattr(torch, dtype or ("float32" if device == "cpu" else "bfloat16"))
+        if parallel > 1 or cfg_parallel:
+            from ..parallel.launch import start_ranks
+
+            return start_ranks(parallel, cfg_parallel, model, lora or "auto", device, torch_dtype, {}).pipe
         return PusaPipeline.from_model(model, lora=lora or "auto", device=device, dtype=torch_dtype)
 
     return load
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def serve_main(args: argparse.Namespace) -> int:
     """Start the studio with parsed `add_serve_arguments` options; returns when the server stops."""
     try:
         auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
-        load = pipeline_loader(args.model, args.lora, args.device, args.dtype)
+        load = pipeline_loader(
+            args.model, args.lora, args.device, args.dtype, args.parallel, args.cfg_parallel
+        )
+        cluster = cluster_spec(args)
     except ValueError as error:
         print(f"pusa serve: error: {cli_message(error)}", file=sys.stderr)
         return 2
@@ -130,7 +195,16 @@ def serve_main(args: argparse.Namespace) -> int:
     from .page import build_app, launch_app
 
     history = History(args.outputs)
-    queue = JobQueue(load, history).start()
+    if cluster is not None:  # Ray workers: the same queue and history, jobs run on the actors
+        import signal
+
+        from ..serving.cluster import ClusterQueue, start_ray
+
+        start_ray(cluster)  # here, in the main thread; a SIGTERM then stops the workers and Ray cleanly
+        signal.signal(signal.SIGTERM, _interrupt)
+        queue = ClusterQueue(cluster, history, owns_ray=True).start()
+    else:
+        queue = JobQueue(load, history).start()
     exposed_host = args.host if warning else None
     demo = build_app(queue, limits_for(args.model), model_label=args.model, exposed_host=exposed_host)
     try:

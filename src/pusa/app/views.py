@@ -151,8 +151,8 @@ def job_state_text(view: JobView) -> str:
         text = f"waiting, #{view.position} in line"
         return text + " (submitted before a restart)" if view.restored else text
     if view.state == RUNNING:
-        if "cancelling" in view.phase:
-            return view.phase
+        if view.cancelling:
+            return "cancelling after this step"
         return f"running, step {view.step}/{view.num_steps}" if view.num_steps else f"running, {view.phase}"
     return view.phase if view.state == CANCELLED else view.state
 

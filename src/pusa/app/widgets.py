@@ -47,6 +47,17 @@ class RadioInput(gr.Radio):
         return payload
 
 
+class DropdownInput(gr.Dropdown):
+    """A pick among the values a model declares it was trained on (`pusa_model.json` "trained"); API callers
+    may send another value, which reaches our validation as sent (it runs with a warning naming the
+    parameter) instead of gradio's unnamed "Value ... is not in the list of choices"."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
 class ImageInput(gr.Image):
     """An image upload handed over as the file itself (`type="filepath"`): gradio's preprocessing opened
     it with Pillow first, so a broken file came back as its internal "Could not preprocess input component"
@@ -87,11 +98,32 @@ def slider(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Slider:
     return SliderInput(**{**options, **extra})
 
 
-def number(name: str, defaults: ModelDefaults, limits: ModelLimits | None = None, **extra: Any) -> gr.Number:
-    """A number box; whole numbers for INT parameters. Clip sizes say the model's multiple and limit."""
+def trained_choices(name: str, defaults: ModelDefaults) -> list[int]:
+    """The values of a clip-size field the model declares it was trained on (none: any allowed value)."""
+    if name == "num_frames":
+        return sorted(set(defaults.trained_frames))
+    index = {"width": 0, "height": 1}.get(name)
+    if index is None:
+        return []
+    return sorted({size[index] for size in defaults.trained_sizes})
+
+
+def number(
+    name: str, defaults: ModelDefaults, limits: ModelLimits | None = None, **extra: Any
+) -> gr.Number | gr.Dropdown:
+    """A number box; whole numbers for INT parameters. Clip sizes say the model's multiple and limit; where
+    the model declares what it was trained on, the field is a pick among those values (`DropdownInput`)."""
     param = PARAMS[name]
     info = param.help
     trained = limits.defaults if limits is not None else defaults
+    choices = trained_choices(name, trained) if limits is not None else []
+    if choices:
+        values = ", ".join(map(str, choices))
+        options = dict(
+            choices=choices, value=default_of(name, defaults), label=param.label,
+            info=f"this model was trained on {values} (the API accepts other values, with a warning)",
+        )  # fmt: skip
+        return DropdownInput(**{**options, **extra})
     if limits is not None and name in ("width", "height"):
         info = f"a multiple of {limits.size_multiple}, at most {limits.max_side} (this model)"
         if trained.trained_sizes:

@@ -43,6 +43,11 @@ LOADING_MESSAGE = "loading model..."
 MAX_STARTS = 2
 
 
+class WorkerLost(Exception):
+    """Raised out of a pipeline's `generate` when the process that ran the job went away (a remote worker,
+    `serving.cluster`): the job is queued again, first, for any worker to run (at most MAX_STARTS times)."""
+
+
 def run_spec(
     pipe: PusaPipeline, spec: JobSpec, callback: Callable[[StepInfo], bool | None] | None = None
 ) -> PusaOutput:
@@ -80,6 +85,7 @@ class JobView:
     entry: HistoryEntry | None
     version: int  # grows on every change
     restored: bool  # submitted before the server restarted
+    cancelling: bool = False  # Cancel was pressed; a running job stops after its current step
 
     @property
     def done(self) -> bool:
@@ -103,6 +109,7 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     version: int = 0
     restored: bool = False
+    lost: int = 0  # times the worker running it went away
 
     def eta_s(self, now: float) -> float | None:
         if self.state != RUNNING or not self.step or self.started is None:
@@ -260,6 +267,7 @@ class JobQueue:
             entry=job.entry,
             version=job.version,
             restored=job.restored,
+            cancelling=job.cancel.is_set(),
         )
 
     def _touch(self, job: _Job) -> None:
@@ -305,6 +313,10 @@ class JobQueue:
             self._pipeline = pipeline
             self._status = ModelStatus(READY, pipeline.identity, round(time.perf_counter() - started, 3))
             self._changed.notify_all()
+        self._serve(pipeline)
+
+    def _serve(self, pipeline: PusaPipeline) -> None:
+        """Run waiting jobs on `pipeline` until the queue closes (one thread per worker; the lock orders them)."""
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._waiting or self._closing)
@@ -344,6 +356,28 @@ class JobQueue:
         except Cancelled:
             with self._changed:
                 self._finish(job, CANCELLED, f"cancelled after step {job.step} of {job.num_steps}")
+        except WorkerLost as error:
+            with self._changed:
+                job.lost += 1
+                if job.cancel.is_set() and not self._closing:
+                    self._finish(job, CANCELLED, "cancelled (its worker went away)")
+                elif job.lost >= MAX_STARTS or self._closing:
+                    message = f"its worker went away {job.lost} time(s): {error}"
+                    self.history.record_failure(job.id, job.created, job.spec, message)
+                    self._finish(job, FAILED, "failed", message)
+                else:  # first in line again, for whichever worker is free
+                    log.warning("job %s: its worker went away (%s); queued again", job.id, error)
+                    self.history.unstarted(job.id)
+                    job.state, job.phase, job.step, job.started = (
+                        QUEUED,
+                        "waiting (its worker stopped)",
+                        0,
+                        None,
+                    )
+                    self._waiting.appendleft(job)
+                    for other in self._waiting:
+                        other.version += 1
+                    self._touch(job)
         except Exception as error:  # a failing job is reported on its page; the worker keeps serving
             if not isinstance(error, ValueError):
                 log.exception("job %s failed", job.id)

@@ -1,0 +1,1 @@
+"""Many processes (GPUs) for one video: context parallel and CFG-parallel (`pusa generate --parallel N`)."""

@@ -1,0 +1,429 @@
+"""Many videos on many workers: the studio's one queue and history, N Ray actor workers (`pusa serve
+--workers N`, or `--ray-address ADDR` to use a running Ray cluster).
+
+The queue (`serving.queue.JobQueue`) and `history.sqlite` stay the single source of truth: jobs are
+submitted, listed, cancelled, restored after a restart and recorded exactly as with the embedded worker.
+What changes is who runs them: one dispatcher thread per Ray actor takes the next waiting job and runs
+it on its actor through `RemotePipeline`, a stand-in for `PusaPipeline` whose `generate`
+
+- ships the job's input files by content (the worker may be on another machine),
+- streams the step progress back from the actor (a Ray streaming generator), so the page's progress,
+  ETA and Cancel work as before; a cancel reaches the worker between two steps,
+- gets the frames and settings back and lets the queue save the video into the studio's outputs folder,
+- raises `WorkerLost` when the actor's process dies: the queue puts the job first in line again, so the
+  next free worker runs it (nothing is lost), while Ray restarts the dead actor (it loads the model
+  again and rejoins).
+
+Each actor loads its model once, in its own process, and keeps it. Imports no torch (nor ray) at module
+level: the studio page answers before anything loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .history import History
+from .queue import FAILED, LOADING, READY, JobQueue, ModelStatus, WorkerLost
+
+log = logging.getLogger(__name__)
+
+MEDIA_FIELDS = ("images", "video", "end_video")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where the workers run and what each loads."""
+
+    workers: int = 2
+    address: str | None = None  # None: start a local Ray cluster on 127.0.0.1
+    model: str = "pusa-tiny"
+    lora: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    cpus_per_worker: float = 1.0
+    object_store_mb: int = 128  # a local cluster's object store (videos pass through it)
+    max_restarts: int = 3  # Ray restarts a worker whose process died this many times
+
+
+# ---------------------------------------------------------------------------------------------- worker
+class PusaWorker:
+    """A Ray actor (`ray.remote(PusaWorker)`): one pipeline, loaded once, running one job at a time."""
+
+    def __init__(self, model: str, lora: str | None, device: str, dtype: str | None, threads: int) -> None:
+        import torch
+
+        from ..pipeline import PusaPipeline
+
+        torch.set_num_threads(max(1, threads))
+        torch_dtype = getattr(torch, dtype or ("float32" if device == "cpu" else "bfloat16"))
+        self.pipe = PusaPipeline.from_model(model, lora=lora or "auto", device=device, dtype=torch_dtype)
+        self._cancel: dict[str, threading.Event] = {}
+        self._inputs = Path(tempfile.mkdtemp(prefix="pusa-worker-inputs-"))
+
+    def info(self) -> dict[str, Any]:
+        import socket
+
+        return {
+            "identity": self.pipe.identity,
+            "limits": self.pipe.limits,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+    def cancel(self, token: str) -> bool:
+        event = self._cancel.get(token)
+        if event is not None:
+            event.set()
+        return event is not None
+
+    def run(self, token: str, request: Any, files: dict[str, bytes]):
+        """Yields ("step", step, num_steps) after each step, then ("done", frames, settings),
+        ("cancelled", message) or ("failed", message, is_bad_input)."""
+        import queue as queue_module
+
+        from ..sampling import Cancelled
+
+        event = self._cancel.setdefault(token, threading.Event())
+        folder = self._inputs / token
+        folder.mkdir(parents=True, exist_ok=True)
+        local = {}
+        for key, data in files.items():
+            path = folder / key
+            path.write_bytes(data)
+            local[key] = str(path)
+        request = _with_local_files(request, local)
+        steps: queue_module.Queue = queue_module.Queue()
+        outcome: list[tuple] = []
+
+        def on_step(info: Any) -> bool:
+            steps.put(("step", info.step + 1, info.num_steps))
+            return not event.is_set()
+
+        def work() -> None:
+            try:
+                out = self.pipe.generate(request, on_step)
+                outcome.append(("done", out.frames, out.settings))
+            except Cancelled as error:
+                outcome.append(("cancelled", str(error)))
+            except Exception as error:  # reported on the job's page, as with the embedded worker
+                bad_input = isinstance(error, ValueError)
+                outcome.append(
+                    ("failed", str(error) if bad_input else f"{type(error).__name__}: {error}", bad_input)
+                )
+            finally:
+                steps.put(None)
+
+        thread = threading.Thread(target=work, name=f"pusa-job-{token}", daemon=True)
+        thread.start()
+        try:
+            while (item := steps.get()) is not None:
+                yield item
+            thread.join()
+            yield outcome[0]
+        finally:
+            self._cancel.pop(token, None)
+            for path in folder.glob("*"):
+                path.unlink(missing_ok=True)
+            folder.rmdir()
+
+
+def _media_files(request: Any) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The request's input files by content, keyed `images-0.png`, `video.mp4`...; and key -> original path."""
+    files, originals = {}, {}
+
+    def take(key: str, value: Any) -> None:
+        if isinstance(value, (str, Path)) and Path(value).is_file():
+            name = f"{key}{Path(value).suffix}"
+            files[name] = Path(value).read_bytes()
+            originals[name] = str(Path(value).resolve())
+
+    for index, image in enumerate(request.images or ()):
+        take(f"images-{index}", image)
+    take("video", request.video)
+    take("end_video", request.end_video)
+    return files, originals
+
+
+def _with_local_files(request: Any, local: dict[str, str]) -> Any:
+    """The request with each shipped file replaced by the worker's copy."""
+
+    def swap(key: str, value: Any) -> Any:
+        for name, path in local.items():
+            if Path(name).stem == key:
+                return path
+        return value
+
+    images = [swap(f"images-{i}", image) for i, image in enumerate(request.images or ())]
+    return replace(
+        request,
+        images=images,
+        video=swap("video", request.video),
+        end_video=swap("end_video", request.end_video),
+    )
+
+
+def _restore_paths(record: Any, worker_paths: dict[str, str]) -> Any:
+    """Settings as the studio's machine sees them: the worker's copies' paths back to the originals
+    (their content hashes are the same)."""
+    if isinstance(record, dict):
+        return {k: _restore_paths(v, worker_paths) for k, v in record.items()}
+    if isinstance(record, list):
+        return [_restore_paths(v, worker_paths) for v in record]
+    if isinstance(record, str):
+        for worker_path, original in worker_paths.items():
+            if record == worker_path:
+                return original
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- proxy
+class RemotePipeline:
+    """Runs `generate` on one Ray actor; what the queue's worker loop needs of a `PusaPipeline`."""
+
+    def __init__(self, actor: Any, index: int) -> None:
+        self.actor = actor
+        self.index = index
+        self.info: dict[str, Any] = {}
+        self.lost = False
+        self.job_id: str | None = None  # the queue job it runs now (for tests and the benchmarks)
+
+    def wait_ready(self, timeout: float = 600.0) -> dict[str, Any]:
+        """The worker's facts once its model is loaded; after a crash, once Ray has restarted it (a
+        restarting actor answers ActorUnavailableError until then). RayActorError once it is gone for good."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.info = ray.get(self.actor.info.remote())
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.lost = False
+        return self.info
+
+    @property
+    def identity(self) -> str:
+        return self.info.get("identity", "remote worker")
+
+    @property
+    def limits(self) -> Any:
+        return self.info["limits"]
+
+    def generate(self, request: Any, callback: Any = None) -> Any:
+        import ray
+
+        from ..pipeline import PusaOutput
+        from ..sampling import Cancelled, StepInfo
+
+        files, originals = _media_files(request)
+        token = uuid.uuid4().hex[:12]
+        cancel_sent = False
+        outcome = None
+        try:
+            for ref in self.actor.run.remote(token, request, files):
+                item = ray.get(ref)
+                if item[0] == "step":
+                    _, step, num_steps = item
+                    keep_going = callback is None or callback(StepInfo(step - 1, num_steps, 0.0, None))
+                    if keep_going is False and not cancel_sent:
+                        self.actor.cancel.remote(token)
+                        cancel_sent = True
+                else:
+                    outcome = item
+        except ray.exceptions.RayActorError as error:
+            self.lost = True
+            raise WorkerLost(
+                f"worker {self.index} ({self.info.get('host')}, pid {self.info.get('pid')}) died"
+            ) from error
+        if outcome is None:
+            raise RuntimeError("the worker ended the job without a result")
+        if outcome[0] == "cancelled":
+            raise Cancelled(outcome[1])
+        if outcome[0] == "failed":
+            _, message, bad_input = outcome
+            raise ValueError(message) if bad_input else RuntimeError(message)
+        _, frames, settings = outcome
+        if originals:
+            settings = _restore_paths(settings, _worker_paths(settings, originals, token))
+        return PusaOutput(frames=frames, settings=settings)
+
+
+def _worker_paths(settings: dict, originals: dict[str, str], token: str) -> dict[str, str]:
+    """worker path -> original path, for every shipped file, found by the token folder and file name."""
+    mapping = {}
+
+    def visit(record: Any) -> None:
+        if isinstance(record, dict):
+            for value in record.values():
+                visit(value)
+        elif isinstance(record, list):
+            for value in record:
+                visit(value)
+        elif isinstance(record, str):
+            path = Path(record)
+            if path.parent.name == token and path.name in originals:
+                mapping[record] = originals[path.name]
+
+    visit(settings)
+    return mapping
+
+
+def start_ray(spec: ClusterSpec) -> None:
+    """Connect to `spec.address`, or start a small local Ray cluster on 127.0.0.1 (no dashboard).
+    The studio calls it in its main thread, so Ray's signal handling is in place; `ClusterQueue.close`
+    shuts down what was started."""
+    import ray
+
+    if spec.address is None:
+        ray.init(
+            num_cpus=max(1, round(spec.workers * spec.cpus_per_worker)),
+            num_gpus=spec.workers if spec.device.startswith("cuda") else 0,
+            object_store_memory=spec.object_store_mb * 2**20,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            namespace="pusa",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    else:
+        ray.init(address=spec.address, namespace="pusa", log_to_driver=False, configure_logging=False)
+    # Build Ray's serialization context now: it imports pydantic.v1, and that import racing gradio's own
+    # pydantic imports in another thread fails (KeyError 'pydantic.v1').
+    ray.put(None)
+
+
+# ---------------------------------------------------------------------------------------------- queue
+class _WorkerGone(Exception):
+    """A dispatcher's actor did not come back after Ray's restarts (or the queue closed meanwhile)."""
+
+
+class ClusterQueue(JobQueue):
+    """`JobQueue` whose jobs run on Ray actors: one dispatcher thread per actor, one shared FIFO."""
+
+    def __init__(
+        self, spec: ClusterSpec, history: History, keep_finished: int = 200, owns_ray: bool = False
+    ) -> None:
+        super().__init__(self._no_local_pipeline, history, keep_finished)
+        self.spec = spec
+        self.remotes: list[RemotePipeline] = []
+        self._started_ray = owns_ray  # close() shuts Ray down if this queue (or its caller for it) started it
+        self._load_failures = 0
+        self.ran_on: dict[str, list[int]] = {}  # job id -> the workers that started it, in order
+        self.rejoined: list[int] = []  # workers that came back after their process died
+
+    @staticmethod
+    def _no_local_pipeline() -> Any:
+        raise RuntimeError("a cluster queue has no local pipeline")
+
+    # ------------------------------------------------------------------ Ray
+    def _start_workers(self) -> None:
+        import ray
+
+        spec = self.spec
+        if not ray.is_initialized():
+            start_ray(spec)
+            self._started_ray = True
+        actor_class = ray.remote(PusaWorker).options(
+            num_cpus=spec.cpus_per_worker,
+            num_gpus=1 if spec.device.startswith("cuda") else 0,
+            max_restarts=spec.max_restarts,
+            max_task_retries=0,  # a lost job is run again by the queue, on whichever worker is free
+            max_concurrency=2,  # a cancel arrives while a job runs
+        )
+        threads = max(1, int(spec.cpus_per_worker))
+        for index in range(spec.workers):
+            actor = actor_class.remote(spec.model, spec.lora, spec.device, spec.dtype, threads)
+            self.remotes.append(RemotePipeline(actor, index))
+
+    # ------------------------------------------------------------------ the worker threads
+    def _work(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._start_workers()
+        except Exception as error:
+            log.exception("starting the Ray workers failed")
+            with self._changed:
+                self._status = ModelStatus(FAILED, f"{type(error).__name__}: {error}")
+                self._changed.notify_all()
+            return
+        threads = [
+            threading.Thread(
+                target=self._dispatch,
+                args=(remote, started),
+                name=f"pusa-dispatch-{remote.index}",
+                daemon=True,
+            )
+            for remote in self.remotes
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _dispatch(self, remote: RemotePipeline, started: float) -> None:
+        try:
+            remote.wait_ready()
+        except Exception as error:
+            log.exception("worker %d failed to load", remote.index)
+            with self._changed:
+                self._load_failures += 1
+                if self._status.state == LOADING and self._load_failures == len(self.remotes):
+                    self._status = ModelStatus(FAILED, f"{type(error).__name__}: {error}")
+                    self._changed.notify_all()
+            return
+        with self._changed:
+            if self._status.state != READY:
+                self._pipeline = remote
+                label = f"{remote.identity} on {len(self.remotes)} worker(s)"
+                self._status = ModelStatus(READY, label, round(time.perf_counter() - started, 3))
+                self._changed.notify_all()
+        with contextlib.suppress(_WorkerGone):
+            self._serve(remote)
+
+    def _run(self, pipeline: Any, job: Any) -> None:
+        pipeline.job_id = job.id
+        with self._changed:
+            self.ran_on.setdefault(job.id, []).append(pipeline.index)
+        try:
+            super()._run(pipeline, job)
+        finally:
+            pipeline.job_id = None
+        if pipeline.lost and not self._closing:  # the job went back to the queue; wait for Ray's restart
+            try:
+                pipeline.wait_ready()
+                log.info("worker %d is back (pid %s)", pipeline.index, pipeline.info.get("pid"))
+                with self._changed:
+                    self.rejoined.append(pipeline.index)
+            except Exception as error:
+                if not self._closing:
+                    log.exception("worker %d did not come back", pipeline.index)
+                raise _WorkerGone from error  # this dispatcher ends; the others keep serving
+
+    def worker_of(self, job_id: str) -> RemotePipeline | None:
+        """The worker running `job_id` now (None if none)."""
+        return next((r for r in self.remotes if r.job_id == job_id), None)
+
+    def close(self, timeout: float | None = None) -> None:
+        super().close(timeout)
+        import ray
+
+        if ray.is_initialized():
+            for remote in self.remotes:
+                ray.kill(remote.actor, no_restart=True)
+            if self._started_ray:
+                ray.shutdown()
+
+
+__all__ = ["ClusterQueue", "ClusterSpec", "PusaWorker", "RemotePipeline", "start_ray"]

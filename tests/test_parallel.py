@@ -1,0 +1,124 @@
+"""One video over several ranks (CPU, gloo): context parallel and CFG-parallel give the 1-rank latents.
+
+One 2-rank group (rank 0 is this process, rank 1 a spawned child) serves every test of the module;
+the reference is the session's 1-rank tiny-random pipeline (the same seeded weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import random_pixels
+from pusa.parallel.context import TokenSplit, local_modulation
+from pusa.parallel.launch import LoadSpec, ParallelRunner
+from pusa.pipeline import GenerationRequest
+
+
+def test_token_split_runs_lie_in_one_frame():
+    for seq_len, per_frame, world in [(80, 16, 2), (60, 12, 3), (81, 9, 4), (21 * 1560, 1560, 8)]:
+        splits = [TokenSplit(seq_len, per_frame, world, r) for r in range(world)]
+        assert sum(s.length for s in splits) == seq_len
+        covered = []
+        for s in splits:
+            assert s.length % s.run_length == 0
+            frames = s.run_frames().repeat_interleave(s.run_length)
+            tokens = torch.arange(s.start, s.start + s.length)
+            assert torch.equal(frames, tokens // per_frame)  # every token gets its own frame's row
+            covered.append(tokens)
+        assert torch.equal(torch.cat(covered), torch.arange(seq_len))
+
+
+def test_local_modulation_rows():
+    split = TokenSplit(80, 16, 2, 1)  # tokens 40..79: frame 2 from its 9th token, then frames 3 and 4
+    assert split.start % 16 != 0 and split.run_length == 8
+    modulation = torch.arange(5.0).view(1, 5, 1, 1).expand(1, 5, 6, 3)
+    rows = local_modulation(modulation, split, 5)
+    assert rows[0, :, 0, 0].tolist() == [2, 3, 3, 4, 4]
+    assert local_modulation(modulation[:, :1], split, 5).shape[1] == 1  # one row covers any slice
+
+
+@pytest.fixture(scope="module")
+def runner():
+    with ParallelRunner(2, "context", LoadSpec("tiny-random", lora=None, threads=1)) as group:
+        yield group
+
+
+def _latents(pipe, request: GenerationRequest) -> tuple[torch.Tensor, dict]:
+    seen = []
+    out = pipe.generate(request, lambda info: seen.append(info.latents.clone()))
+    return seen[-1], out.settings
+
+
+# 17 frames at 64x64 on tiny-random: 5 latent frames of 4x4 tokens, 80 tokens; rank 1 starts at token 40,
+# the middle of latent frame 2.
+T2V = GenerationRequest(task="t2v", prompt="a red circle", seed=3, num_inference_steps=2, cfg=3.0)
+I2V = GenerationRequest(
+    task="i2v",
+    prompt="it moves",
+    images=[random_pixels((64, 64, 3), seed=1)],
+    positions=[0],
+    noise_multipliers=[0.2],
+    seed=5,
+    num_inference_steps=2,
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "strategy", "request_"),
+    [
+        ("context", "ulysses", T2V),
+        ("context", "ulysses", I2V),
+        ("context", "allgather", T2V),  # the fallback when the ranks do not divide the heads
+        ("cfg", "auto", T2V),
+        ("cfg", "auto", I2V),
+    ],
+    ids=["cp-ulysses-t2v", "cp-ulysses-i2v", "cp-allgather-t2v", "cfg-t2v", "cfg-i2v"],
+)
+def test_parallel_matches_one_rank(runner, tiny_random, mode, strategy, request_):
+    reference, _ = _latents(tiny_random, request_)
+    runner.set_mode(mode, strategy)
+    latents, settings = _latents(runner.pipe, request_)
+    assert latents.shape == reference.shape
+    torch.testing.assert_close(latents, reference, rtol=0, atol=1e-5)
+    assert settings["acceleration"]["parallel"]["mode"] == mode
+    assert settings["acceleration"]["parallel"]["world_size"] == 2
+
+
+def test_parallel_video_is_written(runner, tmp_path):
+    runner.set_mode("context", "auto")
+    out = runner.pipe.generate(T2V)
+    path = out.save(tmp_path / "cp.mp4")
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert out.frames.shape == (17, 64, 64, 3) and out.frames.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "0"], "--parallel=0 is not allowed"),
+        (["--parallel", "2", "--cfg-parallel"], "give one"),
+        (["--parallel", "2", "--device", "cuda:1"], "give plain cuda"),
+    ],
+)
+def test_parallel_flags_refused_before_loading(argv, message, capsys):
+    from pusa.cli import main
+
+    assert main(["generate", "t2v", "-p", "x", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "65"], "--parallel=65 is not allowed"),
+        (["--parallel", "2", "--workers", "2"], "not supported yet"),
+        (["--workers", "-1"], "--workers=-1 is not allowed"),
+    ],
+)
+def test_serve_parallel_and_worker_flags_refused_before_starting(argv, message, capsys):
+    from pusa.cli import main
+
+    assert main(["serve", "--port", "1", *argv]) == 2
+    assert message in capsys.readouterr().err
