@@ -393,6 +393,8 @@ def test_gradios_copies_of_videos_are_deleted_once_old(tmp_path):
     the folder stops growing by one file per video. Only copies of our videos are touched."""
     from pusa.app.page import build_app, cached_copies, launch_app
 
+    sweepers = lambda: sum(t.name == "pusa-cache-sweep" for t in threading.enumerate())  # noqa: E731
+    before = sweepers()
     history = History(tmp_path / "outputs")
     queue = JobQueue(lambda: PusaPipeline.from_preset("tiny-random"), history).start()
     demo = build_app(queue, TINY_DEFAULTS, cache=(1, 3))
@@ -417,3 +419,5 @@ def test_gradios_copies_of_videos_are_deleted_once_old(tmp_path):
         queue.close(10)
         other.unlink()
         other.parent.rmdir()
+    # its sweeper ends with its server: left running, it went on deleting the copies other servers serve
+    wait_for(lambda: sweepers() == before, timeout=30, what="the closed server's sweeper ends")

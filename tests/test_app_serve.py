@@ -76,7 +76,7 @@ def test_exposure_warning():
 def test_model_arguments_are_checked_before_anything_starts(tmp_path):
     with pytest.raises(
         ValueError,
-        match=r"--model='/no/such/dir' is neither a folder nor a built-in model \(pusa-tiny, tiny-random\)",
+        match=r"--model='/no/such/dir' is neither a folder nor a built-in model \(pusa-tiny, tiny-random, tiny-random-a14b\)",
     ):
         serve.pipeline_loader("/no/such/dir")
     with pytest.raises(ValueError, match=r"--lora='x\.pt': the tiny-random model takes no LoRA"):

@@ -99,11 +99,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "and steps are the defaults below)",
     )  # fmt: skip
     model.add_argument(
-        "--lora", metavar="FILE",
-        help="Pusa LoRA file (pusa_v1.pt or .safetensors), applied at --lora-alpha "
-        "(default: the one the model folder ships with, as pusa-tiny's VTA LoRA)",
-    )  # fmt: skip
-    model.add_argument(
         "--no-lora",
         action="store_true",
         help="run without any LoRA (pusa-tiny: its base text-to-video model)",
@@ -115,8 +110,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     model.add_argument(
         "--memory", default="auto", choices=MEMORY_TIER_CHOICES,
-        help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB); "
-        "auto picks from free VRAM (default: auto)",
+        help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB), swap (two-expert "
+        "models: one expert on the GPU, the other in pinned CPU memory, swapped at the boundary); auto picks "
+        "from free VRAM, counting both experts (default: auto)",
     )  # fmt: skip
     model.add_argument(
         "--attention", default="auto", type=_attention_backend, metavar="BACKEND",
@@ -150,7 +146,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
     gen = parser.add_argument_group("generation")
     for name in COMMON:
-        add_param(gen, name, *(["-p"] if name == "prompt" else []))
+        if name == "loras":  # repeatable: one flag per LoRA of the stack
+            add_param(gen, name, action="append", default=None, metavar="FILE[:STRENGTH][@EXPERT]")
+        else:
+            add_param(gen, name, *(["-p"] if name == "prompt" else []))
     gen.add_argument(
         "--num-videos",
         "-n",
@@ -356,9 +355,11 @@ def load_pipeline(args: argparse.Namespace):
 
 
 def _lora(args: argparse.Namespace):
-    if args.no_lora and args.lora:
-        raise ValueError(f"--no-lora and --lora={args.lora!r} contradict each other; give one")
-    return None if args.no_lora else (args.lora or "auto")
+    """What the model loads with: its own LoRAs ("auto"), or none (--no-lora, or --lora flags, which are
+    the request's stack and replace the model's own)."""
+    if args.no_lora and args.loras:
+        raise ValueError(f"--no-lora and --lora={args.loras[0]!r} contradict each other; give one")
+    return None if args.no_lora or args.loras else "auto"
 
 
 def build_request(args: argparse.Namespace, limits):
@@ -368,6 +369,7 @@ def build_request(args: argparse.Namespace, limits):
     from .request import GenerationRequest
 
     fields = {name: getattr(args, name) for name in COMMON}
+    fields["loras"] = "\n".join(args.loras or ())
     positions = parse_int_list(args.positions, "positions") if getattr(args, "positions", None) else []
     multipliers = (
         parse_float_list(args.noise_multipliers, "noise_multipliers")
@@ -430,6 +432,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
     resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
+    _check_lora_files(resolved, resolve_model(args.model))
     for note in advisories(resolved, limits.defaults):
         print(f"pusa: warning: {cli_message(note)}", file=sys.stderr)
     if args.quiet:
@@ -465,6 +468,30 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         )
         outputs.append(output)
     return outputs
+
+
+def _check_lora_files(request, model) -> None:
+    """Read every LoRA of the stack before the model loads (kept for the pipeline) and, for a model folder,
+    check it against the DiT's safetensors headers, so that a file in no known format or one that matches
+    nothing is named by its flag at once."""
+    from .lora_specs import parse_loras
+    from .params import InputError
+
+    specs = parse_loras(request.loras)
+    if not specs:
+        return
+    from .weights.checkpoints import CheckpointError
+    from .weights.stack import load_lora_cached
+
+    for spec in specs:
+        try:
+            load_lora_cached(spec.path)
+        except CheckpointError as error:
+            raise InputError("loras", spec.path, "give a LoRA file in a known format", str(error)) from None
+    if not isinstance(model, str):  # a folder (tiny-random is built in memory: the pipeline checks it)
+        from .weights.stack import check_stack_fits_folder
+
+        check_stack_fits_folder(specs, model)
 
 
 def _quiet_libraries() -> None:

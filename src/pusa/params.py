@@ -185,6 +185,7 @@ TASK_NAMES = {
     "v2v": "Video-to-Video",
 }
 RECIPES = ("extension", "completion", "transition")
+SPEED_PRESETS = ("4-step",)  # pusa.presets: steps, cfg, shift and the speed LoRA of a model folder
 
 _PARAMS = (
     # inputs
@@ -221,6 +222,25 @@ _PARAMS = (
     Param(
         "lora_alpha", FLOAT, MODEL_OWN, 0.1, 5.0, step=0.1, label="LoRA Alpha",
         help="LoRA strength (the model's own by default: 1.4 for Pusa V1)", flag="--lora-alpha",
+    ),
+    Param(
+        "loras", TEXT, "", label="LoRAs",
+        help="LoRA stack, FILE[:STRENGTH][@high|@low]; repeat the flag (the studio: one per line). STRENGTH "
+        "A;B = a two-expert model's high;low. No strength: --lora-alpha. Default: the model folder's own",
+        flag="--lora",
+    ),
+    Param(
+        "preset", CHOICE, None, choices=SPEED_PRESETS, label="Preset",
+        help="4-step: 4 steps, cfg 1.0 (one DiT forward a step), the folder's shift and speed LoRA "
+        "(its pusa_model.json 'presets'); overrides --steps, --cfg and --shift",
+        flag="--preset",
+    ),
+    Param(
+        "boundary", FLOAT, MODEL_OWN, 0.0, 1.0, step=0.005, label="Expert Boundary",
+        help="two-expert models (Wan2.2): the high-noise expert runs while the step's timestep is at least "
+        "boundary x 1000, the low-noise one below (the model's own by default: 0.875); one-expert models "
+        "ignore it",
+        flag="--boundary",
     ),
     Param(
         "num_inference_steps", INT, MODEL_OWN, 1, 50, step=1, label="Inference Steps",
@@ -264,7 +284,17 @@ _PARAMS = (
 )  # fmt: skip
 PARAMS: Mapping[str, Param] = {param.name: param for param in _PARAMS}
 # Every task's settings beyond its inputs, in the order the studio and the API list them.
-SAMPLING = ("lora_alpha", "num_inference_steps", "negative_prompt", "seed", "cfg", "shift")
+SAMPLING = (
+    "lora_alpha",
+    "num_inference_steps",
+    "negative_prompt",
+    "seed",
+    "cfg",
+    "shift",
+    "loras",
+    "preset",
+    "boundary",
+)
 CLIP = ("width", "height", "num_frames", "fps")
 SPEED = ("cache", "cache_threshold")
 COMMON = ("prompt", *SAMPLING, *CLIP, *SPEED)

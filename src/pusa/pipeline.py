@@ -20,7 +20,10 @@ import torch
 from . import __version__, recipes
 from .caching import step_cache
 from .conditioning import Conditioning
+from .experts import ALL, EXPERTS, HIGH, LOW, expert_for, expert_plan
+from .lora_specs import LoraSpec, check_stack, parse_loras
 from .params import PARAMS, InputError
+from .presets import preset_of
 from .request import (
     WAN_DEFAULTS,
     GenerationRequest,
@@ -78,6 +81,60 @@ def native_tokens(transformer: Any, vae: Any, defaults: ModelDefaults) -> int:
     return (frames // p_t) * (defaults.height // spatial // p_h) * (defaults.width // spatial // p_w)
 
 
+def _prepare(components: Any, device: str | torch.device, **options: Any) -> dict[str, Any]:
+    """`runtime.prepare.prepare_for_device` for the model and, for a two-expert model, its low-noise expert:
+    "auto" counts both experts; "swap" (or "auto" on a card that holds one expert but not two) keeps the
+    active expert resident and the other in pinned CPU memory (`runtime.expert_swap`); the other tiers
+    place both experts alike. The second expert's placement is the report's "transformer_2"."""
+    from .runtime.prepare import prepare_for_device
+
+    second = components.get("transformer_2") if isinstance(components, dict) else components.transformer_2
+    if second is None:
+        if options.get("memory") == "swap":
+            raise ValueError("memory tier 'swap' is for two-expert models; this model has one DiT")
+        return prepare_for_device(components, device, **options)
+    first = components["transformer"] if isinstance(components, dict) else components.transformer
+    memory = options.get("memory", "auto")
+    if memory == "auto":
+        memory = _expert_tier(components, first, device)
+    if memory != "swap":
+        report = prepare_for_device(components, device, **{**options, "memory": memory})
+        expert = prepare_for_device({"transformer": second}, device, **{**options, "memory": memory})
+        report["transformer_2"] = expert["placement"].get("transformer")
+        return report
+    from .runtime.expert_swap import ExpertSwap
+    from .runtime.kernels import apply_attention_backend, compile_blocks, enable_fp8_weights
+
+    if options.get("fp8"):  # before the host copies, so that float8 bytes cross the bus
+        enable_fp8_weights(second, compute_dtype=options.get("compute_dtype") or second.dtype)
+    swap = ExpertSwap({LOW: second}, device)  # the low-noise expert to pinned host memory first
+    report = prepare_for_device(components, device, **{**options, "memory": "full"})
+    apply_attention_backend(second, report["attention"], device, seq_len=options.get("attention_tokens"))
+    if options.get("fp8_compute", "off") != "off":
+        from .runtime.kernels import enable_fp8_compute
+
+        enable_fp8_compute(second, options["fp8_compute"])
+    if options.get("compile"):
+        compile_blocks(second, **(options.get("compile_kwargs") or {}))
+    swap.adopt(HIGH, first)  # resident now; swapped out when the sampler crosses the boundary
+    report["memory_tier"] = "swap"
+    report["transformer_2"] = "in pinned CPU memory, swapped with the high-noise expert at the boundary"
+    report["expert_swap"] = swap
+    return report
+
+
+def _expert_tier(components: Any, first: torch.nn.Module, device: str | torch.device) -> str:
+    """The tier "auto" means for a two-expert model on `device` (both experts counted)."""
+    from .runtime.expert_swap import choose_expert_tier
+    from .runtime.memory import WORKING_BYTES, component_bytes, free_device_bytes, module_bytes
+
+    free = free_device_bytes(device)
+    if free is None:
+        return "full"
+    sizes = component_bytes(components)
+    return choose_expert_tier(free, sizes, module_bytes(first), WORKING_BYTES)
+
+
 class PusaPipeline:
     """Pusa V1 (Wan2.1 DiT with per-frame timesteps) for every task.
 
@@ -96,12 +153,20 @@ class PusaPipeline:
         defaults: ModelDefaults = WAN_DEFAULTS,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        transformer_2: torch.nn.Module | None = None,
     ) -> None:
-        self.transformer = transformer
+        self.transformer = transformer  # the only DiT, or a two-expert model's high-noise expert
+        self.transformer_2 = transformer_2  # the low-noise expert of a two-expert model (Wan2.2), or None
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
-        self.lora = lora  # a weights.lora.LoraFuser, or None
+        # the model's own LoRA stack (lora_specs.LoraSpec, or a file for one LoRA at lora_alpha), or None
+        self.lora = (
+            (parse_loras([str(lora)] if isinstance(lora, (str, Path)) else lora) or None) if lora else None
+        )
+        self._fusers: dict[str, Any] = {}  # expert ("all" for one DiT) -> weights.stack.StackFuser
+        self.dit_forwards = 0  # DiT forward passes so far (benchmarks count them)
+        self.fused_loras: tuple[LoraSpec, ...] = ()  # the stack `apply_loras` fused last, strengths filled
         self.identity = identity
         self.defaults = defaults
         self.device = torch.device(device)
@@ -129,8 +194,8 @@ class PusaPipeline:
         from .weights.registry import PUSA_TINY_DIR, resolve_model
 
         resolved = resolve_model(model, lora)  # the device is checked by from_preset / from_pretrained
-        if resolved == "tiny-random":
-            return cls.from_preset("tiny-random", device=device, dtype=dtype, **acceleration)
+        if resolved in ("tiny-random", "tiny-random-a14b"):
+            return cls.from_preset(str(resolved), device=device, dtype=dtype, **acceleration)
         pipe = cls.from_pretrained(resolved, lora=lora, device=device, dtype=dtype, **acceleration)
         if Path(resolved) == PUSA_TINY_DIR:
             pipe.identity = "pusa-tiny" + ("" if pipe.lora is not None else " (base, no LoRA)")
@@ -149,21 +214,23 @@ class PusaPipeline:
         `from_pretrained`).
 
         "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
-        same structure (`seed` picks it)."""
+        same structure (`seed` picks it); "tiny-random-a14b" a seeded random two-expert model (Wan2.2's
+        structure: high- and low-noise DiTs sharing the VAE and text encoder)."""
         from .runtime.device import check_device
-        from .runtime.prepare import prepare_for_device
-        from .weights.registry import PRESETS, tiny_random_components
+        from .weights.registry import PRESETS, tiny_random_a14b_components, tiny_random_components
 
         check_device(device)
         if name == "pusa-tiny":
             return cls.from_model("pusa-tiny", device=device, dtype=dtype, **acceleration)
-        if name != "tiny-random":
+        if name not in ("tiny-random", "tiny-random-a14b"):
             raise ValueError(f"model={name!r} is not a built-in model; available: {', '.join(PRESETS)}")
-        components = tiny_random_components(seed)
+        build = tiny_random_components if name == "tiny-random" else tiny_random_a14b_components
+        components = build(seed)
         if dtype != torch.float32:
-            components["transformer"].to(dtype)
-            components["text_encoder"].to(dtype)
-        report = prepare_for_device(components, device, compute_dtype=dtype, **acceleration)
+            for part in ("transformer", "transformer_2", "text_encoder"):
+                if components.get(part) is not None:
+                    components[part].to(dtype)
+        report = _prepare(components, device, compute_dtype=dtype, **acceleration)
         pipe = cls(**components, device=device, dtype=dtype)
         pipe.acceleration = report
         return pipe
@@ -172,7 +239,7 @@ class PusaPipeline:
     def from_pretrained(
         cls,
         model_dir: str | Path,
-        lora: str | Path | None = None,
+        lora: Any = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         defaults: ModelDefaults | None = None,
@@ -185,7 +252,8 @@ class PusaPipeline:
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
-        lora: a LoRA file, None, or "auto" (the one named by the folder's `pusa_model.json`, if any);
+        lora: a LoRA file (at the request's lora_alpha), a stack (`lora_specs`: text or `LoraSpec`s), None, or
+            "auto" (the stack named by the folder's `pusa_model.json`, if any);
         defaults: native clip settings (default: the folder's `pusa_model.json`, else Wan2.1's);
         memory: "full" | "balanced" (24 GB cards) | "low" (12 GB) | "auto" (from free VRAM);
         attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
@@ -196,10 +264,10 @@ class PusaPipeline:
         from .runtime.device import check_device
         from .runtime.kernels import check_attention_installed, validate_attention_backend
         from .runtime.memory import validate_memory_tier
-        from .runtime.prepare import prepare_for_device, validate_cfg_batch, validate_fp8_compute
+        from .runtime.prepare import validate_cfg_batch, validate_fp8_compute
         from .weights.folders import load_components
-        from .weights.lora import LoraFuser, load_lora
-        from .weights.registry import folder_defaults, folder_lora
+        from .weights.registry import folder_defaults, folder_experts, folder_loras
+        from .weights.stack import check_stack_fits_folder
 
         # Names are checked before a 14B load, not after.
         check_device(device)
@@ -212,13 +280,28 @@ class PusaPipeline:
         if defaults is None:
             defaults = folder_defaults(model_dir)
         if isinstance(lora, str) and lora == "auto":
-            lora = folder_lora(model_dir)
+            lora = folder_loras(model_dir)
+        stack = parse_loras([str(lora)] if isinstance(lora, (str, Path)) else lora)
+        check_stack(stack, 2 if folder_experts(model_dir) else 1, param="lora")
+        check_stack_fits_folder(stack, model_dir, param="lora")  # headers only: before the DiT loads
         load_device = device if memory == "full" else "cpu"  # other tiers place the weights themselves
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
         components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32)
-        # The fuser copies the pristine weights before fp8 could round them.
-        fuser = LoraFuser(components.transformer, load_lora(lora)) if lora is not None else None
-        report = prepare_for_device(
+        pipe = cls(
+            components.transformer,
+            components.vae,
+            components.text_encoder,
+            components.tokenizer,
+            lora=stack or None,
+            identity=components.identity,
+            defaults=defaults,
+            device=device,
+            dtype=dtype,
+            transformer_2=components.transformer_2,
+        )
+        # Fused before fp8 could round the pristine copies (the stack's strengths: the model's own alpha).
+        pipe.apply_loras(stack, defaults.lora_alpha)
+        report = _prepare(
             components,
             device,
             memory=memory,
@@ -229,17 +312,6 @@ class PusaPipeline:
             attention_tokens=native_tokens(components.transformer, components.vae, defaults),
             cfg_batch=cfg_batch,
             fp8_compute=fp8_compute,
-        )
-        pipe = cls(
-            components.transformer,
-            components.vae,
-            components.text_encoder,
-            components.tokenizer,
-            lora=fuser,
-            identity=components.identity,
-            defaults=defaults,
-            device=device,
-            dtype=dtype,
         )
         pipe.acceleration = report
         return pipe
@@ -254,7 +326,63 @@ class PusaPipeline:
     def limits(self) -> ModelLimits:
         """What this model takes (sizes, frames) and its own defaults: what `validate` checks against."""
         config = self.transformer.config
-        return ModelLimits.of(config.patch_size, self.vae_scale[1], config.rope_max_seq_len, self.defaults)
+        return ModelLimits.of(
+            config.patch_size, self.vae_scale[1], config.rope_max_seq_len, self.defaults, self.num_experts
+        )
+
+    @property
+    def num_experts(self) -> int:
+        """1, or 2 for a two-expert model (Wan2.2: high-noise `transformer`, low-noise `transformer_2`)."""
+        return 1 if self.transformer_2 is None else 2
+
+    def expert_model(self, expert: str) -> torch.nn.Module:
+        """The DiT of `expert` ("high" / "low"; a one-expert model has one for both)."""
+        return self.transformer_2 if expert == LOW and self.transformer_2 is not None else self.transformer
+
+    # ---------------------------------------------------------------- LoRA stacks
+    def lora_stack(self, request: GenerationRequest) -> tuple[LoraSpec, ...]:
+        """What a resolved request fuses: its `loras` (else the model's own stack), then its preset's."""
+        stack = parse_loras(request.loras) or (self.lora or ())
+        if request.preset is not None:
+            stack = (*stack, *parse_loras(preset_of(request.preset, self.defaults.presets).loras))
+        return tuple(stack)
+
+    def apply_loras(self, stack: Sequence[LoraSpec], lora_alpha: float) -> None:
+        """Fuse `stack` into each DiT it targets (an entry without a strength at `lora_alpha`), from the
+        pristine weights; an `InputError` naming `loras` and the file when a LoRA matches nothing."""
+        from .weights.checkpoints import CheckpointError
+        from .weights.stack import StackFuser, load_lora_cached
+
+        names = [ALL] if self.transformer_2 is None else list(EXPERTS)
+        per_dit: dict[str, list] = {name: [] for name in names}
+        # what is fused, strengths filled in: other ranks of a parallel group fuse the same (pusa.parallel)
+        self.fused_loras = tuple(
+            LoraSpec(spec.path, lora_alpha if spec.strength is None else spec.strength, spec.expert)
+            for spec in stack
+        )
+        for spec in stack:
+            try:
+                weights = load_lora_cached(spec.path)
+            except CheckpointError as error:
+                raise InputError(
+                    "loras", spec.path, "give a LoRA file in a known format", str(error)
+                ) from None
+            strength = lora_alpha if spec.strength is None else spec.strength
+            for name in names:
+                if spec.expert in (ALL, name):
+                    per_dit[name].append((weights, strength))
+        for name in names:
+            if name not in self._fusers and not per_dit[name]:
+                continue  # never touched: nothing to restore
+            fuser = self._fusers.setdefault(name, StackFuser(self.expert_model(name)))
+            try:
+                fuser.fuse(per_dit[name])
+            except CheckpointError as error:
+                raise InputError(
+                    "loras", [w.source for w, _ in per_dit[name]],
+                    f"each LoRA must fit the {'model' if name == ALL else name + '-noise expert'}'s DiT",
+                    str(error),
+                ) from None  # fmt: skip
 
     def num_latent_frames(self, num_frames: int | None = None) -> int:
         return recipes.num_latent_frames(num_frames or self.defaults.num_frames)
@@ -462,10 +590,25 @@ class PusaPipeline:
                     sources[name] = _describe_source(value)
         record["sources"] = sources
         record["model"] = self.identity
-        record["lora"] = getattr(getattr(self.lora, "lora", None), "source", None)
+        from .weights.stack import file_sha256
+
+        stack = self.lora_stack(request)
+        record["lora_stack"] = [
+            {
+                "path": str(Path(spec.path).expanduser().resolve()),
+                "sha256": file_sha256(spec.path),
+                "strength": request.lora_alpha if spec.strength is None else spec.strength,
+                "expert": spec.expert,
+            }
+            for spec in stack
+        ]
+        record["lora"] = stack[0].path if stack else None
+        record["experts"] = self.num_experts
         record["pusa_version"] = __version__
         # fp8 weights and the attention kernel change the numbers, so they belong to the record
-        record["acceleration"] = {k: v for k, v in self.acceleration.items() if k != "placement"}
+        record["acceleration"] = {
+            k: v for k, v in self.acceleration.items() if k not in ("placement", "expert_swap")
+        }
         return record
 
     def generate(
@@ -475,8 +618,7 @@ class PusaPipeline:
         started = time.perf_counter()
         request = validate(request, self.limits)
         conditioning = self.conditioning_for(request)
-        if self.lora is not None and self.lora.alpha != request.lora_alpha:
-            self.lora.set_alpha(request.lora_alpha)
+        self.apply_loras(self.lora_stack(request), request.lora_alpha)
 
         text = self.encode_prompt(request.prompt)
         negative_text = self.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
@@ -488,29 +630,50 @@ class PusaPipeline:
         generator = torch.Generator("cpu").manual_seed(request.seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
 
-        def velocity(x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-            return self.transformer(x.to(self.dtype), timestep, context, return_dict=False)[0]
+        forwards_before = self.dit_forwards
 
+        def velocity_of(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+            def velocity(x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+                self.dit_forwards += 1
+                return model(x.to(self.dtype), timestep, context, return_dict=False)[0]
+
+            return velocity
+
+        sigmas = flow_sigmas(request.num_inference_steps, request.shift)
         parallel = self.velocity_wrapper is not None
-        if parallel and request.cache != "off":  # the other ranks would run blocks rank 0 skips
+        if request.cache != "off" and (parallel or self.transformer_2 is not None):
+            # other ranks would run the blocks rank 0 skips; a second expert has no residual to reuse
             raise InputError(
-                "cache", request.cache, "turn it off for a pipeline split over several processes",
-                "runs on one process only;",
+                "cache", request.cache,
+                "turn it off for a pipeline split over several processes or a two-expert model",
+                "runs on one process and one DiT only;",
             )  # fmt: skip
         # CFG batching makes one call of the two passes, which the ranks split their own way
         cfg_batch = bool(self.acceleration.get("cfg_batch", False)) and not parallel
+        main_velocity = velocity_of(self.transformer)
         if parallel:  # several ranks share each DiT call (pusa.parallel)
-            velocity = self.velocity_wrapper(velocity, text, negative_text, request.cfg)
-        sigmas = flow_sigmas(request.num_inference_steps, request.shift)
+            main_velocity = self.velocity_wrapper(main_velocity, text, negative_text, request.cfg)
         cache = step_cache(request.cache, request.cache_threshold, request.num_inference_steps)
         if cache is not None:  # the transformer runs its blocks through the cache for this run only
-            velocity = cache.wrap(velocity)
+            main_velocity = cache.wrap(main_velocity)
             self.transformer.block_runner = cache
+        experts = {name: velocity_of(self.expert_model(name)) for name in EXPERTS}
+        plan = expert_plan(sigmas.tolist(), request.boundary) if self.transformer_2 is not None else None
+        boundary = request.boundary
+        swap = self.acceleration.get("expert_swap")
+        swaps_before = (swap.swaps, swap.seconds) if swap is not None else None
+
+        def chooser(step: int, timestep: float) -> Callable[..., torch.Tensor]:
+            name = expert_for(timestep, boundary)
+            if swap is not None:
+                swap.activate(name)  # the other expert back to pinned CPU memory
+            return experts[name]
+
         try:
             with torch.inference_mode():
                 latents = sample(
-                    velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback,
-                    cfg_batch=cfg_batch,
+                    main_velocity, noise, sigmas, conditioning, text, negative_text, request.cfg,
+                    callback, velocity_for_step=chooser if plan is not None else None, cfg_batch=cfg_batch,
                 )  # fmt: skip
         finally:
             if cache is not None:
@@ -518,6 +681,12 @@ class PusaPipeline:
         frames = self.decode_latents(latents)
 
         settings = self.settings_of(request)
+        settings["expert_steps"] = plan  # None for a one-expert model
+        settings["dit_forwards"] = self.dit_forwards - forwards_before
+        if swaps_before is not None:
+            settings["expert_swaps"] = {
+                "swaps": swap.swaps - swaps_before[0], "seconds": round(swap.seconds - swaps_before[1], 4)
+            }  # fmt: skip
         settings["warnings"] = [str(note) for note in advisories(request, self.defaults)]
         if "cfg_batch" in settings["acceleration"]:
             settings["acceleration"]["cfg_batch"] = cfg_batch  # what ran

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import recipes
+from .lora_specs import check_stack, format_loras, parse_loras
 from .params import (
     DEFAULT_NEGATIVE_PROMPT,
     FLOAT,
@@ -22,11 +23,13 @@ from .params import (
     MAX_SIDE,
     MODEL_OWN,
     PARAMS,
+    SPEED_PRESETS,
     TASK_NAMES,
     TASKS,
     InputError,
     face_name,
 )
+from .presets import preset_of
 from .recipes import RecipePlan, num_latent_frames
 
 Media = Any  # a path, a PIL image or a uint8 array
@@ -46,6 +49,8 @@ class ModelDefaults:
     # What it was trained on (its manifest's "trained"); empty: not declared (real Wan: no warnings).
     trained_frames: tuple[int, ...] = ()
     trained_sizes: tuple[tuple[int, int], ...] = ()  # (width, height)
+    boundary: float = 0.875  # two-expert models: where the low-noise expert takes over (x 1000)
+    presets: tuple[Any, ...] = ()  # presets.Preset: the folder's own versions of the named presets
 
 
 WAN_DEFAULTS = ModelDefaults()
@@ -64,10 +69,15 @@ class ModelLimits:
     max_side: int = MAX_SIDE
     max_frames: int = 4 * (1024 - 1) + 1
     defaults: ModelDefaults = WAN_DEFAULTS
+    experts: int = 1  # DiTs: 1, or 2 (Wan2.2's high- and low-noise experts)
 
     @staticmethod
     def of(
-        patch_size: Sequence[int], spatial: int, rope_max_seq_len: int, defaults: ModelDefaults
+        patch_size: Sequence[int],
+        spatial: int,
+        rope_max_seq_len: int,
+        defaults: ModelDefaults,
+        experts: int = 1,
     ) -> ModelLimits:
         multiple = spatial * patch_size[1]
         return ModelLimits(
@@ -75,6 +85,7 @@ class ModelLimits:
             max_side=min(MAX_SIDE, rope_max_seq_len * multiple),
             max_frames=4 * (rope_max_seq_len - 1) + 1,
             defaults=defaults,
+            experts=experts,
         )
 
 
@@ -87,6 +98,9 @@ class GenerationRequest:
     video:    v2v: the source clip; end_video: the second clip of a transition
     recipe:   v2v: "extension" | "completion" | "transition" (positions and multipliers from `recipes`;
               empty noise_multipliers take the recipe's own) or None (the given positions)
+    loras:    the LoRA stack (`lora_specs`: text, one `FILE[:STRENGTH][@EXPERT]` a line); "" = the model's own
+    preset:   a speed preset (`presets`: "4-step") or None; it sets steps, cfg, shift, adds its LoRA
+    boundary: two-expert models: the high-noise expert while t >= boundary * 1000 (None: the model's own)
     sources:  where in-memory inputs came from, for the record
     """
 
@@ -108,6 +122,9 @@ class GenerationRequest:
     width: int | None = None
     height: int | None = None
     fps: float | None = None
+    loras: str = ""
+    preset: str | None = None
+    boundary: float | None = None
     cache: str = PARAMS["cache"].default
     cache_threshold: float = PARAMS["cache_threshold"].default
     sources: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +145,11 @@ RANGED = tuple(
 def resolve(request: GenerationRequest, defaults: ModelDefaults) -> GenerationRequest:
     """Fill the model's own values and a random seed into `None` fields."""
     filled = {name: getattr(defaults, name) for name in MODEL_OWN_FIELDS if getattr(request, name) is None}
+    if not isinstance(request.loras, str):  # the Python API may pass entries or mappings
+        filled["loras"] = format_loras(parse_loras(request.loras))
+    if isinstance(request.preset, str) and request.preset in SPEED_PRESETS:
+        preset = preset_of(request.preset, defaults.presets)
+        filled.update(num_inference_steps=preset.num_inference_steps, cfg=preset.cfg, shift=preset.shift)
     if request.seed is None:
         filled["seed"] = secrets.randbelow(2**31)
     return replace(request, **filled) if filled else request
@@ -220,6 +242,10 @@ def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
         raise InputError(
             "end_video", r.end_video, "only the transition recipe takes a second clip", "is given"
         )
+    if r.preset is not None:
+        PARAMS["preset"].check(r.preset)
+    PARAMS["loras"].check(r.loras)
+    check_stack(parse_loras(r.loras), limits.experts)
 
 
 def check_task_inputs(request: GenerationRequest) -> None:
@@ -295,6 +321,13 @@ def advisories(request: GenerationRequest, defaults: ModelDefaults) -> list[Inpu
             InputError(
                 "num_frames", request.num_frames, "other lengths may fade or break its objects",
                 f"is not a length this model was trained on ({trained} frames)",
+            )
+        )  # fmt: skip
+    if request.preset is not None and not preset_of(request.preset, defaults.presets).loras:
+        notes.append(
+            InputError(
+                "preset", request.preset, "name one in the folder's pusa_model.json \"presets\" for real speed",
+                "runs without a speed LoRA (the model folder declares none)",
             )
         )  # fmt: skip
     sizes = [tuple(size) for size in defaults.trained_sizes]

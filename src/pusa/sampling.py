@@ -76,6 +76,7 @@ def sample(
     negative_text: object = None,
     cfg: float = 1.0,
     callback: Callable[[StepInfo], bool | None] | None = None,
+    velocity_for_step: Callable[[int, float], VelocityFn] | None = None,
     cfg_batch: bool = False,
 ) -> torch.Tensor:
     """Denoise `noise` `[B, C, F, h, w]` along `sigmas` `[N + 1]` (ending at 0).
@@ -83,6 +84,9 @@ def sample(
     Frame f moves from `scale_f * sigma_i` to `scale_f * sigma_{i+1}` at step i, where `scale_f` is
     the noise multiplier at conditioning slots and 1 elsewhere, so a multiplier-0 frame never moves.
     `callback(StepInfo)` runs after every step; returning False stops with `Cancelled`.
+    `velocity_for_step(i, t_i)`, if given, returns the denoiser of step i from its index and its base
+    timestep `t_i = 1000 * sigma_i` (before any noise multiplier): a two-expert model's choice
+    (`pusa.experts.expert_for`). Both CFG passes of the step use it; without it every step uses `velocity`.
     cfg_batch: run the positive and negative passes as one forward of batch 2B (`guided_velocity`).
     """
     batch, _, num_latent = noise.shape[:3]
@@ -95,7 +99,10 @@ def sample(
         sigma_next_f = scale * sigmas[i + 1]
         timestep = sigma_to_timestep(sigma_f).to(device=x.device, dtype=torch.float32)
         timestep = timestep.unsqueeze(0).expand(batch, num_latent)  # [B, F]
-        v = guided_velocity(velocity, x, timestep, text, negative_text, cfg, batched_text)
+        step_velocity = velocity
+        if velocity_for_step is not None:
+            step_velocity = velocity_for_step(i, float(sigma_to_timestep(sigmas[i])))
+        v = guided_velocity(step_velocity, x, timestep, text, negative_text, cfg, batched_text)
         dt = (sigma_next_f - sigma_f).to(device=x.device, dtype=torch.float32).view(1, 1, num_latent, 1, 1)
         x = (x.float() + v.float() * dt).to(x.dtype)
         if callback is not None and callback(StepInfo(i, num_steps, float(sigmas[i + 1]), x)) is False:

@@ -244,8 +244,12 @@ def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tup
             value = param.default if raw is _MISSING or raw is None else raw
             if not isinstance(value, str):
                 raise FormError(name, value, "must be text")
-        elif param.kind == CHOICE:  # checked against its choices by `request.validate`
+        elif param.kind == CHOICE and param.default is not None:  # the step cache: blank = its default
             value = param.default if raw is _MISSING or raw is None or raw == "" else raw
+        elif param.kind == "choice":  # the speed preset: blank / "none" = no preset
+            value = None if raw in (_MISSING, None, "", "none") else raw
+            if value is not None and value not in param.choices:
+                raise FormError(name, value, f"choose one of none, {', '.join(param.choices)}")
         elif name == "seed":
             value = _number(name, None if raw is _MISSING else raw, integer=True)
             if value is None or value == -1:
@@ -264,6 +268,8 @@ def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tup
                 raise FormError(name, "", "give a number", "is empty")
         fields[name] = value
     form = {"tab": tab, **{PARAMS[name].key: value for name, value in fields.items()}}
+    if form.get("preset") is None:
+        form["preset"] = "none"  # what the studio's radio shows
     return fields, form
 
 

@@ -73,9 +73,17 @@ class StudioPage(Studio):
             "lora_alpha", self.defaults, elem_id=f"{tab.tab}-lora-alpha"
         )
         tab.fields["steps"] = widgets.slider("num_inference_steps", self.defaults, elem_id=f"{tab.tab}-steps")
+        tab.fields["preset"] = widgets.choice("preset", self.defaults, elem_id=f"{tab.tab}-preset")
 
     def _tail(self, tab: TabWidgets) -> None:
         d, limits = self.defaults, self.model_limits
+        with gr.Accordion("LoRAs", open=False):
+            tab.fields["loras"] = widgets.textbox(
+                "loras", d, lines=2, elem_id=f"{tab.tab}-loras",
+                placeholder="/models/lightx2v_4step.safetensors:1.0\n/models/high_noise_pusa.safetensors:1.5@high",
+                info="one LoRA a line: FILE[:STRENGTH][@high|@low] (files on the server); STRENGTH A;B = "
+                "high;low of a two-expert model; no strength: LoRA Alpha; blank: the model's own LoRAs",
+            )  # fmt: skip
         with gr.Accordion("Negative prompt", open=False):
             tab.fields["negative_prompt"] = widgets.textbox("negative_prompt", d, lines=3, show_label=False)
         tab.fields["seed"] = widgets.number(
@@ -90,6 +98,7 @@ class StudioPage(Studio):
                 tab.fields["num_frames"] = widgets.number("num_frames", d, limits)
                 tab.fields["fps"] = widgets.number("fps", d)
             tab.fields["shift"] = widgets.slider("shift", d)
+            tab.fields["boundary"] = widgets.slider("boundary", d)
             with gr.Row():
                 tab.fields["cache"] = widgets.choice("cache", d, elem_id=f"{tab.tab}-cache")
                 tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
@@ -464,10 +473,17 @@ def sweep_cached_copies(cache_dir: str | Path, age_s: float) -> int:
     return deleted
 
 
-def _sweep_forever(cache_dir: str, every_s: float, age_s: float) -> None:
+def _sweep_while_served(demo: gr.Blocks, every_s: float, age_s: float) -> None:
+    """Sweep every `every_s` until the page is closed (a sweeper left running after its server closed
+    went on deleting copies that other servers sharing the cache folder still served)."""
+    served = False
     while True:
-        with contextlib.suppress(OSError):  # the outputs folder itself gone: try again later, never end
-            sweep_cached_copies(cache_dir, age_s)
+        running = demo.is_running
+        if served and not running:
+            return
+        served = served or running
+        with contextlib.suppress(OSError):  # the outputs folder itself gone: try again later
+            sweep_cached_copies(demo.GRADIO_CACHE, age_s)
         time.sleep(every_s)
 
 
@@ -494,7 +510,7 @@ def launch_app(
     demo.queue()
     every_s, age_s = demo.delete_cache or CACHE
     threading.Thread(
-        target=_sweep_forever, args=(demo.GRADIO_CACHE, every_s, age_s), daemon=True,
+        target=_sweep_while_served, args=(demo, every_s, age_s), daemon=True,
         name="pusa-cache-sweep",
     ).start()  # fmt: skip
     return demo.launch(

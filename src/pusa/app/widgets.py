@@ -79,15 +79,6 @@ def default_of(name: str, defaults: ModelDefaults) -> Any:
     return getattr(defaults, name) if param.default is MODEL_OWN else param.default
 
 
-def choice(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Radio:
-    """Radio buttons over the declared choices, at the declared default."""
-    param = PARAMS[name]
-    options = dict(
-        choices=list(param.choices), value=default_of(name, defaults), label=param.label, info=param.help
-    )
-    return RadioInput(**{**options, **extra})
-
-
 def slider(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Slider:
     """A slider over the declared range, at the declared step."""
     param = PARAMS[name]
@@ -145,6 +136,17 @@ def textbox(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Textbox:
     value = default_of(name, defaults)
     options = dict(value="" if value is None else value, label=param.label, info=param.help)
     return gr.Textbox(**{**options, **extra})
+
+
+def choice(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Radio:
+    """A radio of the declared choices, with "none" first for a parameter that may be absent (default None)."""
+    param = PARAMS[name]
+    value = default_of(name, defaults)
+    choices = ["none", *param.choices] if param.default is None else list(param.choices)
+    options = dict(
+        choices=choices, value="none" if value is None else value, label=param.label, info=param.help,
+    )  # fmt: skip
+    return gr.Radio(**{**options, **extra})
 
 
 def image_upload(**options: Any) -> ImageInput:

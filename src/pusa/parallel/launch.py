@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..lora_specs import LoraSpec
+
 MODES = ("context", "cfg")
 # A follower waits for the next job for as long as rank 0 lives (a studio may sit idle for days).
 IDLE_TIMEOUT = timedelta(days=30)
@@ -156,9 +158,8 @@ def _follower_main(rank: int, world_size: int, port: int, spec: LoadSpec, parent
             if header["op"] == "job":
                 mode = header["mode"]
                 modes.apply(mode, header["strategy"])
-                alpha = header["lora_alpha"]
-                if pipe.lora is not None and alpha is not None and pipe.lora.alpha != alpha:
-                    pipe.lora.set_alpha(alpha)
+                # rank 0's fused LoRA stack (path, strength, expert), re-fused here from pristine weights
+                pipe.apply_loras([LoraSpec(*entry) for entry in header["loras"]], 1.0)
                 contexts = [_broadcast_tensor(None, s, d, device) for s, d in header["contexts"]]
                 continue
             # "forward": one DiT call
@@ -206,6 +207,13 @@ class ParallelRunner:
     def _start(self) -> None:
         import torch.multiprocessing as mp
 
+        from ..weights.registry import folder_experts, resolve_model
+
+        model = resolve_model(self.spec.model)
+        if model == "tiny-random-a14b" or (not isinstance(model, str) and folder_experts(model)):
+            # the followers run `pipe.transformer` only, for now
+            raise ValueError("parallel runs one-expert models for now; this model has two experts (Wan2.2)")
+
         port = free_port()
         context = mp.get_context("spawn")
         for rank in range(1, self.world_size):
@@ -233,13 +241,13 @@ class ParallelRunner:
         """Called by `generate` once per job, before sampling: sends the job, returns the velocity."""
         self._record()
         contexts = [text] + ([negative_text] if negative_text is not None else [])
-        alpha = self.pipe.lora.alpha if self.pipe.lora is not None else None
+        loras = [[spec.path, spec.strength, spec.expert] for spec in self.pipe.fused_loras]
         _broadcast_header(
             {
                 "op": "job",
                 "mode": self.mode,
                 "strategy": self.strategy,
-                "lora_alpha": alpha,
+                "loras": loras,
                 "contexts": [_describe(c) for c in contexts],
             }
         )

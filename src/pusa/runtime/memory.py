@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 MEMORY_TIERS = ("full", "balanced", "low")
-MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS)
+# "swap": two-expert models only: "full" with one expert resident at a time (`runtime.expert_swap`)
+MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS, "swap")
 
 GiB = 2**30
 

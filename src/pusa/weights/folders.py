@@ -22,6 +22,7 @@ from .checkpoints import (
     CheckpointError,
     _find_text_encoder,
     _load_text_encoder_dirs,
+    _read_json,
     _safetensors_files,
     load_transformer,
     load_vae,
@@ -42,6 +43,8 @@ class ModelFolder:
     vae: Path  # diffusers vae/ folder, or Wan2.1_VAE.pth
     text_encoder: Path  # folder: config.json + weights
     tokenizer: Path  # folder: spiece.model / tokenizer.json
+    # two-expert models (Wan2.2): `transformer` is the high-noise expert, this the low-noise one
+    transformer_2: Path | None = None
 
     @property
     def identity(self) -> str:
@@ -69,10 +72,37 @@ def find_layout(model_dir: str | Path, text_encoder_dir: str | Path | None = Non
         raise CheckpointError(f"model folder {root} does not exist")
     overrides = [Path(text_encoder_dir).expanduser().resolve()] if text_encoder_dir is not None else []
 
+    transformer_2 = None
+    expert_problems: list[str] = []
     if (root / "model_index.json").is_file() or (root / "transformer").is_dir():
         layout, transformer, vae = "diffusers", root / "transformer", root / "vae"
         text_candidates = [*overrides, root]
         vae_problem = _weights_problem(vae)
+        index = root / "model_index.json"
+        named = index.is_file() and bool(_read_json(index).get("transformer_2"))
+        if named or (root / "transformer_2").is_dir():
+            transformer_2 = root / "transformer_2"
+            problem = _weights_problem(transformer_2)
+            if problem is not None:
+                why = f"{index.name} names transformer_2" if named else "transformer_2/ exists"
+                expert_problems.append(f"the low-noise expert {problem} ({why}; two-expert models need it)")
+    elif (root / _HIGH).is_dir() or (root / _LOW).is_dir():
+        # Wan2.2's own download (Wan-AI/Wan2.2-T2V-A14B): one folder per expert
+        layout, transformer, transformer_2, vae = (
+            "wan-original",
+            root / _HIGH,
+            root / _LOW,
+            root / WAN_VAE_NAME,
+        )
+        text_candidates = [*overrides, *(root / sub for sub in _TEXT_ENCODER_SUBFOLDERS), root]
+        vae_problem = None if vae.is_file() else str(vae)
+        for name, which in ((_HIGH, "high"), (_LOW, "low")):
+            problem = _weights_problem(root / name)
+            if problem is not None:
+                expert_problems.append(
+                    f"the {which}-noise expert {problem} (a Wan2.2 folder has {_HIGH}/ and {_LOW}/, each "
+                    "config.json + diffusion_pytorch_model-*.safetensors)"
+                )
     elif (
         (root / "config.json").is_file()
         or (root / WAN_VAE_NAME).is_file()
@@ -88,7 +118,8 @@ def find_layout(model_dir: str | Path, text_encoder_dir: str | Path | None = Non
             f"{WAN_VAE_NAME}, google/umt5-xxl/)"
         )
 
-    problems = [p for p in (_weights_problem(transformer), vae_problem) if p is not None]
+    first = None if layout == "wan-original" and transformer_2 is not None else _weights_problem(transformer)
+    problems = [p for p in (first, vae_problem) if p is not None] + expert_problems
     text_encoder = tokenizer = None
     try:
         text_encoder, tokenizer = _find_text_encoder(text_candidates)
@@ -96,7 +127,29 @@ def find_layout(model_dir: str | Path, text_encoder_dir: str | Path | None = Non
         problems.append(str(error))
     if problems:
         raise CheckpointError(f"{root} ({layout} layout) is missing: " + "; ".join(problems))
-    return ModelFolder(layout, root, transformer, vae, text_encoder, tokenizer)
+    if transformer_2 is not None:
+        check_experts_match(transformer / "config.json", transformer_2 / "config.json")
+    return ModelFolder(layout, root, transformer, vae, text_encoder, tokenizer, transformer_2)
+
+
+_HIGH, _LOW = "high_noise_model", "low_noise_model"
+# What must agree between the two experts' configs (diffusers' and Wan's names)
+_SHAPE_KEYS = (
+    "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim", "ffn_dim",
+    "num_layers", "patch_size", "dim", "num_heads", "in_dim", "out_dim", "freq_dim",
+)  # fmt: skip
+
+
+def check_experts_match(high: Path, low: Path) -> None:
+    """Both experts have the same shape (from their config files, before any weight is read); else a
+    `CheckpointError` naming both files and what differs."""
+    a, b = _read_json(high), _read_json(low)
+    differ = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in _SHAPE_KEYS if a.get(k) != b.get(k)]
+    if differ:
+        raise CheckpointError(
+            f"the experts do not match: {high} (high-noise) and {low} (low-noise) must describe DiTs of the "
+            f"same shape; they differ in {'; '.join(differ)}"
+        )
 
 
 @dataclass
@@ -108,6 +161,7 @@ class Components:
     text_encoder: UMT5EncoderModel
     tokenizer: PreTrainedTokenizerBase
     identity: str  # e.g. "wan-original:/models/Wan2.1-T2V-14B"
+    transformer_2: PusaTransformer3DModel | None = None  # the low-noise expert of a two-expert model
 
 
 def load_components(
@@ -127,4 +181,9 @@ def load_components(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         identity=folder.identity,
+        transformer_2=(
+            load_transformer(folder.transformer_2, dtype, device)
+            if folder.transformer_2 is not None
+            else None
+        ),
     )

@@ -41,7 +41,9 @@ __all__ = [
     "LoraWeights",
     "add_lora",
     "attach_lora_adapter",
+    "check_lora_fits",
     "load_lora",
+    "lora_delta",
     "lora_state",
     "save_lora_original",
     "set_adapter_alpha",
@@ -274,6 +276,65 @@ def _pristine_copy(param: torch.Tensor, device: torch.device) -> torch.Tensor:
     return copy
 
 
+def check_lora_fits(model: nn.Module, lora: LoraWeights) -> dict[tuple[str, str], torch.Tensor]:
+    """The parameters `lora` changes, `{(module name, "weight" | "bias"): parameter}`; a `CheckpointError`
+    naming the file and the key when it matches nothing in `model` or a delta does not fit its target."""
+    named = dict(model.named_modules())
+    names = list(dict.fromkeys([*lora.modules, *lora.diffs]))
+    if not any(name in named for name in names):
+        first = [lora.file_key(m) for m in names[:3]]
+        raise CheckpointError(
+            f"LoRA file {lora.source}: none of its {len(names)} keys match the model "
+            f"(first keys: {', '.join(first)}); expected Wan/Pusa LoRA keys such as "
+            "blocks.0.self_attn.q.lora_A.weight"
+        )
+    for name, (down, up) in lora.modules.items():
+        module = named.get(name)
+        key = lora.file_key(name)
+        if not isinstance(module, nn.Linear):
+            what = "no module" if module is None else f"a {type(module).__name__}, not a Linear"
+            raise CheckpointError(
+                f"LoRA file {lora.source}: key {key} targets {name}, which is {what} in the model"
+            )
+        delta_shape = [up.shape[0], down.shape[1]]
+        if delta_shape != list(module.weight.shape):
+            raise CheckpointError(
+                f"LoRA file {lora.source}: key {key} gives {name} a delta of shape {delta_shape} "
+                f"(up {list(up.shape)} @ down {list(down.shape)}); the model's {name}.weight is "
+                f"{list(module.weight.shape)}"
+            )
+    for name, deltas in lora.diffs.items():
+        module = named.get(name)
+        for kind, delta in deltas.items():
+            param = getattr(module, kind, None) if module is not None else None
+            if not isinstance(param, torch.Tensor) or list(param.shape) != list(delta.shape):
+                have = "nothing" if param is None else f"shape {list(getattr(param, 'shape', []))}"
+                raise CheckpointError(
+                    f"LoRA file {lora.source}: a .diff{'_b' if kind == 'bias' else ''} delta of shape "
+                    f"{list(delta.shape)} targets {name}.{kind}, which has {have} in the model"
+                )
+    targets: dict[tuple[str, str], torch.Tensor] = {
+        (name, "weight"): named[name].weight for name in lora.modules
+    }
+    for name, deltas in lora.diffs.items():
+        for kind in deltas:
+            targets[(name, kind)] = getattr(named[name], kind)
+    return targets
+
+
+def lora_delta(lora: LoraWeights, name: str, kind: str, device: torch.device) -> torch.Tensor | None:
+    """The float32 delta `lora` adds to `name.kind` at strength 1 (`up @ down`, plus any `.diff`), or None."""
+    delta = None
+    if kind == "weight" and name in lora.modules:
+        down, up = lora.modules[name]
+        delta = up.to(device, torch.float32) @ down.to(device, torch.float32)  # [out, in]
+    extra = lora.diffs.get(name, {}).get(kind)
+    if extra is not None:
+        extra = extra.to(device, torch.float32)
+        delta = extra if delta is None else delta + extra
+    return delta
+
+
 class LoraFuser:
     """Fuses a LoRA into the model's Linear weights at a chosen alpha: `W' = W + alpha * (up @ down)`.
 
@@ -284,48 +345,8 @@ class LoraFuser:
     def __init__(
         self, model: nn.Module, lora: LoraWeights, pristine_device: str | torch.device = "cpu"
     ) -> None:
-        named = dict(model.named_modules())
-        names = list(dict.fromkeys([*lora.modules, *lora.diffs]))
-        if not any(name in named for name in names):
-            first = [lora.file_key(m) for m in names[:3]]
-            raise CheckpointError(
-                f"LoRA file {lora.source}: none of its {len(names)} keys match the model "
-                f"(first keys: {', '.join(first)}); expected Wan/Pusa LoRA keys such as "
-                "blocks.0.self_attn.q.lora_A.weight"
-            )
-        for name, (down, up) in lora.modules.items():
-            module = named.get(name)
-            key = lora.file_key(name)
-            if not isinstance(module, nn.Linear):
-                what = "no module" if module is None else f"a {type(module).__name__}, not a Linear"
-                raise CheckpointError(
-                    f"LoRA file {lora.source}: key {key} targets {name}, which is {what} in the model"
-                )
-            delta_shape = [up.shape[0], down.shape[1]]
-            if delta_shape != list(module.weight.shape):
-                raise CheckpointError(
-                    f"LoRA file {lora.source}: key {key} gives {name} a delta of shape {delta_shape} "
-                    f"(up {list(up.shape)} @ down {list(down.shape)}); the model's {name}.weight is "
-                    f"{list(module.weight.shape)}"
-                )
-        for name, deltas in lora.diffs.items():
-            module = named.get(name)
-            for kind, delta in deltas.items():
-                param = getattr(module, kind, None) if module is not None else None
-                if not isinstance(param, torch.Tensor) or list(param.shape) != list(delta.shape):
-                    have = "nothing" if param is None else f"shape {list(getattr(param, 'shape', []))}"
-                    raise CheckpointError(
-                        f"LoRA file {lora.source}: a .diff{'_b' if kind == 'bias' else ''} delta of shape "
-                        f"{list(delta.shape)} targets {name}.{kind}, which has {have} in the model"
-                    )
+        self._targets: dict[tuple[str, str], torch.Tensor] = check_lora_fits(model, lora)
         self.lora = lora
-        # (module name, "weight" | "bias") -> the parameter it changes
-        self._targets: dict[tuple[str, str], torch.Tensor] = {
-            (name, "weight"): named[name].weight for name in lora.modules
-        }
-        for name, deltas in lora.diffs.items():
-            for kind in deltas:
-                self._targets[(name, kind)] = getattr(named[name], kind)
         self._pristine: dict[tuple[str, str], torch.Tensor] | None = {
             target: _pristine_copy(param, torch.device(pristine_device))
             for target, param in self._targets.items()

@@ -21,13 +21,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..presets import preset_from_manifest
 from ..request import WAN_DEFAULTS, ModelDefaults, ModelLimits
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_tokenizer"
 PUSA_TINY_DIR = ASSETS / "pusa-tiny"
 MODEL_MANIFEST = "pusa_model.json"  # in a model folder: native clip settings, the LoRA file it ships with
-PRESETS = ("pusa-tiny", "tiny-random")
+PRESETS = ("pusa-tiny", "tiny-random", "tiny-random-a14b")
+TINY_RANDOM_PRESETS = ("tiny-random", "tiny-random-a14b")  # seeded random models, built in memory
 DEFAULT_MODEL = "pusa-tiny"
 
 TINY_DEFAULTS = ModelDefaults(
@@ -97,6 +99,44 @@ def tiny_random_components(seed: int = 0) -> dict:
     )
 
 
+# tiny-random-a14b: two experts of tiny-random's DiT (rope table as Wan's original configs load it), and a
+# Wan2.1-structured VAE (the structure diffusers' Wan VAE converter assumes), so that it can be written in
+# Wan2.2's original layout too (`weights.wan_original.write_two_expert_folder`).
+TINY_A14B_TRANSFORMER_CONFIG = {**TINY_TRANSFORMER_CONFIG, "rope_max_seq_len": 1024}
+TINY_A14B_VAE_CONFIG = {**TINY_VAE_CONFIG, "base_dim": 4, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2}
+
+
+def tiny_random_a14b_components(seed: int = 0) -> dict:
+    """The `tiny-random-a14b` preset: high-noise and low-noise experts (different random weights), one VAE,
+    one text encoder, reproducible from `seed`."""
+    import torch
+    from diffusers import AutoencoderKLWan
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    from ..model import PusaTransformer3DModel
+
+    torch.manual_seed(seed)
+    experts = []
+    for _ in range(2):
+        model = PusaTransformer3DModel(**TINY_A14B_TRANSFORMER_CONFIG).eval()
+        with torch.no_grad():  # the defaults zero some tables: random values make every weight matter
+            for param in model.parameters():
+                param.copy_(torch.randn_like(param) * 0.2)
+        experts.append(model)
+    vae = AutoencoderKLWan(**TINY_A14B_VAE_CONFIG).eval()
+    text_encoder = UMT5EncoderModel(UMT5Config(**TINY_TEXT_ENCODER_CONFIG)).eval()
+    tokenizer = T5Tokenizer.from_pretrained(str(TINY_TOKENIZER_DIR), extra_ids=0)
+    return dict(
+        transformer=experts[0],
+        transformer_2=experts[1],
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        identity=f"tiny-random-a14b(seed={seed})",
+        defaults=TINY_DEFAULTS,
+    )
+
+
 # ------------------------------------------------------------------------------------------- model names
 def read_manifest(model_dir: str | Path) -> dict[str, Any] | None:
     """The folder's `pusa_model.json` (None if it has none, as real Wan folders)."""
@@ -116,14 +156,19 @@ def folder_defaults(model_dir: str | Path) -> ModelDefaults:
     """Native clip settings of a model folder: its manifest's `defaults`, else Wan2.1's (81 x 832x480)."""
     manifest = read_manifest(model_dir) or {}
     given = manifest.get("defaults") or {}
-    allowed = {f.name for f in fields(ModelDefaults)} - {"trained_frames", "trained_sizes"}  # under "trained"
+    # "trained" and "presets" have their own entries
+    allowed = {f.name for f in fields(ModelDefaults)} - {"trained_frames", "trained_sizes", "presets"}
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ValueError(
             f"{Path(model_dir) / MODEL_MANIFEST}: defaults {unknown} are not settings; allowed: {sorted(allowed)}"
         )
     trained = manifest.get("trained") or {}
-    if not given and not trained:
+    declared_presets = manifest.get("presets") or {}
+    boundary = _folder_boundary(model_dir)
+    if boundary is not None and "boundary" not in given:
+        given = {**given, "boundary": boundary}
+    if not given and not trained and not declared_presets:
         return WAN_DEFAULTS
     try:
         declared = dict(
@@ -135,7 +180,46 @@ def folder_defaults(model_dir: str | Path) -> ModelDefaults:
             f'{Path(model_dir) / MODEL_MANIFEST}: trained must be {{"num_frames": [17, ...], '
             f'"sizes": [[64, 64], ...]}}, not {trained!r}'
         ) from None
-    return ModelDefaults(**given, **declared)
+    where = str(Path(model_dir) / MODEL_MANIFEST)
+    if not isinstance(declared_presets, dict):
+        raise ValueError(f"{where}: presets must be an object, not {declared_presets!r}")
+    presets = tuple(
+        preset_from_manifest(name, entry, where, lambda file: _manifest_file(model_dir, file, "presets"))
+        for name, entry in declared_presets.items()
+    )
+    return ModelDefaults(**given, **declared, presets=presets)
+
+
+def _folder_boundary(model_dir: str | Path) -> float | None:
+    """diffusers' `boundary_ratio` of a two-expert folder's model_index.json, if it has one."""
+    index = _json_or_none(Path(model_dir) / "model_index.json") or {}
+    ratio = index.get("boundary_ratio")
+    return float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None
+
+
+def _manifest_file(model_dir: str | Path, name: str, entry: str) -> Path:
+    path = Path(model_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{Path(model_dir) / MODEL_MANIFEST} names the LoRA {name!r} ({entry}) but {path} is missing"
+        )
+    return path
+
+
+def folder_loras(model_dir: str | Path) -> tuple:
+    """The LoRA stack a model folder ships with (`lora_specs.LoraSpec`s, paths absolute): its manifest's
+    "loras" (`[{"file", "strength", "expert"}]`, e.g. Pusa Wan2.2's high 1.5 + low 1.4), else its one
+    "lora" (strength: the request's lora_alpha), else none."""
+    from dataclasses import replace
+
+    from ..lora_specs import LoraSpec, parse_loras
+
+    manifest = read_manifest(model_dir) or {}
+    if manifest.get("loras"):
+        specs = parse_loras(manifest["loras"], param="loras")
+        return tuple(replace(s, path=str(_manifest_file(model_dir, s.path, "loras"))) for s in specs)
+    single = folder_lora(model_dir)
+    return (LoraSpec(str(single)),) if single is not None else ()
 
 
 def folder_lora(model_dir: str | Path) -> Path | None:
@@ -158,7 +242,7 @@ def resolve_model(model: str | Path, lora: str | Path | None = None, prefix: str
     Checks `lora` against it too (a file, "auto" or None). Raises ValueError naming the argument (`prefix` +
     "model" / "lora", so the CLI says `--model`), the value and what is allowed."""
     name = str(model)
-    if name == "tiny-random":
+    if name in TINY_RANDOM_PRESETS:
         if lora is not None and str(lora) != "auto":
             raise ValueError(
                 f"{prefix}lora={str(lora)!r}: the tiny-random model takes no LoRA; "
@@ -185,7 +269,7 @@ def resolve_model(model: str | Path, lora: str | Path | None = None, prefix: str
 def model_defaults(model: str | Path, prefix: str = "") -> ModelDefaults:
     """Native clip settings of a `--model` value, known before any weights load (the studio needs them at once)."""
     resolved = resolve_model(model, prefix=prefix)
-    return TINY_DEFAULTS if resolved == "tiny-random" else folder_defaults(resolved)
+    return TINY_DEFAULTS if resolved in TINY_RANDOM_PRESETS else folder_defaults(resolved)
 
 
 # Wan2.1's DiT and VAE, for a folder whose config files cannot be read (its load then says what is wrong).
@@ -204,12 +288,21 @@ def model_limits(model: str | Path, prefix: str = "") -> ModelLimits:
     """What a `--model` value takes (sizes, frames) and its defaults, from its config files alone: the
     CLI and the studio check a request against these before any weights load."""
     resolved = resolve_model(model, prefix=prefix)
-    if resolved == "tiny-random":
+    if resolved in TINY_RANDOM_PRESETS:
         spatial = 2 ** len(TINY_VAE_CONFIG["temperal_downsample"])
         config = TINY_TRANSFORMER_CONFIG
-        return ModelLimits.of(config["patch_size"], spatial, config["rope_max_seq_len"], TINY_DEFAULTS)
+        experts = 2 if resolved == "tiny-random-a14b" else 1
+        return ModelLimits.of(
+            config["patch_size"], spatial, config["rope_max_seq_len"], TINY_DEFAULTS, experts
+        )
     folder = Path(resolved)
-    dit = _json_or_none(folder / "transformer" / "config.json") or _json_or_none(folder / "config.json") or {}
+    experts = 2 if folder_experts(folder) else 1
+    dit = (
+        _json_or_none(folder / "transformer" / "config.json")
+        or _json_or_none(folder / "high_noise_model" / "config.json")
+        or _json_or_none(folder / "config.json")
+        or {}
+    )
     vae = _json_or_none(folder / "vae" / "config.json") or {}
     spatial = 2 ** len(vae["temperal_downsample"]) if "temperal_downsample" in vae else _WAN_SPATIAL
     return ModelLimits.of(
@@ -217,4 +310,18 @@ def model_limits(model: str | Path, prefix: str = "") -> ModelLimits:
         spatial,
         dit.get("rope_max_seq_len", _WAN_ROPE),
         folder_defaults(folder),
+        experts,
+    )
+
+
+def folder_experts(folder: str | Path) -> bool:
+    """Whether a folder holds two experts (Wan2.2: high_noise_model/ + low_noise_model/, or diffusers'
+    transformer_2/ or a model_index.json naming one); the loader says what is missing."""
+    folder = Path(folder)
+    index = _json_or_none(folder / "model_index.json") or {}
+    return (
+        (folder / "high_noise_model").is_dir()
+        or (folder / "low_noise_model").is_dir()
+        or (folder / "transformer_2").is_dir()
+        or bool(index.get("transformer_2"))
     )

@@ -1,0 +1,150 @@
+"""A stack of LoRAs fused into one DiT, each at its own strength, always from the pristine weights:
+`W' = W + s_1 * delta_1 + s_2 * delta_2 + ...` (each delta as its format defines it, `weights.lora`), so
+any change of the stack or of one strength gives bit for bit what a fresh load of the same stack gives.
+
+`load_lora_cached` reads each file once per content (path, size, mtime): re-applying a stack costs the
+matrix products only. The unfused path (a PEFT adapter per LoRA) stays `weights.lora.attach_lora_adapter`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .lora import LoraWeights, _pristine_copy, check_lora_fits, load_lora, lora_delta
+
+__all__ = ["StackFuser", "check_stack_fits_folder", "file_sha256", "load_lora_cached"]
+
+_CACHE: collections.OrderedDict[tuple[str, int, int], LoraWeights] = collections.OrderedDict()
+_CACHE_SIZE = 8
+_SHA: dict[tuple[str, int, int], str] = {}
+
+
+def _key(path: str | Path) -> tuple[str, int, int]:
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()
+    return str(resolved), stat.st_size, stat.st_mtime_ns
+
+
+def load_lora_cached(path: str | Path) -> LoraWeights:
+    """`load_lora(path)`, kept for the next request (the last 8 files)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return load_lora(path)  # its error names the file
+    key = _key(path)
+    if key not in _CACHE:
+        _CACHE[key] = load_lora(path)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """The file's sha256 (remembered per path, size and mtime), for the settings record."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    key = _key(path)
+    if key not in _SHA:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _SHA[key] = digest.hexdigest()
+    return _SHA[key]
+
+
+class StackFuser:
+    """The LoRA stack of one DiT. `fuse([(lora, strength), ...])` recomputes every weight any stack has
+    touched from its pristine copy (kept on `pristine_device`, page-locked for a CUDA model)."""
+
+    def __init__(self, model: nn.Module, pristine_device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.pristine_device = torch.device(pristine_device)
+        self._params: dict[tuple[str, str], torch.Tensor] = {}
+        self._pristine: dict[tuple[str, str], torch.Tensor] = {}
+        self.fused: tuple[tuple[str, float], ...] = ()  # (source, strength) of what is in the weights now
+
+    @torch.no_grad()
+    def fuse(self, stack: Sequence[tuple[LoraWeights, float]]) -> bool:
+        """Fuse `stack` (in order); returns False when it is what is fused already (nothing done)."""
+        wanted = tuple((lora.source, float(strength)) for lora, strength in stack)
+        if wanted == self.fused:
+            return False
+        targets = [check_lora_fits(self.model, lora) for lora, _ in stack]  # every error before any change
+        for found in targets:
+            for target, param in found.items():
+                if target not in self._pristine:
+                    self._params[target] = param
+                    self._pristine[target] = _pristine_copy(param, self.pristine_device)
+        for (name, kind), param in self._params.items():
+            pristine = self._pristine[(name, kind)].to(param.device, non_blocking=True)
+            fused = None
+            for lora, strength in stack:
+                delta = lora_delta(lora, name, kind, param.device)
+                if delta is not None:
+                    fused = (pristine.to(torch.float32) if fused is None else fused) + float(strength) * delta
+            param.copy_(pristine if fused is None else fused.to(param.dtype))
+        self.fused = wanted
+        return True
+
+
+def check_stack_fits_folder(stack: Sequence, model_dir: str | Path, param: str = "loras") -> None:
+    """Every LoRA of `stack` (`lora_specs.LoraSpec`s) against the DiT(s) of a model folder, from the
+    safetensors headers alone (no weight is read): an `InputError` naming `param` and the file when a LoRA
+    matches nothing in its expert, or names a module the DiT lacks, or has a delta of the wrong shape."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from ..experts import ALL, HIGH, LOW
+    from ..params import InputError
+    from .checkpoints import _read_headers, _safetensors_files
+    from .folders import find_layout
+
+    if not stack:
+        return
+    folder = find_layout(model_dir)
+    dits = (
+        {HIGH: folder.transformer}
+        if folder.transformer_2 is None
+        else {HIGH: folder.transformer, LOW: folder.transformer_2}
+    )
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, path in dits.items():
+        headers = _read_headers(_safetensors_files(path))
+        if folder.layout == "wan-original":
+            renamed = convert_wan_transformer_to_diffusers({key: key for key in headers})
+            shapes[name] = {new: headers[old][0] for new, old in renamed.items()}
+        else:
+            shapes[name] = {key: shape for key, (shape, _) in headers.items()}
+    for spec in stack:
+        lora = load_lora_cached(spec.path)
+        for name in dits if spec.expert == ALL else [spec.expert]:
+            known = shapes[name]
+            which = "the model's DiT" if len(dits) == 1 else f"the {name}-noise expert ({dits[name].name}/)"
+            wanted = {m: [up.shape[0], down.shape[1]] for m, (down, up) in lora.modules.items()}
+            for module, deltas in lora.diffs.items():
+                for kind, delta in deltas.items():
+                    wanted.setdefault(f"{module}#{kind}", list(delta.shape))
+
+            def key(m: str) -> str:
+                module, _, kind = m.partition("#")
+                return f"{module}.{kind or 'weight'}"
+
+            matched = [m for m in wanted if key(m) in known]
+            if not matched:
+                first = ", ".join(lora.file_key(m.partition("#")[0]) for m in list(wanted)[:3])
+                raise InputError(param, spec.path, f"a LoRA for {which}: Wan/Pusa keys such as "
+                                 "blocks.0.self_attn.q.lora_A.weight",
+                                 f"({Path(spec.path).name}) matches nothing in {which} (first keys: {first})")  # fmt: skip
+            for m, shape in wanted.items():
+                have = known.get(key(m))
+                if have is None or list(have) != shape:
+                    what = "nothing" if have is None else f"shape {list(have)}"
+                    raise InputError(param, spec.path, f"each key must fit {which}",
+                                     f"({Path(spec.path).name}) gives {key(m)} a delta of shape {shape}; {which} has {what} there")  # fmt: skip
