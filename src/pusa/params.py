@@ -277,7 +277,7 @@ _PARAMS = (
         flag="--cache",
     ),
     Param(
-        "cache_threshold", FLOAT, 0.15, 0.0, 1.0, step=0.01, label="Cache Threshold",
+        "cache_threshold", FLOAT, 0.2, 0.0, 1.0, step=0.01, label="Cache Threshold",
         help="step cache: the accumulated relative input change under which a step is skipped (higher: "
         "more skips)", flag="--cache-threshold",
     ),
