@@ -126,6 +126,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--fp8", action="store_true", help="store the transformer weights in float8 (half the memory)"
     )
     model.add_argument(
+        "--cfg-batch", default="auto", choices=("auto", "on", "off"),
+        help="run CFG's positive and negative passes as one batch of 2: auto = on CUDA except --memory low "
+        "(default: auto)",
+    )  # fmt: skip
+    model.add_argument(
+        "--fp8-compute", default="off", choices=("off", "rowwise", "tensor"),
+        help="run the transformer blocks' matrix products in float8 with per-row (token x channel) or "
+        "per-tensor scales (torch._scaled_mm; a GPU of compute capability 8.9+, or the CPU) (default: off)",
+    )  # fmt: skip
+    model.add_argument(
         "--parallel", type=int, default=1, metavar="N",
         help="split each video's transformer over N processes (context parallel): cuda:0..N-1 with --device "
         "cuda, else N CPU processes; this process keeps the text encoder, VAE and files (default: 1)",
@@ -344,7 +354,14 @@ def load_pipeline(args: argparse.Namespace):
     from .pipeline import PusaPipeline
 
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
-    acceleration = dict(memory=args.memory, attention=args.attention, compile=args.compile, fp8=args.fp8)
+    acceleration = dict(
+        memory=args.memory,
+        attention=args.attention,
+        compile=args.compile,
+        fp8=args.fp8,
+        cfg_batch=args.cfg_batch,
+        fp8_compute=args.fp8_compute,
+    )
     if getattr(args, "parallel", 1) > 1 or getattr(args, "cfg_parallel", False):
         from .parallel.launch import start_ranks  # rank 0 is this process; the others follow its jobs
 
@@ -435,6 +452,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     check_parallel_flags(args.parallel, args.cfg_parallel, args.device)
     if args.device != "cpu":  # "cpu" is always there: no need to import torch to say so
         check_device(args.device)
+    if args.attention != "auto":  # a kernel package that is not installed: said before any weights load
+        from .runtime.kernels import check_attention_installed
+
+        check_attention_installed(args.attention)
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
     resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply

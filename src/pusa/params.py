@@ -303,6 +303,18 @@ _PARAMS = (
         "fps", FLOAT, MODEL_OWN, 1.0, 60.0, step=1.0, label="FPS",
         help="playback frame rate (the model's own by default: 16 for Wan)", flag="--fps",
     ),
+    # speed
+    Param(
+        "cache", CHOICE, "off", choices=("off", "pusa"), label="Step Cache",
+        help="pusa: reuse the transformer's last result on steps whose per-frame input barely changed "
+        "(fewer DiT forwards, slightly different video); off: compute every step",
+        flag="--cache",
+    ),
+    Param(
+        "cache_threshold", FLOAT, 0.2, 0.0, 1.0, step=0.01, label="Cache Threshold",
+        help="step cache: the accumulated relative input change under which a step is skipped (higher: "
+        "more skips)", flag="--cache-threshold",
+    ),
 )  # fmt: skip
 PARAMS: Mapping[str, Param] = {param.name: param for param in _PARAMS}
 # Every task's settings beyond its inputs, in the order the studio and the API list them.
@@ -318,7 +330,8 @@ SAMPLING = (
     "boundary",
 )
 CLIP = ("width", "height", "num_frames", "fps")
-COMMON = ("prompt", *SAMPLING, *CLIP)
+SPEED = ("cache", "cache_threshold")
+COMMON = ("prompt", *SAMPLING, *CLIP, *SPEED)
 # What each task takes besides COMMON (the order of the studio's fields and of the API's parameters).
 TASK_INPUTS = {
     "i2v": ("image", "noise_multiplier"),

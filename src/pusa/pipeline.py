@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__, recipes
+from .caching import step_cache
 from .conditioning import Conditioning
 from .experts import ALL, EXPERTS, HIGH, LOW, expert_for, expert_plan
 from .lora_specs import LoraSpec, check_stack, parse_loras
@@ -150,6 +151,10 @@ def _prepare(components: Any, device: str | torch.device, **options: Any) -> dic
     swap = ExpertSwap({LOW: second}, device)  # the low-noise expert to pinned host memory first
     report = prepare_for_device(components, device, **{**options, "memory": "full"})
     apply_attention_backend(second, report["attention"], device, seq_len=options.get("attention_tokens"))
+    if options.get("fp8_compute", "off") != "off":
+        from .runtime.kernels import enable_fp8_compute
+
+        enable_fp8_compute(second, options["fp8_compute"])
     if options.get("compile"):
         compile_blocks(second, **(options.get("compile_kwargs") or {}))
     swap.adopt(HIGH, first)  # resident now; swapped out when the sampler crosses the boundary
@@ -208,6 +213,7 @@ class PusaPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._runs: list[dict[str, Any]] = []  # each sampling run's record (`sample_latents`)
         self.acceleration: dict[str, Any] = {}  # what prepare_for_device did (memory tier, attention, ...)
         # pusa.parallel sets it: wrapper(velocity, text, negative_text, cfg) -> the velocity `sample` calls
         self.velocity_wrapper: Callable[..., Any] | None = None
@@ -246,7 +252,8 @@ class PusaPipeline:
         dtype: torch.dtype = torch.float32,
         **acceleration: Any,
     ) -> PusaPipeline:
-        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8` (see `from_pretrained`).
+        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8`, `cfg_batch`, `fp8_compute` (see
+        `from_pretrained`).
 
         "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
         same structure (`seed` picks it); "tiny-random-a14b" a seeded random two-expert model (Wan2.2's
@@ -282,6 +289,8 @@ class PusaPipeline:
         attention: str = "auto",
         compile: bool = False,
         fp8: bool = False,
+        cfg_batch: str = "auto",
+        fp8_compute: str = "off",
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -290,11 +299,14 @@ class PusaPipeline:
         defaults: native clip settings (default: the folder's `pusa_model.json`, else Wan2.1's);
         memory: "full" | "balanced" (24 GB cards) | "low" (12 GB) | "auto" (from free VRAM);
         attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
-        compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8.
+        compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8;
+        cfg_batch: "auto" | "on" | "off": CFG's two passes as one batch of 2 (`runtime.prepare.resolve_cfg_batch`);
+        fp8_compute: "off" | "rowwise" | "tensor": the DiT blocks' matrix products in float8 with those scales.
         """
         from .runtime.device import check_device
-        from .runtime.kernels import validate_attention_backend
+        from .runtime.kernels import check_attention_installed, validate_attention_backend
         from .runtime.memory import validate_memory_tier
+        from .runtime.prepare import validate_cfg_batch, validate_fp8_compute
         from .weights.folders import load_components
         from .weights.registry import folder_defaults, folder_experts, folder_loras
         from .weights.stack import check_stack_fits_folder
@@ -303,6 +315,10 @@ class PusaPipeline:
         check_device(device)
         validate_memory_tier(memory, allow_auto=True)
         validate_attention_backend(attention)
+        if attention != "auto":
+            check_attention_installed(attention)  # a missing kernel package is said before a 14B load
+        validate_cfg_batch(cfg_batch)
+        validate_fp8_compute(fp8_compute)
         if defaults is None:
             defaults = folder_defaults(model_dir)
         if isinstance(lora, str) and lora == "auto":
@@ -336,6 +352,8 @@ class PusaPipeline:
             compile=compile,
             compute_dtype=dtype,
             attention_tokens=native_tokens(components.transformer, components.vae, defaults),
+            cfg_batch=cfg_batch,
+            fp8_compute=fp8_compute,
         )
         pipe.acceleration = report
         return pipe
@@ -650,10 +668,12 @@ class PusaPipeline:
         return self.output_of(request, self.decode_latents(latents), started, counters)
 
     # ---------------------------------------------------------------- the stages of generate
-    def _counters(self) -> tuple[int, tuple[int, float] | None]:
-        """DiT forwards and expert swaps so far: `output_of` records what one request added."""
+    def _counters(self) -> tuple[int, tuple[int, float] | None, int]:
+        """DiT forwards, expert swaps and sampling runs so far: `output_of` records what one request added."""
         swap = self.acceleration.get("expert_swap")
-        return self.dit_forwards, (swap.swaps, swap.seconds) if swap is not None else None
+        swaps = (swap.swaps, swap.seconds) if swap is not None else None
+        del self._runs[: max(0, len(self._runs) - 64)]  # only the current request's runs are read
+        return self.dit_forwards, swaps, len(self._runs)
 
     def sample_latents(
         self,
@@ -682,9 +702,23 @@ class PusaPipeline:
             return velocity
 
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
+        parallel = self.velocity_wrapper is not None
+        if request.cache != "off" and (parallel or self.transformer_2 is not None):
+            # other ranks would run the blocks rank 0 skips; a second expert has no residual to reuse
+            raise InputError(
+                "cache", request.cache,
+                "turn it off for a pipeline split over several processes or a two-expert model",
+                "runs on one process and one DiT only;",
+            )  # fmt: skip
+        # CFG batching makes one call of the two passes, which the ranks split their own way
+        cfg_batch = bool(self.acceleration.get("cfg_batch", False)) and not parallel
         main_velocity = velocity_of(self.transformer)
-        if self.velocity_wrapper is not None:  # several ranks share each DiT call (pusa.parallel)
+        if parallel:  # several ranks share each DiT call (pusa.parallel)
             main_velocity = self.velocity_wrapper(main_velocity, text, negative_text, request.cfg)
+        cache = step_cache(request.cache, request.cache_threshold, request.num_inference_steps)
+        if cache is not None:  # the transformer runs its blocks through the cache for this run only
+            main_velocity = cache.wrap(main_velocity)
+            self.transformer.block_runner = cache
         experts = {name: velocity_of(self.expert_model(name)) for name in EXPERTS}
         boundary = request.boundary
         swap = self.acceleration.get("expert_swap")
@@ -695,22 +729,31 @@ class PusaPipeline:
                 swap.activate(name)  # the other expert back to pinned CPU memory
             return experts[name]
 
-        with torch.inference_mode():
-            return sample(
-                main_velocity, noise, sigmas, conditioning, text, negative_text, request.cfg,
-                callback, velocity_for_step=chooser if self.transformer_2 is not None else None,
-            )  # fmt: skip
+        try:
+            with torch.inference_mode():
+                latents = sample(
+                    main_velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback,
+                    velocity_for_step=chooser if self.transformer_2 is not None else None, cfg_batch=cfg_batch,
+                )  # fmt: skip
+        finally:
+            if cache is not None:
+                self.transformer.block_runner = None
+        # what this sampling run did, for the sidecar (`output_of`; a long video has one run per chunk)
+        self._runs.append(
+            {"cfg_batch": cfg_batch, "step_cache": cache.report() if cache is not None else None}
+        )
+        return latents
 
     def output_of(
         self,
         request: GenerationRequest,
         frames: np.ndarray,
         started: float,
-        counters: tuple[int, tuple[int, float] | None] | None = None,
+        counters: tuple[int, tuple[int, float] | None, int] | None = None,
     ) -> PusaOutput:
         """The frames with their settings (the sidecar); `counters` (`_counters()` when the request began)
         give the DiT forwards and expert swaps it made."""
-        forwards_before, swaps_before = counters if counters is not None else self._counters()
+        forwards_before, swaps_before, runs_before = counters if counters is not None else self._counters()
         settings = self.settings_of(request)
         plan = None
         if self.transformer_2 is not None:  # the experts of one sampling run (each chunk's, for long)
@@ -724,6 +767,12 @@ class PusaPipeline:
                 "swaps": swap.swaps - swaps_before[0], "seconds": round(swap.seconds - swaps_before[1], 4)
             }  # fmt: skip
         settings["warnings"] = [str(note) for note in advisories(request, self.defaults)]
+        runs = self._runs[runs_before:]
+        if "cfg_batch" in settings["acceleration"] and runs:
+            settings["acceleration"]["cfg_batch"] = runs[-1]["cfg_batch"]  # what ran
+        reports = [run["step_cache"] for run in runs if run["step_cache"] is not None]
+        if reports:  # one sampling run: its report; a long video: one per chunk
+            settings["step_cache"] = reports[0] if len(runs) == 1 else reports
         settings["elapsed_s"] = round(time.perf_counter() - started, 3)
         return PusaOutput(frames=frames, settings=settings)
 
@@ -762,7 +811,7 @@ class PusaPipeline:
         request: GenerationRequest,
         callback: Callable[[StepInfo], bool | None] | None,
         started: float,
-        counters: tuple[int, tuple[int, float] | None] | None = None,
+        counters: tuple[int, tuple[int, float] | None, int] | None = None,
     ) -> PusaOutput:
         """The chain: one progress over every chunk's steps (`ChunkStepInfo`), cancel at any step."""
         plan = long_plan(request)

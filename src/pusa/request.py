@@ -138,6 +138,8 @@ class GenerationRequest:
     context_latents: int = PARAMS["context_latents"].default
     chunk_multipliers: Sequence[float] = ()
     chain: str = PARAMS["chain"].default
+    cache: str = PARAMS["cache"].default
+    cache_threshold: float = PARAMS["cache_threshold"].default
     sources: dict[str, Any] = field(default_factory=dict)
 
 
@@ -247,6 +249,7 @@ def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
             )
     for name in RANGED:
         PARAMS[name].check(getattr(r, name))
+    PARAMS["cache"].check(r.cache)
     if r.recipe is not None and r.task != "v2v":
         raise InputError("recipe", r.recipe, "recipes are video-to-video's (task v2v)")
     if r.end_video is not None and r.recipe != "transition":

@@ -20,7 +20,19 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from .. import recipes
-from ..params import COMMON, INT, MAX_SEED, MODEL_OWN, PARAMS, RECIPES, TASK_NAMES, TEXT, InputError, label_of
+from ..params import (
+    CHOICE,
+    COMMON,
+    INT,
+    MAX_SEED,
+    MODEL_OWN,
+    PARAMS,
+    RECIPES,
+    TASK_NAMES,
+    TEXT,
+    InputError,
+    label_of,
+)
 from ..request import GenerationRequest, ModelDefaults, ModelLimits, validate
 from ..serving.history import JobSpec
 from ..video import IMAGE_FORMATS, VIDEO_SUFFIXES, MediaError, VideoInfo, probe_video
@@ -232,6 +244,8 @@ def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tup
             value = param.default if raw is _MISSING or raw is None else raw
             if not isinstance(value, str):
                 raise FormError(name, value, "must be text")
+        elif param.kind == CHOICE and param.default is not None:  # the step cache: blank = its default
+            value = param.default if raw is _MISSING or raw is None or raw == "" else raw
         elif param.kind == "choice":  # the speed preset: blank / "none" = no preset
             value = None if raw in (_MISSING, None, "", "none") else raw
             if value is not None and value not in param.choices:

@@ -99,6 +99,9 @@ class StudioPage(Studio):
                 tab.fields["fps"] = widgets.number("fps", d)
             tab.fields["shift"] = widgets.slider("shift", d)
             tab.fields["boundary"] = widgets.slider("boundary", d)
+            with gr.Row():
+                tab.fields["cache"] = widgets.choice("cache", d, elem_id=f"{tab.tab}-cache")
+                tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
 
     def _long_controls(self, tab: TabWidgets) -> None:
         """The Long video controls (Text-, Image- and Video-to-Video): a total above 0 chains clips of the

@@ -84,6 +84,8 @@ class EvalSettings:
     tasks: tuple[str, ...] = TASKS
     num_frames: int | None = None  # clip length of every task (None: the model's own)
     long_chunks: int = 4
+    cache: str = "off"  # the step cache (`pusa.caching`) and its threshold, as the request parameters
+    cache_threshold: float | None = None  # None: the declared default
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -185,6 +187,10 @@ def evaluate_pipeline(
     common["num_frames"] = length
     if settings.shift is not None:
         common["shift"] = settings.shift
+    if settings.cache != "off":
+        common["cache"] = settings.cache
+        if settings.cache_threshold is not None:
+            common["cache_threshold"] = settings.cache_threshold
     per: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
     records, started, videos = [], time.perf_counter(), 0
     for i, spec in enumerate(specs):
