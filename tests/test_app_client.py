@@ -163,6 +163,11 @@ def test_errors_come_back_with_the_page_message(client, images):
         Exception, match=r"Noise Multiplier: 1\.5 is not allowed; must be a number in 0\.0\.\.1\.0"
     ):
         client.predict(handle_file(images[0]), "x", noise_multiplier=1.5, **FAST, api_name="/image_to_video")
+    # A choice outside a radio's list: our message naming the field, not gradio's "not in the list of choices"
+    with pytest.raises(Exception, match=r"Step Cache: 'always' is not allowed; .*off, pusa"):
+        client.predict("x", cache="always", **FAST, api_name="/text_to_video")
+    with pytest.raises(Exception, match=r"Preset: '8-step' is not allowed; .*4-step"):
+        client.predict("x", preset="8-step", **FAST, api_name="/text_to_video")
 
 
 def test_a_job_is_looked_up_by_the_id_its_status_carries(client, server):

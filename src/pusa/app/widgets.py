@@ -138,7 +138,7 @@ def textbox(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Textbox:
     return gr.Textbox(**{**options, **extra})
 
 
-def choice(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Radio:
+def choice(name: str, defaults: ModelDefaults, **extra: Any) -> RadioInput:
     """A radio of the declared choices, with "none" first for a parameter that may be absent (default None)."""
     param = PARAMS[name]
     value = default_of(name, defaults)
@@ -146,7 +146,7 @@ def choice(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Radio:
     options = dict(
         choices=choices, value="none" if value is None else value, label=param.label, info=param.help,
     )  # fmt: skip
-    return gr.Radio(**{**options, **extra})
+    return RadioInput(**{**options, **extra})
 
 
 def image_upload(**options: Any) -> ImageInput:
