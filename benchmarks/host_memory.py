@@ -14,11 +14,11 @@ Linears, 28 GB per expert) are re-read from the model's safetensors files since 
 - swap: one expert on the GPU, both experts' weights in pinned host memory;
 - balanced / low: both experts streamed layer by layer from pinned host memory;
 - stream: one expert on the GPU, the other in no memory (read from its files at the boundary; the transient
-  is one tensor at a time, the largest 0.14 GB).
+  is one tensor at a time, the largest 0.31 GB).
 
 Measured: each tier in a fresh process on this machine (a CPU here, so every tier's "device" is host RAM:
-"full" holds both experts in RAM, "stream" one), the peak resident set (`ru_maxrss`) during one 4-step
-text-to-video (cfg 1) with a LoRA on every target Linear of each expert, loaded from a Wan-original folder;
+"full" holds both experts in RAM, "stream" one), the peak resident set (`VmHWM`, else `ru_maxrss`) during
+one 4-step text-to-video (cfg 1) with a LoRA on every target Linear of each expert, loaded from a Wan-original folder;
 "over base" subtracts the process's peak before the model loads (torch and the imports). `tiny` is
 tiny-random-a14b (a few MB: the tiers cannot differ measurably); `wide` the same folder with 1024-wide,
 8-block experts (0.5 GB float32 each) so the differences show. "copies" runs the fusers with RAM pristine
@@ -39,15 +39,26 @@ TIERS = ("full", "swap", "balanced", "low", "stream")
 CHILD = r"""
 import json, resource, sys
 import torch
+
+
+def peak_mb():
+    # VmHWM: this process's own peak (a new one at exec; ru_maxrss would carry the parent's peak over)
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 from pusa.pipeline import PusaPipeline
 from pusa.weights.sources import FileWeights
 tier, folder, high, low, copies = sys.argv[1:6]
 if copies == "1":
     FileWeights.reproduces = lambda self, name, tensor: False  # the fusers keep RAM copies, as before
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = peak_mb()
 pipe = PusaPipeline.from_pretrained(folder, memory=tier, lora=[f"{high}:1.5@high", f"{low}:1.4@low"])
 out = pipe.text_to_video("a fox", num_inference_steps=4, cfg=1.0, width=64, height=64, num_frames=17, seed=0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_mb()
 print(json.dumps({"base_mb": base, "peak_mb": peak, "swaps": out.settings.get("expert_swaps")}))
 """
 
@@ -106,6 +117,8 @@ def write_folder(root: Path, wide: bool) -> tuple[Path, Path, Path]:
         torch.manual_seed(index)
         expert = PusaTransformer3DModel(**config).eval()
         if wide:
+            for old in (folder / sub).glob("*.safetensors"):
+                old.unlink()
             write_dit_original(expert, folder / sub, num_shards=3)
         state = {}
         for name, module in expert.named_modules():
