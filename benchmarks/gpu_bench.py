@@ -9,6 +9,11 @@ Rows, per size (480x832x81 = 32,760 tokens; 1280x720x81 = 75,600 tokens), one mo
   ours-compile     ours-fused with torch.compile of the repeated blocks                      (--compile)
   ours-fp8         ours-fused with float8 weights; relative error of the output vs bf16      (--fp8)
   tier-<name>      ours (no LoRA) under memory tier full / balanced / low (first size only)
+  speed-*          (--parts speed) one Pusa DiT without LoRA: base, CFG batch, fp8 compute rowwise / tensor,
+                   each installed attention extra, the combination (fp8 rowwise + the fastest attention +
+                   CFG batch) eager and compiled; error vs the base bf16 forward; base and combination also
+                   time a CFG step through the step cache computed and skipped (the 10-step estimates with
+                   --cache-skips of 10 steps skipped). --parts attention adds each kernel's error vs cuDNN.
 then umT5-XXL encoding of 512 tokens (resident, and as the "full" tier runs it: onload, encode, offload),
 Wan VAE encode of one 480p image and decode of 21 latent frames, and a 10-step I2V estimate at 480p:
 2 text encodes (prompt, negative) + VAE encode + 10 CFG steps (2 forwards each) + VAE decode.
@@ -22,6 +27,7 @@ A full real run with --compile --fp8 takes more than 10 minutes; split it and me
   python benchmarks/gpu_bench.py --parts dit,text,vae --json a.json
   python benchmarks/gpu_bench.py --parts tiers,compile,fp8 --sizes 480p --json b.json
   python benchmarks/gpu_bench.py --merge a.json b.json --json all.json
+The issue-19 speed rows in one go per size: `bash benchmarks/gpu_speed_run.sh 480p|720p OUT_DIR`.
 The JSON is rewritten after every row, so a run cut short keeps what it measured.
 """
 
@@ -48,18 +54,24 @@ from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from diffusers.utils import logging as diffusers_logging
 from transformers import UMT5Config, UMT5EncoderModel
 
+from pusa.caching import StepCache
 from pusa.model import PusaTransformer3DModel
 from pusa.runtime.kernels import (
+    AUTO_ATTENTION_CANDIDATES,
+    EXTRA_ATTENTION,
     apply_attention_backend,
     attention_backend_timings,
+    attention_function,
     compile_blocks,
+    disable_fp8_compute,
     dit_forward_flops,
+    enable_fp8_compute,
     enable_fp8_weights,
     fastest_attention_backend,
     relative_error,
 )
 from pusa.runtime.memory import MEMORY_TIERS, apply_memory_tier, module_bytes
-from pusa.sampling import guided_velocity
+from pusa.sampling import cfg_text_batch, guided_velocity
 from pusa.schedule import flow_sigmas
 from pusa.weights.lora import PUSA_LORA_TARGETS, LoraFuser, LoraWeights, attach_lora_adapter
 from pusa.weights.registry import (
@@ -76,8 +88,14 @@ I2V_NOISE_MULTIPLIER = 0.2  # frame 0's timestep is this share of the others'
 NUM_STEPS = 10
 LORA_TARGETS = PUSA_LORA_TARGETS  # as in pusa_v1.pt
 DIT_VARIANTS = ("ours-fused", "ours-adapter", "diffusers-stock")
-PARTS = ("dit", "compile", "fp8", "tiers", "text", "vae")
+PARTS = ("dit", "compile", "fp8", "tiers", "text", "vae", "speed", "attention")
 DEFAULT_PARTS = ("dit", "tiers", "text", "vae")
+# The step cache's skips in a 10-step run, for the end-to-end estimate: about what `pusa.caching` skips on
+# pusa-tiny at its default threshold 0.2 (3.2 of 10 on average in benchmarks/cache_quality.py; its rule
+# allows at most 5 at 10 steps: steps 0-1 warm up, step 9 always runs, at most 2 in a row).
+# Random 14B weights cannot say how often real ones would skip, so this is an input of the estimate, not a
+# measurement (--cache-skips).
+CACHE_SKIPS = 3
 
 WAN_14B = WAN_14B_TRANSFORMER_CONFIG
 UMT5_XXL = dict(
@@ -308,15 +326,22 @@ def forward_fn(model: torch.nn.Module, x: DitInputs) -> Callable[[], torch.Tenso
     return forward
 
 
-def cfg_step_fn(model: torch.nn.Module, x: DitInputs) -> Callable[[], torch.Tensor]:
-    """One sampler step as `pusa.sampling.sample` takes it: two forwards, the CFG mix, the Euler update."""
+def cfg_step_fn(
+    model: torch.nn.Module, x: DitInputs, batched: bool = False, cache: StepCache | None = None
+) -> Callable[[], torch.Tensor]:
+    """One sampler step as `pusa.sampling.sample` takes it: two forwards (or one of batch 2: `batched`), the
+    CFG mix, the Euler update; through `cache` (the model's block runner) if given."""
+    batched_text = cfg_text_batch(x.text, x.negative_text) if batched else None
 
     def velocity(latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return model(latents, timestep, text, return_dict=False)[0]
 
+    if cache is not None:
+        velocity = cache.wrap(velocity)
+
     def step() -> torch.Tensor:
         with torch.inference_mode():
-            v = guided_velocity(velocity, x.latents, x.timestep, x.text, x.negative_text, CFG)
+            v = guided_velocity(velocity, x.latents, x.timestep, x.text, x.negative_text, CFG, batched_text)
             dt = (x.sigma_next - x.sigma).view(1, 1, -1, 1, 1)
             return (x.latents.float() + v.float() * dt).to(x.latents.dtype)
 
@@ -351,7 +376,8 @@ class Results:
 
     def save(self) -> None:
         if self.json_path is not None:
-            payload = {**self.meta, "rows": self.rows, "end_to_end": end_to_end(self.rows)}
+            estimates = end_to_end(self.rows, self.meta.get("cache_skips", CACHE_SKIPS))
+            payload = {**self.meta, "rows": self.rows, "end_to_end": estimates}
             self.json_path.write_text(json.dumps(payload, indent=2) + "\n")
 
     def run(self, part: str, name: str, size: Size | None, device: torch.device, body: Callable[[], dict]):
@@ -477,6 +503,134 @@ def dit_variant(
             return row
 
         results.run(part, variant, size, spec.device, timed)
+
+
+def speed_part(
+    spec: Spec, sizes: list[Size], attention: str, results: Results, compile_too: bool, big_sizes: bool
+) -> None:
+    """One Pusa DiT (no LoRA: a fused LoRA changes the weights' values, not the cost), each speed option
+    alone and combined, at every size (`big_sizes` False: the rows after the first two only at the first
+    size). Each row: ms per forward and per CFG step, and the output's relative error against the plain
+    bf16 forward of the same weights. The cache rows time a CFG step whose blocks are skipped (embeddings,
+    the cache's criterion and the head) and a computed one through the cache (its overhead)."""
+    state: dict[str, Any] = {}
+
+    def setup() -> dict:
+        started = time.perf_counter()
+        model = build_dit(PusaTransformer3DModel, spec)
+        apply_attention_backend(model, attention, spec.device)
+        state["model"] = model
+        state["processors"] = [block.attn1.processor for block in model.blocks]
+        state["references"] = {
+            size.label: forward_fn(model, dit_inputs(spec, size, False))().clone() for size in sizes
+        }
+        return {"build_s": time.perf_counter() - started, "attention": attention_of(model)}
+
+    if results.run("speed", "speed (setup)", None, spec.device, setup)["status"] != "ok":
+        return
+    model = state["model"]
+
+    def restore_attention() -> None:
+        for block, processor in zip(model.blocks, state["processors"], strict=True):
+            block.attn1.set_processor(processor)
+
+    def row(size: Size, batched: bool = False, cache: bool = False, **notes: Any) -> Callable[[], dict]:
+        def body() -> dict:
+            x = dit_inputs(spec, size, False)
+            reset_peak(spec.device)
+            call = forward_fn(model, x)
+            first_ms = time_ms(call, spec.device)  # warm-up (compilation, autotuning)
+            output = call()
+            times = [time_ms(call, spec.device) for _ in range(max(spec.repeats - 1, 1))]
+            forward_ms = statistics.median(times)
+            cfg_ms = time_ms(cfg_step_fn(model, x, batched), spec.device)
+            flops = dit_forward_flops(
+                spec.dit, size.num_latent_frames, size.height, size.width, spec.text_len
+            )
+            out = {
+                "tokens": dit_tokens(spec, size),
+                "ms_forward": forward_ms,
+                "first_forward_ms": first_ms,
+                "ms_cfg_step": cfg_ms,
+                "cfg_batch": batched,
+                "peak_gib": peak_gib(spec.device),
+                "flops_forward": flops,
+                "tflops_per_s": flops / (forward_ms / 1e3) / 1e12,
+                "mfu": flops / (forward_ms / 1e3) / PEAK_FLOPS,
+                "attention": attention_of(model),
+                "rel_error_vs_bf16": relative_error(output, state["references"][size.label]),
+                **notes,
+            }
+            if cache and size == sizes[0]:  # the end-to-end estimate is at the first size
+                out.update(cache_timings(model, x, batched, spec))
+            return out
+
+        return body
+
+    def rows(name: str, all_sizes: bool, **options: Any) -> None:
+        for size in sizes if (all_sizes or big_sizes) else sizes[:1]:
+            results.run("speed", name, size, spec.device, row(size, **options))
+
+    rows("speed-base", True, cache=True)
+    rows("speed-cfg-batch", True, batched=True)
+    for scaling in ("rowwise", "tensor"):
+        enable_fp8_compute(model, scaling)
+        rows(f"speed-fp8-{scaling}", scaling == "rowwise", fp8_compute=scaling)
+        disable_fp8_compute(model)
+    for name in EXTRA_ATTENTION:
+        timings = results.meta["attention"]["timings"].get(sizes[0].label, {})
+        if not isinstance(timings.get(name), float):
+            continue  # not installed or not usable here: the attention timings say why
+        apply_attention_backend(model, name, spec.device)
+        rows(f"speed-attn-{name}", True)
+        restore_attention()
+    # The combination: float8 products + the fastest attention ("auto" includes the extras) + CFG batch.
+    enable_fp8_compute(model, "rowwise")
+    rows("speed-combo", True, batched=True, cache=True, fp8_compute="rowwise")
+    if compile_too:
+        compile_blocks(model, backend=spec.compile_backend, dynamic=False)
+        rows("speed-combo-compile", True, batched=True, cache=True, fp8_compute="rowwise", compiled=True)
+    state.clear()
+    free_memory(spec.device)
+
+
+def cache_timings(model: torch.nn.Module, x: DitInputs, batched: bool, spec: Spec) -> dict[str, float]:
+    """ms of a CFG step through `pusa.caching.StepCache` computed (threshold 0: its criterion's overhead)
+    and skipped (the blocks' residual reused: embeddings, criterion, head)."""
+    out = {}
+    for label, threshold in (("computed", 0.0), ("skipped", math.inf)):
+        cache = StepCache(threshold=threshold, num_steps=10**6, warmup_steps=0, max_skips=10**6)
+        model.block_runner = cache
+        try:
+            step = cfg_step_fn(model, x, batched, cache)
+            if label == "skipped":
+                step()  # computes and keeps the residual; with threshold inf every later step skips
+            out[f"ms_cfg_step_cache_{label}"] = time_ms(step, spec.device)
+            out[f"cache_skipped_forwards_{label}"] = cache.skipped
+        finally:
+            model.block_runner = None
+    return out
+
+
+def attention_errors(
+    device: torch.device, spec: Spec, size: Size, timings: dict[str, float | str]
+) -> dict[str, float]:
+    """Relative error of each attention kernel that ran against PyTorch's cuDNN attention on the same bf16
+    inputs `[1, tokens, heads, head_dim]` (and cuDNN's own against float32 SDPA, under "_native_cudnn")."""
+    generator = torch.Generator(device).manual_seed(0)
+    shape = (1, dit_tokens(spec, size), spec.dit["num_attention_heads"], spec.dit["attention_head_dim"])
+    q, k, v = (torch.randn(*shape, generator=generator, device=device, dtype=spec.dtype) for _ in range(3))
+    with torch.inference_mode():
+        fp32 = torch.nn.functional.scaled_dot_product_attention(
+            *(t.transpose(1, 2).float() for t in (q, k, v))
+        )
+        fp32 = fp32.transpose(1, 2)
+        cudnn = attention_function("_native_cudnn")(q, k, v)
+        errors = {"_native_cudnn": relative_error(cudnn, fp32)}
+        for name, ms in timings.items():
+            if isinstance(ms, float) and name != "_native_cudnn":
+                errors[name] = relative_error(attention_function(name)(q, k, v), cudnn)
+    return errors
 
 
 def tiers_part(spec: Spec, size: Size, attention: str, results: Results) -> None:
@@ -620,9 +774,10 @@ def _find(rows: list[dict], name: str, size_prefix: str | None = None) -> dict |
     return None
 
 
-def end_to_end(rows: list[dict]) -> dict[str, Any]:
+def end_to_end(rows: list[dict], cache_skips: int = CACHE_SKIPS) -> dict[str, Any]:
     """10-step I2V at the first size: 2 text encodes + VAE encode + 10 CFG steps + VAE decode, per DiT
-    variant measured there. Text encoding as the "full" tier runs it (onload, encode, offload)."""
+    variant measured there. Text encoding as the "full" tier runs it (onload, encode, offload). Rows with
+    cache timings get a second estimate with `cache_skips` of the 10 steps skipped."""
     text = _find(rows, "umt5 encode (full tier)") or _find(rows, "umt5 encode (resident)")
     vae_encode = _find(rows, "wan vae encode")
     vae_decode = _find(rows, "wan vae decode")
@@ -642,6 +797,17 @@ def end_to_end(rows: list[dict]) -> dict[str, Any]:
             "denoise_s": NUM_STEPS * row["ms_cfg_step"] / 1e3,
             "vae_decode_s": vae_decode["ms"] / 1e3,
         }
+        if "ms_cfg_step_cache_skipped" in row and cache_skips:
+            # computed steps pay the cache's criterion too; skipped ones only embeddings, criterion and head
+            denoise = (NUM_STEPS - cache_skips) * row["ms_cfg_step_cache_computed"]
+            denoise += cache_skips * row["ms_cfg_step_cache_skipped"]
+            total = 2 * text["ms"] + vae_encode["ms"] + denoise + vae_decode["ms"]
+            estimates[f"{row['name']} + cache ({cache_skips} of {NUM_STEPS} steps skipped)"] = {
+                **estimates[row["name"]],
+                "total_s": total / 1e3,
+                "denoise_s": denoise / 1e3,
+                "cache_skips": cache_skips,
+            }
     return estimates
 
 
@@ -660,6 +826,9 @@ def print_table(meta: dict[str, Any], rows: list[dict]) -> None:
             for name, ms in timings.items()
         ]
         print(f"  ms per self-attention at {label}: " + "; ".join(cells))
+    for label, errors in (attention.get("errors") or {}).items():
+        cells = [f"{name} {error:.2e}" for name, error in errors.items()]
+        print(f"  relative error vs cuDNN attention at {label}: " + "; ".join(cells))
     header = (
         f"{'row':<26}{'size':<14}{'tokens':>7}{'ms/fwd':>10}{'ms/CFG':>10}{'peak GiB':>9}"
         f"{'TFLOP/s':>10}{'MFU':>7}  notes"
@@ -686,6 +855,14 @@ def print_table(meta: dict[str, Any], rows: list[dict]) -> None:
             notes.append(f"rel.err vs tier-full={row['rel_error_vs_first_tier']:.2e}")
         if row.get("tiled"):
             notes.append("tiled")
+        for key in ("fp8_compute", "cfg_batch", "compiled"):
+            if row.get(key):
+                notes.append(f"{key}={row[key]}")
+        if "ms_cfg_step_cache_skipped" in row:
+            notes.append(
+                f"cache: computed {row['ms_cfg_step_cache_computed']:.1f} / skipped "
+                f"{row['ms_cfg_step_cache_skipped']:.1f} ms per CFG step"
+            )
         mfu = row.get("mfu")
         print(
             f"{row['name']:<26}{row.get('size', ''):<14}{_fmt(row.get('tokens'), 'd'):>7}{_fmt(ms, '.1f'):>10}"
@@ -693,7 +870,7 @@ def print_table(meta: dict[str, Any], rows: list[dict]) -> None:
             f"{_fmt(row.get('tflops_per_s'), '.3g'):>10}{'-' if mfu is None else f'{100 * mfu:.1f}%':>7}"
             f"  {', '.join(notes)}"
         )
-    estimates = end_to_end(rows)
+    estimates = end_to_end(rows, meta.get("cache_skips", CACHE_SKIPS))
     if estimates:
         print(
             f"\n{NUM_STEPS}-step I2V estimate (2 text encodes + VAE encode + {NUM_STEPS} CFG steps + VAE decode):"
@@ -718,7 +895,11 @@ def merge(paths: list[Path], json_path: Path | None) -> None:
     print_table(meta, rows)
     if json_path is not None:
         json_path.write_text(
-            json.dumps({**meta, "rows": rows, "end_to_end": end_to_end(rows)}, indent=2) + "\n"
+            json.dumps(
+                {**meta, "rows": rows, "end_to_end": end_to_end(rows, meta.get("cache_skips", CACHE_SKIPS))},
+                indent=2,
+            )
+            + "\n"
         )
 
 
@@ -745,6 +926,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                         help="raise on errors other than OOM (default: on with --tiny)")  # fmt: skip
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="print and merge result files")
+    parser.add_argument(
+        "--cache-skips", type=int, default=CACHE_SKIPS,
+        help="steps of 10 the step cache skips, for the end-to-end estimate (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--speed-compile", action=argparse.BooleanOptionalAction, default=True,
+        help="speed part: also the combination compiled (default: on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--speed-all-sizes", action="store_true",
+        help="speed part: every row at every size (default: fp8-tensor only at the first size)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -761,7 +954,9 @@ def main(argv: list[str] | None = None) -> None:
     spec = (tiny_spec if args.tiny else real_spec)(device, args.repeats, args.compile_backend)
     if args.layers is not None:
         spec = replace(spec, dit={**spec.dit, "num_layers": args.layers})
-    parts = args.parts.split(",") if args.parts else list(PARTS if args.tiny else DEFAULT_PARTS)
+    # --tiny: every part but the speed rows, which its own smoke test runs (tests/test_gpu_bench.py)
+    tiny_parts = [p for p in PARTS if p != "speed"]
+    parts = args.parts.split(",") if args.parts else list(tiny_parts if args.tiny else DEFAULT_PARTS)
     if args.compile and "compile" not in parts:
         parts.append("compile")
     if args.fp8 and "fp8" not in parts:
@@ -779,8 +974,9 @@ def main(argv: list[str] | None = None) -> None:
         heads, head_dim = spec.dit["num_attention_heads"], spec.dit["attention_head_dim"]
         for size in sizes:
             timings_by_size[size.label] = attention_backend_timings(
-                device, num_heads=heads, head_dim=head_dim, seq_len=dit_tokens(spec, size), repeats=3
-            )
+                device, AUTO_ATTENTION_CANDIDATES, num_heads=heads, head_dim=head_dim,
+                seq_len=dit_tokens(spec, size), repeats=3,
+            )  # fmt: skip
     attention = args.attention
     if attention == "auto":
         attention = fastest_attention_backend(timings_by_size.get(sizes[0].label, {}))
@@ -797,7 +993,13 @@ def main(argv: list[str] | None = None) -> None:
         "lora": {"rank": spec.lora_rank, "alpha": LORA_ALPHA},
         "dit_layers": spec.dit["num_layers"],
         "parts": parts,
+        "cache_skips": args.cache_skips,
+        "command": "python benchmarks/gpu_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    if device.type == "cuda" and "attention" in parts:
+        meta["attention"]["errors"] = {
+            size.label: attention_errors(device, spec, size, timings_by_size[size.label]) for size in sizes
+        }
     strict = args.tiny if args.strict is None else args.strict
     results = Results(meta=meta, json_path=args.json, strict=strict)
     results.log(f"{spec.mode} mode on {meta['device_name']}, parts {parts}, attention {attention}")
@@ -810,6 +1012,8 @@ def main(argv: list[str] | None = None) -> None:
         results.log(f"random rank-{spec.lora_rank} LoRA drawn in {time.perf_counter() - started:.1f}s")
         dit_part(spec, dit_variants, sizes, lora, attention, results)
         del lora
+    if "speed" in parts:
+        speed_part(spec, sizes, attention, results, args.speed_compile, args.speed_all_sizes)
     if "tiers" in parts:
         tiers_part(spec, sizes[0], attention, results)
     if "text" in parts:

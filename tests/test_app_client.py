@@ -421,3 +421,33 @@ def test_gradios_copies_of_videos_are_deleted_once_old(tmp_path):
         other.parent.rmdir()
     # its sweeper ends with its server: left running, it went on deleting the copies other servers serve
     wait_for(lambda: sweepers() == before, timeout=30, what="the closed server's sweeper ends")
+
+
+def test_long_video_from_text_image_and_video_tabs(client, images, tmp_path):
+    """Each tab's Long video controls: one video of the total asked, chained from clips of its Frames."""
+    from helpers import save_clip
+
+    source = str(save_clip(tmp_path / "source.mp4", 17, 32, 32))
+    video, settings, _ = client.predict(
+        "a red circle", long_frames=41, context_latents=2, **FAST, api_name="/text_to_video"
+    )
+    settings = json.loads(settings)
+    assert read_video(video)[0].shape == (41, 32, 32, 3)
+    assert (settings["task"], settings["chunk_frames"], len(settings["chunks"])) == ("long", 17, 3)
+    result = client.predict(
+        handle_file(images[0]), "x", noise_multiplier=0.0, long_frames=33, chain="pixel", **FAST,
+        api_name="/image_to_video",
+    )  # fmt: skip
+    assert read_video(result[0])[0].shape == (33, 32, 32, 3) and json.loads(result[1])["chain"] == "pixel"
+    result = client.predict(
+        handle_file(source), "x", positions="", noise_multipliers="", recipe="extension", long_frames=33, **FAST,
+        api_name="/video_to_video",
+    )  # fmt: skip
+    assert read_video(result[0])[0].shape == (33, 32, 32, 3) and json.loads(result[1])["task"] == "long"
+    with pytest.raises(Exception, match=r"Long video \(frames\): 9 is shorter than a chunk"):
+        client.predict("x", long_frames=9, **FAST, api_name="/text_to_video")
+    with pytest.raises(Exception, match=r"Long video \(frames\): 33 is set with the completion recipe"):
+        client.predict(
+            handle_file(source), "x", positions="", noise_multipliers="", recipe="completion", long_frames=33,
+            **FAST, api_name="/video_to_video",
+        )  # fmt: skip

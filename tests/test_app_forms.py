@@ -103,7 +103,7 @@ def test_image_to_video_maps_every_field(files):
         "tab": "i2v", "image": "/kept/a.png", "noise_multiplier": 0.35, "prompt": "a red circle",
         "negative_prompt": DEFAULT_NEGATIVE_PROMPT, "lora_alpha": 2.0, "steps": 2, "seed": 5, "cfg": 1.0,
         "shift": 5.0, "width": 32, "height": 32, "num_frames": 21, "fps": 12.0,
-        "loras": "", "preset": "none", "boundary": 0.875,
+        "loras": "", "preset": "none", "boundary": 0.875, "cache": "off", "cache_threshold": 0.2,
     }  # fmt: skip
 
 

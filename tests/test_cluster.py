@@ -126,10 +126,11 @@ def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path):
     studio.start(timeout=120)
     try:
         client = gradio_client.Client(studio.url, verbose=False, download_files=False)
-        job = client.submit("a red circle slides to the left", seed=3, steps=4, api_name="/text_to_video")
+        job = client.submit("a red circle slides to the left", seed=3, steps=10, api_name="/text_to_video")
         job.result(timeout=240)
         statuses = [o[2] for o in job.outputs() if isinstance(o, (list, tuple)) and len(o) == 3]
-        assert any(s.startswith("Step 2/4") for s in statuses), statuses
+        steps_seen = [s for s in statuses if s.startswith("Step ") and not s.startswith("Step 10/10")]
+        assert steps_seen, statuses  # the remote worker's progress reached the client before the end
         entries = History(tmp_path / "outputs").list()
         assert len(entries) == 1 and entries[0].video.is_file() and entries[0].seed == 3
     finally:

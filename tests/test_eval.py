@@ -167,3 +167,49 @@ def test_eval_demo_command_prints_the_table_and_writes_what_it_used(tmp_path, ca
     assert used["tasks"] == ["t2v"] and results["base"]["settings"]["lora_alpha"] is None
     assert main([*args, "--tasks", "t2v,dance"]) == 2
     assert "--tasks='t2v,dance': ['dance'] are not tasks" in capsys.readouterr().err
+
+
+@needs_demo
+def test_the_transition_and_long_video_rows_run_on_a_small_subset(pipe):
+    settings = EvalSettings(num_clips=2, num_inference_steps=1, tasks=("transition", "long"))
+    result = evaluate_pipeline(pipe, settings)
+    metrics = result["metrics"]
+    for key in (
+        "tr_both",
+        "tr_pos_err",
+        "long_jump",
+        "long_vel",
+        "long_bg_drift",
+        "long_obj_drift",
+        "long_kept",
+    ):
+        assert not math.isnan(metrics[key]), key
+    assert 0 <= metrics["tr_both"] <= 100 and 0 <= metrics["long_kept"] <= 100
+    clip = result["clips"][0]
+    assert clip["transition"]["arrival"] != clip["transition"]["start"] or clip["transition"]["start"] is None
+    assert len(clip["long"]["chunks_kept"]) == 4  # four chunks by default
+    assert "long video: background colour drift" in format_table({"VTA": metrics})
+
+
+@needs_demo
+def test_eval_scores_other_clip_lengths_in_their_own_columns(capsys, tmp_path):
+    from pusa.cli import main
+
+    args = [
+        "eval",
+        "demo",
+        "--num-clips",
+        "1",
+        "--steps",
+        "1",
+        "--tasks",
+        "i2v",
+        "--no-base",
+        "--frames",
+        "17,21",
+    ]
+    assert main(args) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| metric"))
+    assert header.endswith("@17 | VTA alpha 0.6 @21 |"), header
+    assert main([*args[:-1], "18"]) == 2
+    assert "--frames='18': [18] are not clip lengths" in capsys.readouterr().err

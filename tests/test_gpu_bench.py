@@ -45,3 +45,37 @@ def test_tiny_benchmark_runs_every_part_and_tiers_match(gpu_bench, tmp_path, cap
     merged = tmp_path / "merged.json"
     gpu_bench.main(["--merge", str(out), str(out), "--json", str(merged)])
     assert len(json.loads(merged.read_text())["rows"]) == 2 * len(result["rows"])
+
+
+def test_tiny_speed_part_runs_every_option_and_estimates_the_cache(gpu_bench, tmp_path):
+    """The speed rows (CFG batch, fp8 compute, the combination, compiled, the cache's step timings) run at
+    tiny size through the code the GPU run takes, so that run cannot fail on a typo."""
+    out = tmp_path / "speed.json"
+    gpu_bench.main(
+        ["--tiny", "--parts", "speed,attention", "--sizes", "480p", "--repeats", "1", "--json", str(out)]
+    )
+    result = json.loads(out.read_text())
+    rows = {row["name"]: row for row in result["rows"]}
+    assert all(row["status"] == "ok" for row in result["rows"]), [
+        r for r in result["rows"] if r["status"] != "ok"
+    ]
+    expected = {"speed-base", "speed-cfg-batch", "speed-fp8-rowwise", "speed-fp8-tensor", "speed-combo"}
+    assert expected | {"speed-combo-compile"} <= set(rows)
+    assert rows["speed-base"]["rel_error_vs_bf16"] == 0.0 and rows["speed-cfg-batch"]["cfg_batch"] is True
+    assert 0 < rows["speed-fp8-rowwise"]["rel_error_vs_bf16"] < 0.1
+    for name in ("speed-base", "speed-combo", "speed-combo-compile"):
+        assert rows[name]["ms_cfg_step_cache_skipped"] > 0 and rows[name]["ms_cfg_step_cache_computed"] > 0
+        assert rows[name]["cache_skipped_forwards_skipped"] >= 1  # the skipped step really skipped
+        assert rows[name]["cache_skipped_forwards_computed"] == 0
+    # the end-to-end estimate with and without the cache, given text and VAE rows
+    extra = [
+        {"name": "umt5 encode (resident)", "status": "ok", "ms": 10.0},
+        {"name": "wan vae encode", "status": "ok", "ms": 20.0},
+        {"name": "wan vae decode", "status": "ok", "ms": 30.0, "size": rows["speed-base"]["size"]},
+    ]
+    estimates = gpu_bench.end_to_end(result["rows"] + extra, cache_skips=3)
+    cached = estimates["speed-combo + cache (3 of 10 steps skipped)"]
+    combo = rows["speed-combo"]
+    expected_ms = 7 * combo["ms_cfg_step_cache_computed"] + 3 * combo["ms_cfg_step_cache_skipped"]
+    assert abs(cached["denoise_s"] * 1e3 - expected_ms) < 1e-6
+    assert set(estimates) >= expected

@@ -16,6 +16,8 @@ TASK_HELP = {
     "i2v": "image-to-video: the image becomes the first frame",
     "frames": "multi-frames-to-video: start/end frames or keyframes at chosen latent positions",
     "v2v": "video-to-video: keep chosen latent frames of a source video (recipes: extension, completion, transition)",
+    "long": "long video: one video of --frames frames, chained from clips of the model's own length, "
+    "from the prompt, an --image or the end of a --video",
 }
 _TYPES = {
     "int": int,
@@ -126,6 +128,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--fp8", action="store_true", help="store the transformer weights in float8 (half the memory)"
     )
     model.add_argument(
+        "--cfg-batch", default="auto", choices=("auto", "on", "off"),
+        help="run CFG's positive and negative passes as one batch of 2: auto = on CUDA except --memory low "
+        "(default: auto)",
+    )  # fmt: skip
+    model.add_argument(
+        "--fp8-compute", default="off", choices=("off", "rowwise", "tensor"),
+        help="run the transformer blocks' matrix products in float8 with per-row (token x channel) or "
+        "per-tensor scales (torch._scaled_mm; a GPU of compute capability 8.9+, or the CPU) (default: off)",
+    )  # fmt: skip
+    model.add_argument(
         "--parallel", type=int, default=1, metavar="N",
         help="split each video's transformer over N processes (context parallel): cuda:0..N-1 with --device "
         "cuda, else N CPU processes; this process keeps the text encoder, VAE and files (default: 1)",
@@ -176,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         "frames 4k-3..4k (for 81 frames, 0,20 = first and last; for pusa-tiny's 17, 0,4).",
         "v2v": ". Positions are latent frame indices of the source video; it needs at least 4*max(position)+1 "
         "frames. Recipes set the positions themselves (--noise-multipliers overrides their strengths).",
+        "long": ". Each chunk after the first opens on the last --overlap latent frames of the one before "
+        "(e.g. pusa-tiny: --frames 65 is 4 chunks of 17); one progress bar, one mp4, every chunk's seed "
+        "and settings in its sidecar.",
     }
     required = {"image", "images", "video"}
     defaults_help = {
@@ -183,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
             "frames": " (default: spread from first to last)",
             "v2v": " (required without --recipe)",
         },
+        "image": {"long": " (optional: the first chunk is image-to-video)"},
+        "video": {"long": " (optional: the first chunk extends its end)"},
+        "noise_multiplier": {"long": " (with --image)"},
         "noise_multipliers": {
             "frames": " (default: 0.2 then 0.5)",
             "v2v": " (default: the recipe's, else 0.2 each)",
@@ -190,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     }
     from .params import PARAMS, TASK_INPUTS
 
-    for task, inputs in (("t2v", ()), *((t, TASK_INPUTS[t]) for t in ("i2v", "frames", "v2v"))):
+    for task, inputs in (("t2v", ()), *((t, TASK_INPUTS[t]) for t in ("i2v", "frames", "v2v", "long"))):
         sub = tasks.add_parser(
             task, help=TASK_HELP[task], description=TASK_HELP[task] + descriptions.get(task, "")
         )
         for name in inputs:
             extra = defaults_help.get(name, {}).get(task, "")
-            add_param(sub, name, required=name in required, help=PARAMS[name].help + extra)
+            add_param(sub, name, required=name in required and task != "long", help=PARAMS[name].help + extra)
         _add_common(sub)
     _add_train_commands(commands)
     from .app.serve import add_serve_arguments  # light: imports no gradio
@@ -285,6 +303,10 @@ def _add_train_commands(commands) -> None:
     edemo.add_argument("--no-base", action="store_true", help="skip the base model column")
     edemo.add_argument("--tasks", default=",".join(EVAL_TASKS), help=f"comma list of {', '.join(EVAL_TASKS)}")
     edemo.add_argument("--json", default=None, metavar="FILE", help="also write every result, per clip, here")
+    edemo.add_argument(
+        "--frames", default=None, metavar="N[,N...]",
+        help="clip lengths to score every task at, one column each (default: the model's own)",
+    )  # fmt: skip
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -314,7 +336,13 @@ def run_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-clips={args.num_clips}: must be 1 or more")
     alphas = parse_float_list(args.alphas, "alphas") if args.alphas is not None else None
     settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, args.shift, tasks=tasks)
-    results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base)
+    lengths = parse_int_list(args.frames, "frames") if args.frames else [None]
+    bad = [n for n in lengths if n is not None and (n < 5 or (n - 1) % 4)]
+    if bad:
+        raise ValueError(
+            f"--frames={args.frames!r}: {bad} are not clip lengths; give 4k+1 values of 5 or more"
+        )
+    results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base, lengths=lengths)
     print(format_table({name: r["metrics"] for name, r in results.items()}))
     if args.json:
         import json
@@ -328,7 +356,14 @@ def load_pipeline(args: argparse.Namespace):
     from .pipeline import PusaPipeline
 
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
-    acceleration = dict(memory=args.memory, attention=args.attention, compile=args.compile, fp8=args.fp8)
+    acceleration = dict(
+        memory=args.memory,
+        attention=args.attention,
+        compile=args.compile,
+        fp8=args.fp8,
+        cfg_batch=args.cfg_batch,
+        fp8_compute=args.fp8_compute,
+    )
     if getattr(args, "parallel", 1) > 1 or getattr(args, "cfg_parallel", False):
         from .parallel.launch import start_ranks  # rank 0 is this process; the others follow its jobs
 
@@ -350,7 +385,7 @@ def _lora(args: argparse.Namespace):
 def build_request(args: argparse.Namespace, limits):
     """The `GenerationRequest` the flags ask for (seed: --seed; the model's own values left None)."""
     from . import recipes
-    from .params import COMMON
+    from .params import COMMON, LONG
     from .request import GenerationRequest
 
     fields = {name: getattr(args, name) for name in COMMON}
@@ -379,6 +414,15 @@ def build_request(args: argparse.Namespace, limits):
             positions=positions,
             noise_multipliers=multipliers,
             **fields,
+        )
+    if args.task == "long":
+        chunk = {name: getattr(args, name) for name in LONG}
+        chunk["chunk_multipliers"] = (
+            parse_float_list(args.chunk_multipliers, "chunk_multipliers") if args.chunk_multipliers else []
+        )
+        image = dict(images=[args.image], positions=[0], noise_multipliers=[args.noise_multiplier])
+        return GenerationRequest(
+            task="long", video=args.video, **(image if args.image else {}), **chunk, **fields
         )
     if args.task == "v2v":
         return GenerationRequest(
@@ -410,6 +454,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     check_parallel_flags(args.parallel, args.cfg_parallel, args.device)
     if args.device != "cpu":  # "cpu" is always there: no need to import torch to say so
         check_device(args.device)
+    if args.attention != "auto":  # a kernel package that is not installed: said before any weights load
+        from .runtime.kernels import check_attention_installed
+
+        check_attention_installed(args.attention)
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
     resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
@@ -430,6 +478,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         def progress(info, bars=bars, label=label) -> None:  # starts once the inputs are checked
             if not bars:
                 bars.append(tqdm(total=info.num_steps, desc=label, unit="step", disable=args.quiet))
+            if hasattr(info, "chunk"):  # a long video: one bar over its chunks
+                bars[0].set_postfix_str(info.text(), refresh=False)
             bars[0].update(1)
 
         out = pipe.generate(replace(request, seed=seed), progress)

@@ -168,7 +168,12 @@ class PusaTransformer3DModel(WanTransformer3DModel):
         if encoder_hidden_states_image is not None:
             encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
 
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
+        runner = getattr(self, "block_runner", None)  # a `pusa.caching.StepCache` while a cached run samples
+        if runner is not None:
+            hidden_states = runner(
+                self.blocks, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb
+            )
+        elif torch.is_grad_enabled() and self.gradient_checkpointing:
             for block in self.blocks:
                 hidden_states = self._gradient_checkpointing_func(
                     block, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb

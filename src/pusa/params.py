@@ -177,13 +177,17 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 1920  # pixels; beyond this one forward pass no longer fits on any single GPU
-TASKS = ("t2v", "i2v", "frames", "v2v")
+TASKS = ("t2v", "i2v", "frames", "v2v", "long")
 TASK_NAMES = {
     "t2v": "Text-to-Video",
     "i2v": "Image-to-Video",
     "frames": "Multi-Frames to Video",
     "v2v": "Video-to-Video",
+    "long": "Long video",
 }
+# The long task: one video of up to this many frames, chained from clips of the model's own length.
+LONG_MAX_FRAMES = 4 * 256 + 1
+CHAINS = ("latent", "anchored", "pixel", "pixel-matched")
 RECIPES = ("extension", "completion", "transition")
 SPEED_PRESETS = ("4-step",)  # pusa.presets: steps, cfg, shift and the speed LoRA of a model folder
 
@@ -217,6 +221,36 @@ _PARAMS = (
         help="extension: continue the clip; completion: regenerate its middle from its first and last "
         "frames; transition: bridge it to a second clip",
         flag="--recipe",
+    ),
+    # the long task (`recipes.long_video`): chunks chained by their overlap
+    Param(
+        "chunk_frames", INT, MODEL_OWN, 5, None, step=4, label="Chunk Frames",
+        help="frames of each chained clip, 4k+1 (the model's own clip length by default: 17 for pusa-tiny)",
+        flag="--chunk-frames",
+    ),
+    Param(
+        "context_latents", INT, 3, 1, 8, step=1, label="Overlap (latent frames)",
+        help="latent frames of each chunk's end that open the next one (1 = its last pixel frame, "
+        "k = its last 4k-3 frames)",
+        flag="--overlap",
+    ),
+    Param(
+        "chunk_multipliers", FLOATS, low=0.0, high=1.0, label="Overlap Noise Multipliers",
+        help="one per overlap latent, 0.0-1.0, comma-separated (default: 0.0 each: kept exactly)",
+        flag="--overlap-multipliers",
+    ),
+    Param(
+        "chain", CHOICE, "pixel", choices=CHAINS, label="Chaining",
+        help="pixel (default, the least drift measured): each chunk is decoded and its end encoded again; "
+        "pixel-matched: pixel, each chunk's colours shifted to match the overlap; latent: the next chunk opens "
+        "on the previous one's latents and the whole video is decoded once; anchored: latent, with the "
+        "overlap's first latent made from its last frame alone",
+        flag="--chain",
+    ),
+    Param(
+        "long_frames", INT, 0, 0, LONG_MAX_FRAMES, step=4, label="Long video (frames)",
+        help="0: one clip; more: one video of this many frames (4k+1), chained from clips of the Frames "
+        "above, each opening on the end of the one before",
     ),
     # sampling
     Param(
@@ -269,6 +303,18 @@ _PARAMS = (
         "fps", FLOAT, MODEL_OWN, 1.0, 60.0, step=1.0, label="FPS",
         help="playback frame rate (the model's own by default: 16 for Wan)", flag="--fps",
     ),
+    # speed
+    Param(
+        "cache", CHOICE, "off", choices=("off", "pusa"), label="Step Cache",
+        help="pusa: reuse the transformer's last result on steps whose per-frame input barely changed "
+        "(fewer DiT forwards, slightly different video); off: compute every step",
+        flag="--cache",
+    ),
+    Param(
+        "cache_threshold", FLOAT, 0.2, 0.0, 1.0, step=0.01, label="Cache Threshold",
+        help="step cache: the accumulated relative input change under which a step is skipped (higher: "
+        "more skips)", flag="--cache-threshold",
+    ),
 )  # fmt: skip
 PARAMS: Mapping[str, Param] = {param.name: param for param in _PARAMS}
 # Every task's settings beyond its inputs, in the order the studio and the API list them.
@@ -284,17 +330,31 @@ SAMPLING = (
     "boundary",
 )
 CLIP = ("width", "height", "num_frames", "fps")
-COMMON = ("prompt", *SAMPLING, *CLIP)
+SPEED = ("cache", "cache_threshold")
+COMMON = ("prompt", *SAMPLING, *CLIP, *SPEED)
 # What each task takes besides COMMON (the order of the studio's fields and of the API's parameters).
 TASK_INPUTS = {
     "i2v": ("image", "noise_multiplier"),
     "frames": ("images", "positions", "noise_multipliers"),
     "v2v": ("video", "positions", "noise_multipliers", "recipe", "end_video"),
     "t2v": (),
+    "long": (
+        "image",
+        "noise_multiplier",
+        "video",
+        "chunk_frames",
+        "context_latents",
+        "chunk_multipliers",
+        "chain",
+    ),
 }
+LONG = ("chunk_frames", "context_latents", "chunk_multipliers", "chain")
+# Studio controls that are no CLI flag: a tab's "Long video" total (the CLI says `generate long --frames`).
+FORM_ONLY = ("long_frames",)
 # What a task's request field is called on its face: i2v's list of one multiplier is `noise_multiplier`.
 TASK_ALIASES: Mapping[str, Mapping[str, str]] = {
     "i2v": {"noise_multipliers": "noise_multiplier", "images": "image"},
+    "long": {"noise_multipliers": "noise_multiplier", "images": "image"},
 }
 
 

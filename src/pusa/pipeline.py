@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__, recipes
+from .caching import step_cache
 from .conditioning import Conditioning
 from .experts import ALL, EXPERTS, HIGH, LOW, expert_for, expert_plan
 from .lora_specs import LoraSpec, check_stack, parse_loras
@@ -30,7 +31,9 @@ from .request import (
     ModelDefaults,
     ModelLimits,
     advisories,
+    first_chunk,
     listed,
+    long_plan,
     validate,
     video_plan,
 )
@@ -38,7 +41,46 @@ from .sampling import StepInfo, sample
 from .schedule import flow_sigmas
 from .video import fit_image, fit_video, load_image, read_video, write_video
 
-__all__ = ["GenerationRequest", "PusaOutput", "PusaPipeline"]
+__all__ = ["ChunkStepInfo", "GenerationRequest", "PusaOutput", "PusaPipeline"]
+
+
+@dataclass(frozen=True)
+class ChunkStepInfo(StepInfo):
+    """A long video's step: `step`/`num_steps` count over every chunk (one progress bar), `chunk` of
+    `num_chunks` (0-based) and `chunk_step` (0-based) of `chunk_steps` within it."""
+
+    chunk: int = 0
+    num_chunks: int = 1
+    chunk_step: int = 0
+    chunk_steps: int = 0
+
+    def text(self) -> str:
+        return f"chunk {self.chunk + 1}/{self.num_chunks}, step {self.chunk_step + 1}/{self.chunk_steps}"
+
+
+def _chunk_progress(
+    callback: Callable[[StepInfo], bool | None] | None, chunk: int, num_chunks: int
+) -> Callable[[StepInfo], bool | None] | None:
+    """A chunk's step callback as one over the whole chain."""
+    if callback is None:
+        return None
+
+    def on_step(info: StepInfo) -> bool | None:
+        return callback(
+            ChunkStepInfo(
+                chunk * info.num_steps + info.step, num_chunks * info.num_steps, info.sigma, info.latents,
+                chunk, num_chunks, info.step, info.num_steps,
+            )
+        )  # fmt: skip
+
+    return on_step
+
+
+def match_colours(frames: np.ndarray, seen: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`frames` shifted per channel so that `seen` (its overlap frames) has the mean colour of `target`
+    (the same frames as the video so far has them): a re-encoded chunk keeps the video's colours."""
+    shift = target.reshape(-1, 3).astype(np.float64).mean(0) - seen.reshape(-1, 3).astype(np.float64).mean(0)
+    return np.clip(frames.astype(np.float64) + shift, 0, 255).round().astype(np.uint8)
 
 
 @dataclass
@@ -113,6 +155,10 @@ def _prepare(components: Any, device: str | torch.device, **options: Any) -> dic
     swap = ExpertSwap({LOW: second}, device)  # the low-noise expert to pinned host memory first
     report = prepare_for_device(components, device, **{**options, "memory": "full"})
     apply_attention_backend(second, report["attention"], device, seq_len=options.get("attention_tokens"))
+    if options.get("fp8_compute", "off") != "off":
+        from .runtime.kernels import enable_fp8_compute
+
+        enable_fp8_compute(second, options["fp8_compute"])
     if options.get("compile"):
         compile_blocks(second, **(options.get("compile_kwargs") or {}))
     swap.adopt(HIGH, first)  # resident now; swapped out when the sampler crosses the boundary
@@ -192,6 +238,7 @@ class PusaPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._runs: list[dict[str, Any]] = []  # each sampling run's record (`sample_latents`)
         self.acceleration: dict[str, Any] = {}  # what prepare_for_device did (memory tier, attention, ...)
         # pusa.parallel sets it: wrapper(velocity, text, negative_text, cfg) -> the velocity `sample` calls
         self.velocity_wrapper: Callable[..., Any] | None = None
@@ -230,7 +277,8 @@ class PusaPipeline:
         dtype: torch.dtype = torch.float32,
         **acceleration: Any,
     ) -> PusaPipeline:
-        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8` (see `from_pretrained`).
+        """A built-in model; `acceleration` takes `memory`, `attention`, `compile`, `fp8`, `cfg_batch`, `fp8_compute` (see
+        `from_pretrained`).
 
         "pusa-tiny" is the shipped demo model with its VTA LoRA; "tiny-random" a seeded random model of the
         same structure (`seed` picks it); "tiny-random-a14b" a seeded random two-expert model (Wan2.2's
@@ -269,6 +317,8 @@ class PusaPipeline:
         attention: str = "auto",
         compile: bool = False,
         fp8: bool = False,
+        cfg_batch: str = "auto",
+        fp8_compute: str = "off",
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -277,11 +327,14 @@ class PusaPipeline:
         defaults: native clip settings (default: the folder's `pusa_model.json`, else Wan2.1's);
         memory: "full" | "balanced" (24 GB cards) | "low" (12 GB) | "auto" (from free VRAM);
         attention: a diffusers attention backend or "auto" (the fastest fused kernel that works);
-        compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8.
+        compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8;
+        cfg_batch: "auto" | "on" | "off": CFG's two passes as one batch of 2 (`runtime.prepare.resolve_cfg_batch`);
+        fp8_compute: "off" | "rowwise" | "tensor": the DiT blocks' matrix products in float8 with those scales.
         """
         from .runtime.device import check_device
-        from .runtime.kernels import validate_attention_backend
+        from .runtime.kernels import check_attention_installed, validate_attention_backend
         from .runtime.memory import validate_memory_tier
+        from .runtime.prepare import validate_cfg_batch, validate_fp8_compute
         from .weights.folders import load_components
         from .weights.registry import folder_defaults, folder_experts, folder_loras
         from .weights.stack import check_stack_fits_folder
@@ -290,6 +343,10 @@ class PusaPipeline:
         check_device(device)
         validate_memory_tier(memory, allow_auto=True)
         validate_attention_backend(attention)
+        if attention != "auto":
+            check_attention_installed(attention)  # a missing kernel package is said before a 14B load
+        validate_cfg_batch(cfg_batch)
+        validate_fp8_compute(fp8_compute)
         if defaults is None:
             defaults = folder_defaults(model_dir)
         if isinstance(lora, str) and lora == "auto":
@@ -328,6 +385,8 @@ class PusaPipeline:
             compile=compile,
             compute_dtype=dtype,
             attention_tokens=native_tokens(components.transformer, components.vae, defaults),
+            cfg_batch=cfg_batch,
+            fp8_compute=fp8_compute,
         )
         pipe.acceleration = report
         if memory == "stream":
@@ -603,11 +662,12 @@ class PusaPipeline:
         record = asdict(replace(request, images=(), video=None, end_video=None, sources={}))
         record["positions"] = list(request.positions)
         record["noise_multipliers"] = [float(m) for m in request.noise_multipliers]
+        record["chunk_multipliers"] = [float(m) for m in request.chunk_multipliers]
         record["images"] = []
-        if request.task in ("i2v", "frames"):
+        if request.task in ("i2v", "frames", "long"):
             record["images"] = [_describe_source(image) for image in request.images]
         sources = dict(request.sources)
-        if request.task == "v2v":
+        if request.task in ("v2v", "long"):
             for name in ("video", "end_video"):
                 value = getattr(request, name)
                 if value is not None and name not in sources:
@@ -641,7 +701,28 @@ class PusaPipeline:
         """Run one request. `callback(StepInfo)` after every step; returning False cancels (`Cancelled`)."""
         started = time.perf_counter()
         request = validate(request, self.limits)
+        counters = self._counters()
+        if request.task == "long":
+            return self._long(request, callback, started, counters)
         conditioning = self.conditioning_for(request)
+        latents = self.sample_latents(request, conditioning, callback)
+        return self.output_of(request, self.decode_latents(latents), started, counters)
+
+    # ---------------------------------------------------------------- the stages of generate
+    def _counters(self) -> tuple[int, tuple[int, float] | None, int]:
+        """DiT forwards, expert swaps and sampling runs so far: `output_of` records what one request added."""
+        swap = self.acceleration.get("expert_swap")
+        swaps = (swap.swaps, swap.seconds) if swap is not None else None
+        del self._runs[: max(0, len(self._runs) - 64)]  # only the current request's runs are read
+        return self.dit_forwards, swaps, len(self._runs)
+
+    def sample_latents(
+        self,
+        request: GenerationRequest,
+        conditioning: Conditioning,
+        callback: Callable[[StepInfo], bool | None] | None = None,
+    ) -> torch.Tensor:
+        """The clean latents `[1, C, F_lat, h, w]` of a validated request (its `num_frames`, `seed`)."""
         self.apply_loras(self.lora_stack(request), request.lora_alpha)
 
         text = self.encode_prompt(request.prompt)
@@ -654,8 +735,6 @@ class PusaPipeline:
         generator = torch.Generator("cpu").manual_seed(request.seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
 
-        forwards_before = self.dit_forwards
-
         def velocity_of(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
             def velocity(x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
                 self.dit_forwards += 1
@@ -664,14 +743,26 @@ class PusaPipeline:
             return velocity
 
         sigmas = flow_sigmas(request.num_inference_steps, request.shift)
+        parallel = self.velocity_wrapper is not None
+        if request.cache != "off" and (parallel or self.transformer_2 is not None):
+            # other ranks would run the blocks rank 0 skips; a second expert has no residual to reuse
+            raise InputError(
+                "cache", request.cache,
+                "turn it off for a pipeline split over several processes or a two-expert model",
+                "runs on one process and one DiT only;",
+            )  # fmt: skip
+        # CFG batching makes one call of the two passes, which the ranks split their own way
+        cfg_batch = bool(self.acceleration.get("cfg_batch", False)) and not parallel
         main_velocity = velocity_of(self.transformer)
-        if self.velocity_wrapper is not None:  # several ranks share each DiT call (pusa.parallel)
+        if parallel:  # several ranks share each DiT call (pusa.parallel)
             main_velocity = self.velocity_wrapper(main_velocity, text, negative_text, request.cfg)
+        cache = step_cache(request.cache, request.cache_threshold, request.num_inference_steps)
+        if cache is not None:  # the transformer runs its blocks through the cache for this run only
+            main_velocity = cache.wrap(main_velocity)
+            self.transformer.block_runner = cache
         experts = {name: velocity_of(self.expert_model(name)) for name in EXPERTS}
-        plan = expert_plan(sigmas.tolist(), request.boundary) if self.transformer_2 is not None else None
         boundary = request.boundary
         swap = self.acceleration.get("expert_swap")
-        swaps_before = (swap.swaps, swap.seconds) if swap is not None else None
 
         def chooser(step: int, timestep: float) -> Callable[..., torch.Tensor]:
             name = expert_for(timestep, boundary)
@@ -679,20 +770,169 @@ class PusaPipeline:
                 swap.activate(name)  # the other expert back to pinned CPU memory
             return experts[name]
 
-        with torch.inference_mode():
-            latents = sample(
-                main_velocity, noise, sigmas, conditioning, text, negative_text, request.cfg,
-                callback, velocity_for_step=chooser if plan is not None else None,
-            )  # fmt: skip
-        frames = self.decode_latents(latents)
+        try:
+            with torch.inference_mode():
+                latents = sample(
+                    main_velocity, noise, sigmas, conditioning, text, negative_text, request.cfg, callback,
+                    velocity_for_step=chooser if self.transformer_2 is not None else None, cfg_batch=cfg_batch,
+                )  # fmt: skip
+        finally:
+            if cache is not None:
+                self.transformer.block_runner = None
+        # what this sampling run did, for the sidecar (`output_of`; a long video has one run per chunk)
+        self._runs.append(
+            {"cfg_batch": cfg_batch, "step_cache": cache.report() if cache is not None else None}
+        )
+        return latents
 
+    def output_of(
+        self,
+        request: GenerationRequest,
+        frames: np.ndarray,
+        started: float,
+        counters: tuple[int, tuple[int, float] | None, int] | None = None,
+    ) -> PusaOutput:
+        """The frames with their settings (the sidecar); `counters` (`_counters()` when the request began)
+        give the DiT forwards and expert swaps it made."""
+        forwards_before, swaps_before, runs_before = counters if counters is not None else self._counters()
         settings = self.settings_of(request)
+        plan = None
+        if self.transformer_2 is not None:  # the experts of one sampling run (each chunk's, for long)
+            sigmas = flow_sigmas(request.num_inference_steps, request.shift)
+            plan = expert_plan(sigmas.tolist(), request.boundary)
         settings["expert_steps"] = plan  # None for a one-expert model
         settings["dit_forwards"] = self.dit_forwards - forwards_before
-        if swaps_before is not None:
+        swap = self.acceleration.get("expert_swap")
+        if swaps_before is not None and swap is not None:
             settings["expert_swaps"] = {
                 "swaps": swap.swaps - swaps_before[0], "seconds": round(swap.seconds - swaps_before[1], 4)
             }  # fmt: skip
         settings["warnings"] = [str(note) for note in advisories(request, self.defaults)]
+        runs = self._runs[runs_before:]
+        if "cfg_batch" in settings["acceleration"] and runs:
+            settings["acceleration"]["cfg_batch"] = runs[-1]["cfg_batch"]  # what ran
+        reports = [run["step_cache"] for run in runs if run["step_cache"] is not None]
+        if reports:  # one sampling run: its report; a long video: one per chunk
+            settings["step_cache"] = reports[0] if len(runs) == 1 else reports
         settings["elapsed_s"] = round(time.perf_counter() - started, 3)
         return PusaOutput(frames=frames, settings=settings)
+
+    # ---------------------------------------------------------------- the long task
+    def long_video(
+        self,
+        prompt: str,
+        num_frames: int,
+        image: Media | None = None,
+        video: Media | None = None,
+        noise_multiplier: float = PARAMS["noise_multiplier"].default,
+        context_latents: int = PARAMS["context_latents"].default,
+        chunk_multipliers: Sequence[float] | None = None,
+        chunk_frames: int | None = None,
+        chain: str = PARAMS["chain"].default,
+        **common: Any,
+    ) -> PusaOutput:
+        """One video of `num_frames` frames, chained from clips of the model's own length
+        (`recipes.long_video`): the first from the prompt, `image` (latent 0, like i2v) or the end of
+        `video` (like the extension recipe); each next one opens on the last `context_latents` latents
+        of the one before. `chain`: "pixel" (default, the least drift measured: each chunk decoded and
+        its end encoded again), "pixel-matched" (pixel, each chunk's colours shifted to match the
+        overlap), "latent" (the overlap is the previous chunk's own latents; decoded once at the end),
+        "anchored" (latent, the overlap's first latent made from its last frame alone)."""
+        extra: dict[str, Any] = {}
+        if image is not None:
+            extra = dict(images=[image], positions=[0], noise_multipliers=[noise_multiplier])
+        return self._submit(
+            task="long", prompt=prompt, num_frames=num_frames, video=video, chunk_frames=chunk_frames,
+            context_latents=context_latents, chunk_multipliers=list(chunk_multipliers or ()), chain=chain,
+            **extra, **common,
+        )  # fmt: skip
+
+    def _long(
+        self,
+        request: GenerationRequest,
+        callback: Callable[[StepInfo], bool | None] | None,
+        started: float,
+        counters: tuple[int, tuple[int, float] | None, int] | None = None,
+    ) -> PusaOutput:
+        """The chain: one progress over every chunk's steps (`ChunkStepInfo`), cancel at any step."""
+        plan = long_plan(request)
+        if request.chain in ("latent", "anchored"):
+            video = self.decode_latents(self.chain_latents(request, callback, validated=True))
+        else:
+            video = self._chain_pixels(request, plan, callback)
+        output = self.output_of(request, video, started, counters)
+        output.settings["chunks"] = plan.record()
+        return output
+
+    def _chunk_latents(
+        self,
+        request: GenerationRequest,
+        chunk: recipes.Chunk,
+        count: int,
+        conditioning: Conditioning | None,
+        callback: Callable[[StepInfo], bool | None] | None,
+    ) -> torch.Tensor:
+        """One chunk's clean latents: the first conditioned as its request says (`first_chunk`), the
+        others by `conditioning` (the overlap)."""
+        clip = replace(first_chunk(request), seed=chunk.seed)
+        if chunk.index == 0:
+            conditioning = self.conditioning_for(clip)
+        else:
+            clip = replace(
+                clip, task="t2v", images=(), video=None, recipe=None, positions=(), noise_multipliers=()
+            )
+        return self.sample_latents(clip, conditioning, _chunk_progress(callback, chunk.index, count))
+
+    def chain_latents(
+        self,
+        request: GenerationRequest,
+        callback: Callable[[StepInfo], bool | None] | None = None,
+        validated: bool = False,
+    ) -> torch.Tensor:
+        """A long request's latents, chained in latent space: chunk k's overlap (its latents
+        0..context-1) is chunk k-1's last `context` clean latents themselves, not decoded and encoded
+        again, and the long video takes them from chunk k-1; `[1, C, F_lat, h, w]` for all its frames.
+        "anchored": the same, but the overlap's latent 0 is its last pixel frame encoded alone (a clip's
+        latent 0 is one frame; the chained latent there covers 4)."""
+        request = request if validated else validate(request, self.limits)
+        plan = long_plan(request)
+        kept: list[torch.Tensor] = []
+        previous: torch.Tensor | None = None
+        for chunk, before in zip(plan.chunks, (None, *plan.chunks), strict=False):
+            conditioning = None
+            if chunk.index:
+                latents = previous[:, :, -plan.context :]
+                if request.chain == "anchored":
+                    # Latent 0 of a clip is one frame: the overlap's last frame, encoded alone.
+                    frame = self.decode_latents(previous)[chunk.first_frame - before.first_frame]
+                    latents = torch.cat([self.encode_frames(frame[None]), latents[:, :, 1:]], dim=2)
+                conditioning = Conditioning(plan.positions, plan.noise_multipliers, latents)
+            previous = self._chunk_latents(request, chunk, len(plan.chunks), conditioning, callback)
+            kept.append(previous[:, :, chunk.keep_from : chunk.keep_to])
+        return torch.cat(kept, dim=2)
+
+    def _chain_pixels(
+        self,
+        request: GenerationRequest,
+        plan: recipes.LongPlan,
+        callback: Callable[[StepInfo], bool | None] | None,
+    ) -> np.ndarray:
+        """A long video chained in pixels: each chunk decoded; the next opens on its last frames encoded
+        again (as the extension recipe does); "pixel-matched" shifts each chunk's colours so that its
+        overlap has the colours the video so far has there."""
+        video = np.zeros((0,), np.uint8)
+        for chunk in plan.chunks:
+            conditioning = None
+            if chunk.index:
+                head = video[chunk.first_frame : chunk.first_frame + plan.overlap_frames]
+                conditioning = Conditioning(plan.positions, plan.noise_multipliers, self.encode_frames(head))
+            frames = self.decode_latents(
+                self._chunk_latents(request, chunk, len(plan.chunks), conditioning, callback)
+            )
+            first, last = chunk.frames
+            if chunk.index and request.chain == "pixel-matched":
+                target = video[chunk.first_frame : chunk.first_frame + plan.overlap_frames]
+                frames = match_colours(frames, frames[: plan.overlap_frames], target)
+            part = frames[first - chunk.first_frame : last - chunk.first_frame + 1]
+            video = part if chunk.index == 0 else np.concatenate([video, part])
+        return video

@@ -13,11 +13,12 @@ so `c` context latents at the start are `4(c-1)+1` frames and `c` latents at the
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from .params import RECIPES, InputError
+from .params import PARAMS, RECIPES, InputError
 
 EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)  # context latents 0..3: the oldest kept exactly
 COMPLETION_MULTIPLIERS = (0.3, 0.3)  # the first frame and the last 4
@@ -141,14 +142,16 @@ def _range_text(positions: tuple[int, ...]) -> str:
     return ",".join(str(p) for p in positions)
 
 
-def _multipliers(given, default: tuple[float, ...], count: int | None, recipe: str) -> tuple[float, ...]:
+def _multipliers(
+    given, default: tuple[float, ...], count: int | None, recipe: str, param: str = "noise_multipliers"
+) -> tuple[float, ...]:
     if given is None or len(given) == 0:
         return tuple(default)
     if count is not None and len(given) != count:
         raise InputError(
-            "noise_multipliers",
+            param,
             [float(m) for m in given],
-            f"the {recipe} recipe conditions {count} latent frames here; give {count} values, or none for "
+            f"the {recipe} conditions {count} latent frames here; give {count} values, or none for "
             f"its own ({','.join(f'{m:g}' for m in default)})",
             f"has {len(given)} values",
         )
@@ -196,7 +199,7 @@ def completion(num_frames: int, source_frames: int | None = None, noise_multipli
     num_latent = num_latent_frames(num_frames)
     if num_latent < 3:  # the first and the last latent kept, at least one generated between them
         raise InputError("num_frames", num_frames, "the completion recipe needs 9 frames or more")
-    multipliers = _multipliers(noise_multipliers, COMPLETION_MULTIPLIERS, 2, "completion")
+    multipliers = _multipliers(noise_multipliers, COMPLETION_MULTIPLIERS, 2, "completion recipe")
     _need("video", source_frames, 5, "the completion recipe (its first frame and 4 more)")
     have = source_frames if source_frames is not None else num_frames
     tail = min(have - 1, num_frames - 1)  # the source's last `tail` frames end the clip
@@ -229,7 +232,7 @@ def transition(
             "num_frames", num_frames, "the transition recipe needs 13 frames or more (4 latents)"
         )
     default = TRANSITION_HEAD[:context] + TRANSITION_TAIL[len(TRANSITION_TAIL) - context :]
-    multipliers = _multipliers(noise_multipliers, default, 2 * context, "transition")
+    multipliers = _multipliers(noise_multipliers, default, 2 * context, "transition recipe")
     head, tail = head_frames(context), 4 * context
     _need("video", source_frames, head, "the transition recipe")
     _need("end_video", end_frames, tail, "the transition recipe")
@@ -304,3 +307,154 @@ def spread_positions(count: int, num_frames: int) -> list[int]:
 def keyframe_multipliers(count: int) -> list[float]:
     """Multi-Frames' default multipliers: 0.2 for the first image, 0.5 for every later one."""
     return [KEYFRAME_MULTIPLIERS[0]] + [KEYFRAME_MULTIPLIERS[1]] * (count - 1) if count else []
+
+
+# ------------------------------------------------------------------------------------------ long video
+LONG_CONTEXT = PARAMS["context_latents"].default  # overlap latents (benchmarks/long_video.py chose it)
+LONG_MULTIPLIER = 0.0  # each overlap latent kept exactly: the chain's seams are the previous chunk's
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One clip of a long video, in the long video's latent frames.
+
+    start:     the long video's latent that this chunk's latent 0 is (chunk k >= 1 opens on the overlap)
+    keep_from: the first of this chunk's latents the long video takes (0 for the first chunk, else the
+               overlap's length: the overlap is the previous chunk's)
+    keep_to:   one past the last one it takes (less than the chunk's latents for a last chunk cut short)
+    seed:      its noise (`chunk_seed`)
+    """
+
+    index: int
+    start: int
+    keep_from: int
+    keep_to: int
+    seed: int
+
+    @property
+    def kept(self) -> tuple[int, int]:
+        """The long video's latents this chunk gives, `start..stop-1`."""
+        return self.start + self.keep_from, self.start + self.keep_to
+
+    @property
+    def frames(self) -> tuple[int, int]:
+        """The long video's pixel frames this chunk gives, inclusive."""
+        first, stop = self.kept
+        return pixel_frames_of_latent(first)[0], pixel_frames_of_latent(stop - 1)[1]
+
+    @property
+    def first_frame(self) -> int:
+        """The long video's pixel frame that is this chunk's frame 0 (its latent 0's last frame)."""
+        return 4 * self.start
+
+
+@dataclass(frozen=True)
+class LongPlan:
+    """A long video as chained chunks: chunk k >= 1 opens on the last `context` latents of chunk k-1
+    (positions 0..context-1, `noise_multipliers`), the rest of it is generated.
+
+    num_frames:  the long video's pixel frames (4k+1)
+    chunk_frames: each chunk's pixel frames (4k+1), the model's own clip length by default
+    """
+
+    num_frames: int
+    chunk_frames: int
+    context: int
+    noise_multipliers: tuple[float, ...]
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def num_latent(self) -> int:
+        return num_latent_frames(self.num_frames)
+
+    @property
+    def chunk_latent(self) -> int:
+        return num_latent_frames(self.chunk_frames)
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """The conditioned latents of every chunk after the first."""
+        return tuple(range(self.context))
+
+    @property
+    def overlap_frames(self) -> int:
+        """Pixel frames of a chunk's opening overlap (its first `context` latents)."""
+        return head_frames(self.context)
+
+    def record(self) -> list[dict]:
+        """Each chunk's settings, for the sidecar."""
+        return [
+            {
+                "index": c.index, "seed": c.seed, "num_frames": self.chunk_frames,
+                "positions": [] if c.index == 0 else list(self.positions),
+                "noise_multipliers": [] if c.index == 0 else list(self.noise_multipliers),
+                "latents": list(c.kept), "frames": list(c.frames), "first_frame": c.first_frame,
+            }
+            for c in self.chunks
+        ]  # fmt: skip
+
+    def note(self) -> str:
+        n, k = self.num_frames, len(self.chunks)
+        if k == 1:
+            return f"Long video: {n} frames is one clip of {self.chunk_frames}."
+        return (
+            f"Long video: {k} chunks of {self.chunk_frames} frames; each after the first opens on the last "
+            f"{self.overlap_frames} frame{'s' if self.overlap_frames > 1 else ''} of the one before "
+            f"({self.context} latent{'s' if self.context > 1 else ''}), {n} frames in all."
+        )
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """Chunk `index`'s seed: the video's seed for the first, then a hash of (seed, index): reproducible
+    from the sidecar, and no other video's seed (`-n` makes seeds seed, seed+1, ...)."""
+    if index == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"pusa-long:{int(seed)}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**31
+
+
+def long_video(
+    num_frames: int,
+    chunk_frames: int,
+    context: int = LONG_CONTEXT,
+    noise_multipliers=None,
+    seed: int = 0,
+) -> LongPlan:
+    """Chunks of `chunk_frames` chained by `context` latents to make `num_frames` (both 4k+1).
+
+    Chunk k >= 1 starts at latent k*(C - context) (C: a chunk's latents) and gives its latents after the
+    overlap; the last chunk is generated whole and cut to the length asked (the VAE is causal, so its
+    kept frames do not depend on the ones cut)."""
+    for name, value in (("chunk_frames", chunk_frames), ("num_frames", num_frames)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 5 or (value - 1) % 4:
+            raise InputError(name, value, "must be 4k+1 and at least 5 (e.g. 17, 33, 65, 129)")
+    chunk_latent, num_latent = num_latent_frames(chunk_frames), num_latent_frames(num_frames)
+    if not isinstance(context, int) or isinstance(context, bool) or not 1 <= context <= chunk_latent - 1:
+        raise InputError(
+            "context_latents", context,
+            f"must be a whole number in 1..{chunk_latent - 1} for chunks of {chunk_frames} frames "
+            f"({chunk_latent} latents; at least one is generated)",
+        )  # fmt: skip
+    if num_frames < chunk_frames:
+        raise InputError(
+            "num_frames", num_frames,
+            f"a long video is at least one chunk ({chunk_frames} frames); for a shorter clip use t2v, i2v "
+            "or v2v",
+            "is shorter than a chunk",
+        )  # fmt: skip
+    multipliers = _multipliers(
+        noise_multipliers, (LONG_MULTIPLIER,) * context, context, "overlap", "chunk_multipliers"
+    )
+    step = chunk_latent - context
+    count = 1 + -(-(num_latent - chunk_latent) // step)
+    chunks = tuple(
+        Chunk(
+            k,
+            k * step,
+            0 if k == 0 else context,
+            min(chunk_latent, num_latent - k * step),
+            chunk_seed(seed, k),
+        )
+        for k in range(count)
+    )
+    return LongPlan(num_frames, chunk_frames, context, multipliers, chunks)

@@ -20,6 +20,7 @@ from .params import (
     DEFAULT_NEGATIVE_PROMPT,
     FLOAT,
     INT,
+    LONG_MAX_FRAMES,
     MAX_SIDE,
     MODEL_OWN,
     PARAMS,
@@ -51,6 +52,11 @@ class ModelDefaults:
     trained_sizes: tuple[tuple[int, int], ...] = ()  # (width, height)
     boundary: float = 0.875  # two-expert models: where the low-noise expert takes over (x 1000)
     presets: tuple[Any, ...] = ()  # presets.Preset: the folder's own versions of the named presets
+
+    @property
+    def chunk_frames(self) -> int:
+        """A long video's chunks are clips of the model's own length."""
+        return self.num_frames
 
 
 WAN_DEFAULTS = ModelDefaults()
@@ -102,6 +108,9 @@ class GenerationRequest:
     preset:   a speed preset (`presets`: "4-step") or None; it sets steps, cfg, shift, adds its LoRA
     boundary: two-expert models: the high-noise expert while t >= boundary * 1000 (None: the model's own)
     sources:  where in-memory inputs came from, for the record
+    long:     num_frames is the whole video's; it is made of chunks of `chunk_frames` chained by
+              `context_latents` (`recipes.long_video`), the first from the prompt, its one image (at
+              latent 0, like i2v) or the end of its video (like the extension recipe)
     """
 
     task: str
@@ -125,6 +134,12 @@ class GenerationRequest:
     loras: str = ""
     preset: str | None = None
     boundary: float | None = None
+    chunk_frames: int | None = None
+    context_latents: int = PARAMS["context_latents"].default
+    chunk_multipliers: Sequence[float] = ()
+    chain: str = PARAMS["chain"].default
+    cache: str = PARAMS["cache"].default
+    cache_threshold: float = PARAMS["cache_threshold"].default
     sources: dict[str, Any] = field(default_factory=dict)
 
 
@@ -208,14 +223,15 @@ def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
         raise InputError("task", r.task, f"choose one of {', '.join(TASKS)}")
     for name in ("prompt", "negative_prompt"):
         PARAMS[name].check(getattr(r, name))
-    if r.task == "t2v" and not r.prompt.strip():
+    if r.task in ("t2v", "long") and not r.prompt.strip():
         raise InputError("prompt", r.prompt, "describe the video to generate", "is empty")
     frames = r.num_frames
     if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1 or (frames - 1) % 4:
-        raise InputError(
-            "num_frames", frames, f"must be 4k+1 (e.g. 17, 33, 49, 81), at most {limits.max_frames}"
-        )
-    if frames > limits.max_frames:
+        longest = LONG_MAX_FRAMES if r.task == "long" else limits.max_frames
+        raise InputError("num_frames", frames, f"must be 4k+1 (e.g. 17, 33, 49, 81), at most {longest}")
+    if r.task == "long":
+        check_long_settings(r, limits)
+    elif frames > limits.max_frames:
         raise InputError("num_frames", frames, f"this model takes at most {limits.max_frames}")
     multiple = limits.size_multiple
     for name in ("width", "height"):
@@ -233,6 +249,7 @@ def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
             )
     for name in RANGED:
         PARAMS[name].check(getattr(r, name))
+    PARAMS["cache"].check(r.cache)
     if r.recipe is not None and r.task != "v2v":
         raise InputError("recipe", r.recipe, "recipes are video-to-video's (task v2v)")
     if r.end_video is not None and r.recipe != "transition":
@@ -243,6 +260,49 @@ def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
         PARAMS["preset"].check(r.preset)
     PARAMS["loras"].check(r.loras)
     check_stack(parse_loras(r.loras), limits.experts)
+
+
+def check_long_settings(request: GenerationRequest, limits: ModelLimits) -> None:
+    """A long video's length and chunks (`recipes.long_video` checks how they fit together)."""
+    r = request
+    if r.num_frames > LONG_MAX_FRAMES:
+        raise InputError("num_frames", r.num_frames, f"a long video has at most {LONG_MAX_FRAMES} frames")
+    chunk = r.chunk_frames
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 5 or (chunk - 1) % 4:
+        raise InputError("chunk_frames", chunk, f"must be 4k+1 and at least 5, at most {limits.max_frames}")
+    if chunk > limits.max_frames:
+        raise InputError("chunk_frames", chunk, f"this model takes at most {limits.max_frames}")
+    PARAMS["chain"].check(r.chain)
+    PARAMS["chunk_multipliers"].check(list(r.chunk_multipliers))
+    long_plan(r)
+
+
+def long_plan(request: GenerationRequest) -> recipes.LongPlan:
+    """The chunks of a resolved long request."""
+    r = request
+    return recipes.long_video(
+        r.num_frames, r.chunk_frames, r.context_latents, list(r.chunk_multipliers) or None, r.seed
+    )
+
+
+def first_chunk(request: GenerationRequest) -> GenerationRequest:
+    """The request of a long video's first chunk: t2v, i2v from its image, or the extension recipe on its
+    video (the overlap's length and multipliers)."""
+    r = request
+    plan = long_plan(r)
+    clip = dict(
+        task="t2v", num_frames=r.chunk_frames, images=(), video=None, positions=(), noise_multipliers=(),
+        recipe=None, seed=plan.chunks[0].seed,
+    )  # fmt: skip
+    if r.images:
+        clip.update(
+            task="i2v", images=list(r.images), positions=[0], noise_multipliers=list(r.noise_multipliers)
+        )
+    elif r.video is not None:
+        clip.update(
+            task="v2v", video=r.video, recipe="extension", noise_multipliers=list(plan.noise_multipliers)
+        )
+    return replace(r, **clip)
 
 
 def check_task_inputs(request: GenerationRequest) -> None:
@@ -312,11 +372,13 @@ def advisories(request: GenerationRequest, defaults: ModelDefaults) -> list[Inpu
     the model has never seen such a clip (pusa-tiny tiles its objects at 128x128, fades them at 33
     frames). Each names its parameter like an error, so each face words it its own way."""
     notes = []
-    if defaults.trained_frames and request.num_frames not in defaults.trained_frames:
+    name = "chunk_frames" if request.task == "long" else "num_frames"
+    frames = getattr(request, name)
+    if defaults.trained_frames and frames not in defaults.trained_frames:
         trained = ", ".join(map(str, defaults.trained_frames))
         notes.append(
             InputError(
-                "num_frames", request.num_frames, "other lengths may fade or break its objects",
+                name, frames, "other lengths may fade or break its objects",
                 f"is not a length this model was trained on ({trained} frames)",
             )
         )  # fmt: skip
@@ -339,6 +401,27 @@ def advisories(request: GenerationRequest, defaults: ModelDefaults) -> list[Inpu
     return notes
 
 
+def _validate_long(request: GenerationRequest, limits: ModelLimits, media: bool) -> None:
+    """A long request's inputs: at most one of an image and a video, each as its first chunk takes it."""
+    r = request
+    if r.images and r.video is not None:
+        raise InputError(
+            "video", r.video, "a long video starts from the prompt, one image or the end of one video",
+            "is given with an image", show_value=False,
+        )  # fmt: skip
+    if r.end_video is not None or r.recipe is not None:
+        name = "end_video" if r.end_video is not None else "recipe"
+        raise InputError(name, getattr(r, name), "a long video chains extensions itself", "is given")
+    if r.images and len(r.images) != 1:
+        raise InputError("images", len(r.images), "a long video starts from one image", "given", False)
+    if not r.images and (r.positions or r.noise_multipliers):
+        raise InputError(
+            "positions", list(r.positions), "only a long video's image takes a position (0) and a multiplier"
+        )
+    first = first_chunk(r)
+    validate(first, limits, media)  # its image or video, as i2v or the extension recipe takes it
+
+
 def validate(request: GenerationRequest, limits: ModelLimits, media: bool = True) -> GenerationRequest:
     """Check a request completely; return it resolved, with a v2v request's positions and multipliers made
     explicit. media: also open every input (readable? long enough?); False checks only the numbers.
@@ -351,7 +434,9 @@ def validate(request: GenerationRequest, limits: ModelLimits, media: bool = True
         check_settings(resolved, limits)
         check_task_inputs(resolved)
         num_latent = num_latent_frames(resolved.num_frames)
-        if resolved.task == "v2v":
+        if resolved.task == "long":
+            _validate_long(resolved, limits, media)
+        elif resolved.task == "v2v":
             if resolved.positions:
                 check_positions(
                     resolved.positions,

@@ -2,7 +2,8 @@
 (what `pusa serve` runs) on the default model (the shipped pusa-tiny).
 
 One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
-video play, reload the page and find it again; type a number past a slider's range and be refused by name; type bad positions in Multi-Frames, see the error, fix them and generate; restart the
+video play, reload the page and find it again; type a number past a slider's range and be refused by name; type bad positions in Multi-Frames, see the error, fix them and generate; make
+a long video from Text-to-Video's Long video control; restart the
 server (with a job left in its queue, which it then runs) and find the videos in History, then refill
 a form from one. Every request the page makes is
 recorded and must stay on this machine. Screenshots go to test-artifacts/.
@@ -20,6 +21,7 @@ from PIL import Image
 from helpers import Studio, free_port
 from pusa.pipeline import GenerationRequest
 from pusa.serving.history import History, JobSpec
+from pusa.weights.registry import model_defaults
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -205,6 +207,24 @@ def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> No
         open_tab(page, label)
         page.wait_for_timeout(500)
         shot(page, name)
+    # Text-to-Video's Long video control: the timeline shows the chunks; one video of the total comes back.
+    open_tab(page, "Text-to-Video")
+    page.locator("#t2v-long").get_by_text("Long video", exact=True).first.click()
+    total = page.locator("#t2v-long-frames input")
+    total.fill("41")
+    total.press("Tab")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#t2v-long-timeline .pusa-long-chunk').length === 4",
+        timeout=UI_TIMEOUT,
+    )
+    assert "chunk 2: frames 17–24, opens on 8–16" in page.locator("#t2v-long-timeline").inner_text()
+    page.locator("#t2v-prompt textarea").fill("a red circle slides to the left")
+    status = generate(page, "t2v")
+    assert "Done in" in status, status
+    video = wait_video_plays(page, "#t2v-video")
+    fps = model_defaults("pusa-tiny").fps
+    assert video["duration"] > 2 * 17 / fps, video  # 41 frames, not one clip of 17
+    shot(page, "long-video")
     open_tab(page, "Video-to-Video")
     page.locator("#v2v-recipe-completion").click()
     page.wait_for_function(

@@ -13,14 +13,26 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from .. import recipes
-from ..params import COMMON, INT, MAX_SEED, MODEL_OWN, PARAMS, RECIPES, TASK_NAMES, TEXT, InputError, label_of
+from ..params import (
+    CHOICE,
+    COMMON,
+    INT,
+    MAX_SEED,
+    MODEL_OWN,
+    PARAMS,
+    RECIPES,
+    TASK_NAMES,
+    TEXT,
+    InputError,
+    label_of,
+)
 from ..request import GenerationRequest, ModelDefaults, ModelLimits, validate
 from ..serving.history import JobSpec
 from ..video import IMAGE_FORMATS, VIDEO_SUFFIXES, MediaError, VideoInfo, probe_video
@@ -232,6 +244,8 @@ def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tup
             value = param.default if raw is _MISSING or raw is None else raw
             if not isinstance(value, str):
                 raise FormError(name, value, "must be text")
+        elif param.kind == CHOICE and param.default is not None:  # the step cache: blank = its default
+            value = param.default if raw is _MISSING or raw is None or raw == "" else raw
         elif param.kind == "choice":  # the speed preset: blank / "none" = no preset
             value = None if raw in (_MISSING, None, "", "none") else raw
             if value is not None and value not in param.choices:
@@ -443,9 +457,66 @@ def text_to_video(common: Mapping[str, Any], defaults: ModelDefaults) -> JobSpec
     return JobSpec(GenerationRequest(task="t2v", **fields), form=form)
 
 
+# ---------------------------------------------------------------------------------------------- long video
+LONG_KEYS = ("long_frames", "context_latents", "chain")  # the Long video controls of t2v, i2v and v2v
+LONG_TABS = ("t2v", "i2v", "v2v")
+
+
+def long_plan(
+    long_frames: Any, context_latents: Any, chain: Any, chunk_frames: int
+) -> recipes.LongPlan | None:
+    """The chunks a tab's Long video controls ask for (None: 0 frames, one clip); `chunk_frames`: the tab's
+    Frames. Messages name the controls (a total that does not fit is the Long video field's)."""
+    total = _number("long_frames", long_frames, integer=True)
+    if not total:
+        return None
+    try:
+        PARAMS["long_frames"].check(total)
+    except InputError as error:
+        raise FormError.of(error) from None
+    context = _number("context_latents", context_latents, integer=True)
+    context = PARAMS["context_latents"].default if context is None else context
+    try:
+        PARAMS["chain"].check(chain if chain is not None else PARAMS["chain"].default)
+        return recipes.long_video(total, chunk_frames, context)
+    except InputError as error:
+        if error.param == "num_frames":  # the total: the Long video field
+            raise FormError("long_frames", total, error.allowed, error.problem) from None
+        raise FormError.of(error) from None
+
+
+def as_long(spec: JobSpec, values: Mapping[str, Any]) -> JobSpec:
+    """A t2v / i2v / v2v job as the long video its Long video controls ask for (unchanged at 0): its
+    Frames are each chunk's, its image or source video starts the first chunk (a source is extended:
+    Video-to-Video's extension recipe)."""
+    r, form = spec.request, dict(spec.form)
+    plan = long_plan(
+        values.get("long_frames"), values.get("context_latents"), values.get("chain"), r.num_frames
+    )
+    form["long_frames"] = 0 if plan is None else plan.num_frames
+    if plan is None:
+        return JobSpec(r, form=form)
+    if r.task == "v2v" and r.recipe != "extension":
+        raise FormError(
+            "long_frames", plan.num_frames,
+            "a long video extends its source: choose the extension recipe, or 0 for one clip",
+            f"is set with the {r.recipe or 'custom'} recipe",
+        )  # fmt: skip
+    chain = values.get("chain") or PARAMS["chain"].default
+    request = replace(
+        r, task="long", num_frames=plan.num_frames, chunk_frames=r.num_frames, context_latents=plan.context,
+        chain=chain, **({"recipe": None, "positions": [], "noise_multipliers": []} if r.task == "v2v" else {}),
+    )  # fmt: skip
+    form.update(context_latents=plan.context, chain=chain)
+    return JobSpec(request, form=form)
+
+
 def check_spec(limits: ModelLimits, spec: JobSpec) -> None:
     """The one validation (`request.validate`) on a spec, as form messages."""
     try:
         validate(spec.request, limits)
     except InputError as error:
+        if spec.request.task == "long":  # the tab's Frames are each chunk's, its Long video the total
+            names = {"chunk_frames": "num_frames", "num_frames": "long_frames"}
+            error = error.renamed(names[error.param]) if error.param in names else error
         raise FormError.of(error) from None

@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from .. import recipes
-from ..params import RECIPES, label_of
+from ..params import PARAMS, RECIPES, label_of
 from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
 from ..serving.queue import READY, JobQueue
@@ -99,6 +99,31 @@ class StudioPage(Studio):
                 tab.fields["fps"] = widgets.number("fps", d)
             tab.fields["shift"] = widgets.slider("shift", d)
             tab.fields["boundary"] = widgets.slider("boundary", d)
+            with gr.Row():
+                tab.fields["cache"] = widgets.choice("cache", d, elem_id=f"{tab.tab}-cache")
+                tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
+
+    def _long_controls(self, tab: TabWidgets) -> None:
+        """The Long video controls (Text-, Image- and Video-to-Video): a total above 0 chains clips of the
+        tab's Frames into one video; the chunks and overlaps are drawn under them."""
+        d = self.defaults
+        with gr.Accordion("Long video", open=False, elem_id=f"{tab.tab}-long"):
+            with gr.Row():
+                tab.fields["long_frames"] = widgets.number("long_frames", d, elem_id=f"{tab.tab}-long-frames")
+                tab.fields["context_latents"] = widgets.slider(
+                    "context_latents", d, elem_id=f"{tab.tab}-long-overlap"
+                )
+            tab.fields["chain"] = widgets.RadioInput(
+                list(PARAMS["chain"].choices), value=PARAMS["chain"].default, label=PARAMS["chain"].label,
+                info=PARAMS["chain"].help, elem_id=f"{tab.tab}-long-chain",
+            )  # fmt: skip
+            long_timeline = gr.HTML("", elem_id=f"{tab.tab}-long-timeline")
+        keys = ["long_frames", "context_latents", "chain", "num_frames"]
+        inputs = [tab.fields[key] for key in keys]
+        gr.on(
+            [component.change for component in inputs], self.preview_long, inputs, long_timeline,
+            queue=False, show_progress="hidden", trigger_mode="always_last", api_visibility="private",
+        )  # fmt: skip
 
     def _outputs(self, tab: TabWidgets) -> None:
         ready = self.initial_state == READY
@@ -131,6 +156,7 @@ class StudioPage(Studio):
                 first = self.preview_i2v(None, NOISE_MULTIPLIER, self.defaults.num_frames)
                 tab.timeline = gr.HTML(first, elem_id="i2v-timeline")
                 self._tail(tab)
+                self._long_controls(tab)
             with gr.Column(scale=4):
                 self._outputs(tab)
         self._timeline(tab, self.preview_i2v, ["image", "noise_multiplier", "num_frames"])
@@ -205,6 +231,7 @@ class StudioPage(Studio):
                 )
                 self._generation_sliders(tab)
                 self._tail(tab)
+                self._long_controls(tab)
             with gr.Column(scale=4):
                 self._outputs(tab)
         f = tab.fields
@@ -239,6 +266,7 @@ class StudioPage(Studio):
                 tab.fields["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="t2v-prompt")
                 self._generation_sliders(tab)
                 self._tail(tab)
+                self._long_controls(tab)
             with gr.Column(scale=4):
                 self._outputs(tab)
         return tab

@@ -198,11 +198,10 @@ def serve_main(args: argparse.Namespace) -> int:
     if cluster is not None:  # Ray workers: the same queue and history, jobs run on the actors
         import signal
 
-        from ..serving.cluster import ClusterQueue, start_ray
+        from ..serving.cluster import ClusterQueue
 
-        start_ray(cluster)  # here, in the main thread; a SIGTERM then stops the workers and Ray cleanly
-        signal.signal(signal.SIGTERM, _interrupt)
-        queue = ClusterQueue(cluster, history, owns_ray=True).start()
+        queue = ClusterQueue(cluster, history).start()  # starts Ray here, in the main thread
+        signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM then stops the workers and Ray cleanly
     else:
         queue = JobQueue(load, history).start()
     exposed_host = args.host if warning else None

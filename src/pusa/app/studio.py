@@ -32,7 +32,7 @@ from ..serving.history import History
 from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, READY, JobQueue, JobView
 from . import forms, views
 from .forms import DEFAULT_LIMITS, FormError, UploadLimits
-from .timeline import error_html, timeline_html
+from .timeline import error_html, long_timeline_html, timeline_html
 
 NOISE_MULTIPLIER = PARAMS["noise_multiplier"].default
 API_NAMES = {
@@ -51,6 +51,12 @@ API_DOCS = {
     "recipe, blank positions / noise_multipliers take the recipe's own.",
     "t2v": "Text-to-Video from the prompt alone.",
 }
+LONG_DOC = (
+    " long_frames > 0 makes one video of that many frames (4k+1) instead, chained from clips of num_frames, "
+    "each opening on the last context_latents latent frames of the one before (chain: latent, pixel or "
+    "pixel-matched)."
+)
+API_DOCS.update({task: API_DOCS[task] + LONG_DOC for task in ("i2v", "v2v", "t2v")})
 
 GENERATE_LABEL = "Generate"
 WAITING_LABEL = "Generate (loading model...)"
@@ -261,7 +267,10 @@ class Studio:
             ),
             "t2v": lambda keep: forms.text_to_video(common, d),
         }  # fmt: skip
-        return self._stream(builders[task])
+        build = builders[task]
+        if task in forms.LONG_TABS:  # its Long video controls: the same inputs, chained to the total
+            return self._stream(lambda keep: forms.as_long(build(keep), values))
+        return self._stream(build)
 
     def endpoint(self, task: str) -> Callable[..., Iterator[Update]]:
         """`generate(task, ...)` with one named parameter per field of the tab, in the page's order: what
@@ -417,6 +426,14 @@ class Studio:
         except FormError as error:
             return error_html(str(error))
         return timeline_html(count, plan.positions, plan.noise_multipliers, (), plan.sources, plan.note())
+
+    def preview_long(self, long_frames: Any, context_latents: Any, chain: Any, num_frames: Any) -> str:
+        """The Long video controls' chunks and overlaps (nothing at 0: one clip)."""
+        try:
+            plan = forms.long_plan(long_frames, context_latents, chain, self._frames_count(num_frames))
+        except FormError as error:
+            return error_html(str(error))
+        return "" if plan is None else long_timeline_html(plan)
 
     def fill_recipe(self, recipe: str, num_frames: Any) -> tuple:
         """(recipe, positions, multipliers, second clip's visibility) for a chosen recipe."""

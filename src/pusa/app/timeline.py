@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from ..recipes import num_latent_frames, pixel_frames_of_latent
+from ..recipes import LongPlan, num_latent_frames, pixel_frames_of_latent
 
 _ACCENT = "37, 99, 235"  # rgb of a kept frame (multiplier 0)
 _BOX = "font-family: inherit; font-size: 12px; line-height: 1.35; color: inherit;"
@@ -110,4 +110,47 @@ def error_html(message: str) -> str:
         f'<div class="pusa-error" role="alert" style="{_BOX} padding: 8px 10px; border-radius: 6px; '
         'border: 1px solid #dc2626; background: rgba(220, 38, 38, 0.08); color: #b91c1c;">'
         f"<b>Cannot use this:</b> {escape(message)}</div>"
+    )
+
+
+def long_timeline_html(plan: LongPlan) -> str:
+    """A long video's chunks on one bar of its frames: each chunk's span, the overlap it opens on
+    (hatched: the previous chunk's own frames, not generated again) and the frames it gives."""
+    total = plan.num_frames
+    rows = []
+    for chunk in plan.chunks:
+        first, last = chunk.frames
+        start = chunk.first_frame if chunk.index else 0
+        # The overlap: the previous chunk's latents this chunk opens on, as the long video's frames.
+        overlap = (pixel_frames_of_latent(chunk.start)[0], first - 1) if chunk.index else None
+        bars = ""
+        if overlap is not None:
+            left, width = 100 * overlap[0] / total, 100 * (overlap[1] - overlap[0] + 1) / total
+            bars += (
+                f'<div title="overlap: frames {overlap[0]}–{overlap[1]}, from chunk {chunk.index}" '
+                f'style="position: absolute; left: {left:.2f}%; width: {width:.2f}%; top: 0; bottom: 0; '
+                f"border-radius: 3px; background: repeating-linear-gradient(45deg, rgba({_ACCENT}, 0.75) 0 3px, "
+                f'rgba({_ACCENT}, 0.25) 3px 6px);"></div>'
+            )
+        left, width = 100 * first / total, 100 * (last - first + 1) / total
+        bars += (
+            f'<div title="generated: frames {first}–{last}" style="position: absolute; left: {left:.2f}%; '
+            f"width: {width:.2f}%; top: 0; bottom: 0; border-radius: 3px; border: 1px dashed "
+            'rgba(127, 127, 127, 0.7); background: rgba(127, 127, 127, 0.15);"></div>'
+        )
+        label = f"chunk {chunk.index + 1}: frames {first}–{last}" + (
+            f", opens on {start}–{first - 1}" if chunk.index else ""
+        )
+        rows.append(
+            f'<div class="pusa-long-chunk" data-chunk="{chunk.index}" style="display: grid; '
+            'grid-template-columns: 15em 1fr; gap: 6px; align-items: center; margin: 2px 0;">'
+            f'<span style="font-size: 11px; font-variant-numeric: tabular-nums;">{escape(label)}</span>'
+            f'<div style="position: relative; height: 14px;">{bars}</div></div>'
+        )
+    return (
+        f'<div class="pusa-long-timeline" style="{_BOX}">'
+        f'<div style="margin-bottom: 4px;">{escape(plan.note())} Hatched: the overlap a chunk opens on '
+        "(the chunk before's own frames, kept); dashed: the frames it generates.</div>"
+        + "".join(rows)
+        + "</div>"
     )

@@ -139,12 +139,12 @@ def textbox(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Textbox:
 
 
 def choice(name: str, defaults: ModelDefaults, **extra: Any) -> gr.Radio:
-    """A radio of the declared choices, with "none" first for a parameter that may be absent."""
+    """A radio of the declared choices, with "none" first for a parameter that may be absent (default None)."""
     param = PARAMS[name]
     value = default_of(name, defaults)
+    choices = ["none", *param.choices] if param.default is None else list(param.choices)
     options = dict(
-        choices=["none", *param.choices], value="none" if value is None else value, label=param.label,
-        info=param.help,
+        choices=choices, value="none" if value is None else value, label=param.label, info=param.help,
     )  # fmt: skip
     return gr.Radio(**{**options, **extra})
 

@@ -36,8 +36,6 @@ from .queue import FAILED, LOADING, READY, JobQueue, ModelStatus, WorkerLost
 
 log = logging.getLogger(__name__)
 
-MEDIA_FIELDS = ("images", "video", "end_video")
-
 
 @dataclass(frozen=True)
 class ClusterSpec:
@@ -282,7 +280,7 @@ def _worker_paths(settings: dict, originals: dict[str, str], token: str) -> dict
 
 def start_ray(spec: ClusterSpec) -> None:
     """Connect to `spec.address`, or start a small local Ray cluster on 127.0.0.1 (no dashboard).
-    The studio calls it in its main thread, so Ray's signal handling is in place; `ClusterQueue.close`
+    `ClusterQueue.start` calls it in the calling thread (the studio's main thread); `ClusterQueue.close`
     shuts down what was started."""
     import ray
 
@@ -323,6 +321,17 @@ class ClusterQueue(JobQueue):
         self.ran_on: dict[str, list[int]] = {}  # job id -> the workers that started it, in order
         self.rejoined: list[int] = []  # workers that came back after their process died
 
+    def start(self) -> ClusterQueue:
+        """Connects to (or starts) Ray here, in the calling thread: Ray's set-up and shutdown belong to the
+        main thread (started from another, a local cluster leaves agent processes behind); then loads the
+        workers in the background."""
+        import ray
+
+        if not ray.is_initialized():
+            start_ray(self.spec)
+            self._started_ray = True
+        return super().start()
+
     @staticmethod
     def _no_local_pipeline() -> Any:
         raise RuntimeError("a cluster queue has no local pipeline")
@@ -332,9 +341,6 @@ class ClusterQueue(JobQueue):
         import ray
 
         spec = self.spec
-        if not ray.is_initialized():
-            start_ray(spec)
-            self._started_ray = True
         actor_class = ray.remote(PusaWorker).options(
             num_cpus=spec.cpus_per_worker,
             num_gpus=1 if spec.device.startswith("cuda") else 0,

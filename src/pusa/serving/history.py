@@ -97,6 +97,7 @@ def spec_to_json(spec: JobSpec) -> str | None:
         record[name] = None if record[name] is None else str(record[name])
     record["positions"] = list(request.positions)
     record["noise_multipliers"] = list(request.noise_multipliers)
+    record["chunk_multipliers"] = list(request.chunk_multipliers)
     try:
         return json.dumps({"request": record, "form": spec.form}, sort_keys=True)
     except (TypeError, ValueError):  # a form or a record that is not JSON-able stays in memory only
@@ -109,6 +110,8 @@ def spec_from_json(text: str) -> JobSpec:
     record["images"] = tuple(record["images"])
     record["positions"] = tuple(record["positions"])
     record["noise_multipliers"] = tuple(record["noise_multipliers"])
+    if "chunk_multipliers" in record:  # a long video's (stored since pusa has one)
+        record["chunk_multipliers"] = tuple(record["chunk_multipliers"])
     for name in ("recipe", "end_video"):  # kept beside the request by pusa 0.1.0's first releases
         if data.get(name) is not None:
             record[name] = data[name]

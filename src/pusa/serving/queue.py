@@ -339,7 +339,8 @@ class JobQueue:
                 if job.step == job.num_steps:
                     job.phase = "decoding and saving"
                 elif not job.cancel.is_set():
-                    job.phase = "sampling"
+                    # A long video's step says its chunk too ("chunk 2/4, step 3/10").
+                    job.phase = info.text() if hasattr(info, "text") else "sampling"
                 self._touch(job)
             return not job.cancel.is_set()
 

@@ -12,6 +12,11 @@ Metrics (one row each):
 - keyframes (first, middle, last latent slot): PSNR and position error at the conditioned frames.
 - extension (the last 13 frames of the clip become latents 0-3, multipliers 0 / 0.3 / 0.4 / 0.5): position
   and velocity continuity across the boundary, on clips whose object moves in a straight line or stays put.
+- transition (clip A's frames, then another clip B with another colour): A's object (its colour) in the first
+  frame and B's in the last, and the position error at both ends.
+- long video (image-to-video from the clip's frame 0, 4 chunks at the default chaining; not on growing /
+  shrinking clips): `long_video_metrics` (jump and velocity change at the chunk boundaries, background and
+  object colour drift from the first chunk to the last, chunks keeping the object), seconds per video.
 - flicker: mean absolute frame difference of the background, over every generated clip (0 for the world).
 """
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,14 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("kf_pos_err", "keyframes position error (px)", "px"),
     ("ext_pos_err", "extension position jump at boundary (px)", "px"),
     ("ext_vel_err", "extension velocity change (px/frame)", "px"),
+    ("tr_both", "transition: A's object at the start and B's at the end", "pct"),
+    ("tr_pos_err", "transition position error at both ends (px)", "px"),
+    ("long_jump", "long video (4 chunks): position jump at boundaries (px)", "px"),
+    ("long_vel", "long video: velocity change at boundaries (px/frame)", "px"),
+    ("long_bg_drift", "long video: background colour drift, first to last chunk (/255)", "px"),
+    ("long_obj_drift", "long video: object colour drift, first to last chunk (/255)", "px"),
+    ("long_kept", "long video: chunks that keep the object and its colour", "pct"),
+    ("long_seconds", "long video: seconds per video (this run)", "s"),
     ("flicker", "temporal flicker, background (0..255)", "px"),
     ("seconds_per_video", "seconds per video (this run)", "s"),
 )
@@ -69,6 +82,10 @@ class EvalSettings:
     shift: float | None = None  # None: the pipeline's default
     i2v_noise_multiplier: float = 0.2
     tasks: tuple[str, ...] = TASKS
+    num_frames: int | None = None  # clip length of every task (None: the model's own)
+    long_chunks: int = 4
+    cache: str = "off"  # the step cache (`pusa.caching`) and its threshold, as the request parameters
+    cache_threshold: float | None = None  # None: the declared default
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,6 +108,67 @@ def _position_error(frames: np.ndarray, spec: ClipSpec, frame_indices: Sequence[
     return float(np.mean(errors))
 
 
+def continuity(centroids: np.ndarray, boundary: int) -> tuple[float, float] | None:
+    """(position jump px, velocity change px/frame) at output frame `boundary`: the velocity of the 5
+    frames before it predicts where frame `boundary` should be; the 4 frames from it give the new
+    velocity. None when the object is missing from any of those frames."""
+    context = centroids[max(0, boundary - 5) : boundary]  # [<=5, 2]
+    new = centroids[boundary : boundary + 4]  # [<=4, 2]
+    if len(context) < 2 or len(new) < 1 or np.isnan(context).any() or np.isnan(new).any():
+        return None
+    velocity = (context[-1] - context[0]) / (len(context) - 1)  # px/frame
+    jump = float(np.linalg.norm(new[0] - (context[-1] + velocity)))
+    new_velocity = (new[-1] - context[-1]) / len(new)
+    return jump, float(np.linalg.norm(new_velocity - velocity))
+
+
+def long_video_metrics(frames: np.ndarray, plan: recipes.LongPlan, color: str | None = None) -> dict:
+    """How a long video holds together, from its pixels (`plan`: its chunks).
+
+    jump / velocity: `continuity` at each chunk boundary (the first frame a chunk gives), and, as the
+    floor to compare with, at the middle of every chunk; lost: boundaries where the object is missing
+    around it. background / object drift: mean absolute difference per channel (0..255) between the
+    first and the last chunk's median background colour and median object colour. kept: per chunk,
+    whether the object is in every frame with the colour `color` (default: the first chunk's)."""
+    width = frames.shape[2]
+    analyses = [analyze_clip(frames[c.frames[0] : c.frames[1] + 1]) for c in plan.chunks]
+    color = color or analyses[0].color
+    kept = [float(a.present_fraction == 1.0 and a.color == color) for a in analyses]
+    jumps, velocities, inner_jumps, inner_velocities, lost = [], [], [], [], 0
+    for chunk in plan.chunks:
+        first, last = chunk.frames
+        for at, jump_list, velocity_list in (
+            (first, jumps, velocities),
+            ((first + last + 1) // 2, inner_jumps, inner_velocities),
+        ):
+            if at < 5 or (chunk.index == 0 and jump_list is jumps):
+                continue
+            window = frames[at - 5 : at + 4]
+            measured = continuity(analyze_clip(window).centroids, 5)
+            if measured is None:
+                lost += jump_list is jumps
+                continue
+            jump_list.append(measured[0])
+            velocity_list.append(measured[1])
+
+    def rgb(analysis, part: str) -> np.ndarray | None:
+        if part == "background":
+            return analysis.background_rgb
+        values = [d.object_rgb for d in analysis.detections if d.present and d.object_rgb is not None]
+        return np.median(np.asarray(values), axis=0) if values else None
+
+    drift = {}
+    for part in ("background", "object"):
+        a, b = rgb(analyses[0], part), rgb(analyses[-1], part)
+        drift[part] = math.nan if a is None or b is None else float(np.mean(np.abs(np.subtract(a, b))))
+    return {
+        "jump": _mean(jumps), "velocity": _mean(velocities), "inner_jump": _mean(inner_jumps),
+        "inner_velocity": _mean(inner_velocities), "boundaries": len(plan.chunks) - 1, "lost": lost,
+        "background_drift": drift["background"], "object_drift": drift["object"],
+        "kept": float(np.mean(kept)), "chunks_kept": kept, "width": width,
+    }  # fmt: skip
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
@@ -102,11 +180,17 @@ def evaluate_pipeline(
     """Run every task on the held-out clips; returns {"metrics": {key: value}, "clips": [per-clip records],
     "settings": the evaluation settings and the model's sampling defaults that applied}."""
     d = pipe.defaults
-    specs = eval_specs(settings.num_clips, settings.eval_seed, d.num_frames, d.width, d.height)
-    num_latent = pipe.num_latent_frames()
+    length = settings.num_frames or d.num_frames
+    specs = eval_specs(settings.num_clips, settings.eval_seed, length, d.width, d.height)
+    num_latent = pipe.num_latent_frames(length)
     common = dict(num_inference_steps=settings.num_inference_steps, cfg=settings.cfg, lora_alpha=lora_alpha)
+    common["num_frames"] = length
     if settings.shift is not None:
         common["shift"] = settings.shift
+    if settings.cache != "off":
+        common["cache"] = settings.cache
+        if settings.cache_threshold is not None:
+            common["cache_threshold"] = settings.cache_threshold
     per: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
     records, started, videos = [], time.perf_counter(), 0
     for i, spec in enumerate(specs):
@@ -155,7 +239,7 @@ def evaluate_pipeline(
             record["keyframes"] = {"psnr": per["kf_psnr"][-1]}
             videos += 1
         if "extension" in settings.tasks and spec.motion != "bounces" and num_latent >= 3:
-            multipliers = recipes.extension(d.num_frames).noise_multipliers  # the pipeline's default context
+            multipliers = recipes.extension(length).noise_multipliers  # the pipeline's default context
             out = pipe.extend_video(truth, prompt, noise_multipliers=multipliers, seed=seed, **common).frames
             analysis = analyze_clip(out)
             boundary = 4 * (len(multipliers) - 1) + 1  # the context frames are output frames 0..boundary-1
@@ -173,11 +257,60 @@ def evaluate_pipeline(
                 per["ext_vel_err"].append(float(np.linalg.norm(new_velocity - velocity)))
             per["flicker"].append(analysis.flicker)
             videos += 1
+        if "transition" in settings.tasks and num_latent >= 4:
+            other = next((s for s in specs if s.color != spec.color), specs[(i + 1) % len(specs)])
+            arrival = render_clip(other)
+            out = pipe.transition(truth, arrival, canonical_caption(other), seed=seed, **common).frames
+            first, last = analyze_clip(out[:1]).detections[0], analyze_clip(out[-1:]).detections[0]
+            per["tr_both"].append(float(first.color == spec.color and last.color == other.color))
+            ends = []
+            for detection, at in ((first, ground_truth(spec)[-1]), (last, ground_truth(other)[0])):
+                ends.append(
+                    math.hypot(detection.cx - at[0], detection.cy - at[1])
+                    if detection.present
+                    else min(spec.width, spec.height) / 2
+                )
+            per["tr_pos_err"].append(float(np.mean(ends)))
+            per["flicker"].append(analyze_clip(out).flicker)
+            record["transition"] = {"start": first.color, "end": last.color, "arrival": other.color}
+            videos += 1
+        if "long" in settings.tasks and spec.motion not in ("grows", "shrinks"):
+            plan = recipes.long_video(
+                recipes.head_frames(
+                    num_latent + (settings.long_chunks - 1) * (num_latent - recipes.LONG_CONTEXT)
+                ),
+                length,
+                seed=seed,
+            )
+            long_started = time.perf_counter()
+            out = pipe.long_video(
+                prompt, plan.num_frames, image=truth[0], noise_multiplier=settings.i2v_noise_multiplier,
+                chunk_frames=length, seed=seed, **{k: v for k, v in common.items() if k != "num_frames"},
+            ).frames  # fmt: skip
+            per["long_seconds"].append(time.perf_counter() - long_started)
+            scores = long_video_metrics(out, plan, spec.color)
+            per["long_jump"].append(scores["jump"])
+            per["long_vel"].append(scores["velocity"])
+            per["long_bg_drift"].append(scores["background_drift"])
+            per["long_obj_drift"].append(scores["object_drift"])
+            per["long_kept"].append(scores["kept"])
+            record["long"] = {key: value for key, value in scores.items() if key != "width"}
+            videos += 1
         records.append(record)
     elapsed = time.perf_counter() - started
     metrics = {key: _mean(values) for key, values in per.items() if key != "seconds_per_video"}
     metrics["seconds_per_video"] = elapsed / max(videos, 1)
-    for key in ("t2v_color", "t2v_shape", "t2v_direction", "t2v_motion", "i2v_motion", "i2v_kept"):
+    pct = (
+        "t2v_color",
+        "t2v_shape",
+        "t2v_direction",
+        "t2v_motion",
+        "i2v_motion",
+        "i2v_kept",
+        "tr_both",
+        "long_kept",
+    )
+    for key in pct:
         if not math.isnan(metrics[key]):
             metrics[key] *= 100.0
     used = {**asdict(settings), "lora_alpha": lora_alpha, "model": getattr(pipe, "identity", None)}
@@ -205,17 +338,23 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _at(length: int | None) -> str:
+    return "" if length is None else f" @{length}"
+
+
 def evaluate_demo(
     model_dir: str | Path | None = None,
     settings: EvalSettings = EvalSettings(),
     lora_alphas: Sequence[float] | None = None,
     include_base: bool = True,
     progress: bool = True,
+    lengths: Sequence[int | None] = (None,),
 ) -> dict[str, dict]:
     """Base model (no LoRA) and the VTA model at each alpha (None: the model's own), on the same clips and seeds.
 
     A folder without a LoRA (a run exported before its VTA stage) is scored as a base model alone, unless
-    alphas are asked for: that is refused before anything runs."""
+    alphas are asked for: that is refused before anything runs. lengths: clip lengths to score each model
+    at (None: its own), one column each ("VTA alpha 0.6 @33")."""
     from pusa.pipeline import PusaPipeline
     from pusa.weights.registry import folder_lora, resolve_model
 
@@ -232,11 +371,17 @@ def evaluate_demo(
     if include_base:
         if progress:
             print("evaluating base (no LoRA) ...", flush=True)
-        results["base"] = evaluate_pipeline(PusaPipeline.from_model(model, lora=None), settings)
+        base = PusaPipeline.from_model(model, lora=None)
+        for length in lengths:
+            results["base" + _at(length)] = evaluate_pipeline(base, replace(settings, num_frames=length))
     if has_lora and (lora_alphas is None or lora_alphas):
         pipe = PusaPipeline.from_model(model)
         for alpha in lora_alphas if lora_alphas is not None else [pipe.defaults.lora_alpha]:
             if progress:
                 print(f"evaluating VTA (LoRA alpha {alpha}) ...", flush=True)
-            results[f"VTA alpha {alpha}"] = evaluate_pipeline(pipe, settings, lora_alpha=alpha)
+            for length in lengths:
+                column = f"VTA alpha {alpha}" + _at(length)
+                results[column] = evaluate_pipeline(
+                    pipe, replace(settings, num_frames=length), lora_alpha=alpha
+                )
     return results
