@@ -74,6 +74,7 @@ def test_stream_tier_equals_full_and_keeps_the_inactive_expert_nowhere(files, la
     folder = files[layout]
     full = PusaPipeline.from_pretrained(folder, memory="full")
     stream = PusaPipeline.from_pretrained(folder, memory="stream")
+    swap = PusaPipeline.from_pretrained(folder, memory="swap")  # pinned copies, pristine read from files
     assert stream.acceleration["memory_tier"] == "stream"
     low = list(stream.transformer_2.parameters())
     assert all(is_placeholder(p) for p in low if p.numel() > 1)  # never read
@@ -88,6 +89,7 @@ def test_stream_tier_equals_full_and_keeps_the_inactive_expert_nowhere(files, la
         got = stream.text_to_video("a fox", loras=loras, **common)
         want = full.text_to_video("a fox", loras=loras, **common)
         assert np.array_equal(got.frames, want.frames), loras
+        assert np.array_equal(swap.text_to_video("a fox", loras=loras, **common).frames, want.frames), loras
         # round 1: low loaded at the boundary; later rounds: back to high, then low again
         assert got.settings["expert_swaps"]["swaps"] == (1 if round_ == 1 else 2)
         assert got.settings["expert_swaps"]["seconds"] > 0
