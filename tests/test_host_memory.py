@@ -40,7 +40,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize(
     "dit", ["wan-original/high_noise_model", "diffusers/transformer_2", "one-original", "one-diffusers"]
 )
-def test_pristine_weights_are_read_from_the_files_and_refuse_equal_fresh_loads(files, dit):
+def test_pristine_weights_are_read_from_the_files_and_re_fuses_equal_fresh_loads(files, dit):
     layout, _, sub = dit.partition("/")
     folder = files[layout] / sub if sub else files[layout]
     if layout.startswith("one"):
