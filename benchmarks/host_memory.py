@@ -1,20 +1,28 @@
-"""Host RAM per memory tier for a two-expert model: computed at Wan2.2-A14B size, measured at tiny size.
+"""Host RAM per memory tier for a two-expert model with a LoRA on each expert: computed at Wan2.2-A14B size,
+measured at small sizes.
 
-    python benchmarks/host_memory.py [--skip-measure]
+    python benchmarks/host_memory.py [--skip-measure] [--sizes tiny,wide]
 
-Computed: byte counts of Wan2.1-14B-shaped experts built on the meta device (no memory), bf16, with the
-Pusa LoRA's targets (every block's attention q/k/v/o and ffn Linears) whose pristine copies the fused LoRA
-keeps on the host, plus umT5-XXL (5.7B parameters) and the VAE. What each tier keeps on the host:
-- full: both experts resident on the GPU (loaded straight to it); host: the text encoder (streamed through
-  the GPU for each encode) and the pristine LoRA copies;
-- swap: one expert on the GPU, both experts' weights in pinned host memory, plus the above;
-- balanced / low: both experts streamed from pinned host memory layer by layer, plus the above.
-Measured: each tier on `tiny-random-a14b` in a fresh process on this machine's device (a CPU here: "full"
-and "swap" place nothing elsewhere, so the numbers show the code runs, not GPU-machine savings), the peak
-resident set (`ru_maxrss`) after one 4-step text-to-video with a LoRA on each expert.
+Computed (bf16, byte counts of Wan2.1-14B-shaped experts built on the meta device): what each tier keeps
+in host RAM, anonymous memory only (pages of the safetensors files mapped while a tensor is read are page
+cache, which the kernel reclaims instead of killing the process). Always on the host: the umT5-XXL encoder
+(streamed through the GPU for each encode) and the LoRA files themselves (not counted: their size is the
+user's). The LoRA's pristine weights (the Pusa LoRA's targets: every block's attention q/k/v/o and ffn
+Linears, 28 GB per expert) are re-read from the model's safetensors files since issue 15's host tier; the
+"before" column is the old accounting, which kept them as copies in RAM.
+- full: both experts on the GPU (loaded straight to it);
+- swap: one expert on the GPU, both experts' weights in pinned host memory;
+- balanced / low: both experts streamed layer by layer from pinned host memory;
+- stream: one expert on the GPU, the other in no memory (read from its files at the boundary; the transient
+  is one tensor at a time, the largest 0.31 GB).
 
-There is no tier yet that streams the experts from the safetensors files memory-mapped: that is the one
-that would lift the host wall (see the computed table).
+Measured: each tier in a fresh process on this machine (a CPU here, so every tier's "device" is host RAM:
+"full" holds both experts in RAM, "stream" one), the peak resident set (`VmHWM`, else `ru_maxrss`) during
+one 4-step text-to-video (cfg 1) with a LoRA on every target Linear of each expert, loaded from a Wan-original folder;
+"over base" subtracts the process's peak before the model loads (torch and the imports). `tiny` is
+tiny-random-a14b (a few MB: the tiers cannot differ measurably); `wide` the same folder with 1024-wide,
+8-block experts (0.5 GB float32 each) so the differences show. "copies" runs the fusers with RAM pristine
+copies (as before) for comparison.
 """
 
 from __future__ import annotations
@@ -27,19 +35,35 @@ import tempfile
 from pathlib import Path
 
 GB = 1e9
+TIERS = ("full", "swap", "balanced", "low", "stream")
 CHILD = r"""
-import json, resource, sys, torch
+import json, resource, sys
+import torch
+
+
+def peak_mb():
+    # VmHWM: this process's own peak (a new one at exec; ru_maxrss would carry the parent's peak over)
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 from pusa.pipeline import PusaPipeline
-tier, lora = sys.argv[1], sys.argv[2]
-pipe = PusaPipeline.from_preset("tiny-random-a14b", memory=tier)
-out = pipe.text_to_video("a fox", num_inference_steps=4, cfg=1.0, width=64, height=64, num_frames=17, seed=0,
-                         loras=f"{lora}:1.5;1.4")
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "swaps": out.settings.get("expert_swaps")}))
+from pusa.weights.sources import FileWeights
+tier, folder, high, low, copies = sys.argv[1:6]
+if copies == "1":
+    FileWeights.reproduces = lambda self, name, tensor: False  # the fusers keep RAM copies, as before
+base = peak_mb()
+pipe = PusaPipeline.from_pretrained(folder, memory=tier, lora=[f"{high}:1.5@high", f"{low}:1.4@low"])
+out = pipe.text_to_video("a fox", num_inference_steps=4, cfg=1.0, width=64, height=64, num_frames=17, seed=0)
+peak = peak_mb()
+print(json.dumps({"base_mb": base, "peak_mb": peak, "swaps": out.settings.get("expert_swaps")}))
 """
 
 
-def computed() -> list[tuple[str, float]]:
+def computed() -> list[tuple[str, float, float]]:
     import torch
     from accelerate import init_empty_weights
 
@@ -50,27 +74,66 @@ def computed() -> list[tuple[str, float]]:
     with init_empty_weights():
         expert = PusaTransformer3DModel(**WAN_14B_TRANSFORMER_CONFIG)
     params = sum(p.numel() for p in expert.parameters())
-    targets = sum(
-        m.weight.numel()
+    linears = [
+        m.weight
         for name, m in expert.named_modules()
         if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in PUSA_LORA_TARGETS)
-    )
+    ]
+    targets = sum(w.numel() for w in linears)
+    largest = 2 * max(p.numel() for p in expert.parameters())
     expert_b, pristine_b = 2 * params, 2 * targets  # bf16
     text_b = 2 * 5.68e9  # umT5-XXL encoder, bf16 (the VAE stays on the GPU in every tier)
-    base = text_b + 2 * pristine_b  # text encoder + the LoRA's pristine copies, both experts
     print(f"one expert: {params / 1e9:.2f}B parameters = {expert_b / GB:.1f} GB bf16; Pusa LoRA targets "
-          f"{targets / 1e9:.2f}B = {pristine_b / GB:.1f} GB of pristine copies per expert")  # fmt: skip
+          f"{targets / 1e9:.2f}B = {pristine_b / GB:.1f} GB of pristine weights per expert; largest tensor "
+          f"{largest / GB:.2f} GB")  # fmt: skip
+    before = text_b + 2 * pristine_b  # the old accounting: pristine copies of both experts in RAM
     return [
-        ("full", base),
-        ("swap", base + 2 * expert_b),
-        ("balanced", base + 2 * expert_b),
-        ("low", base + 2 * expert_b),
-        ("no LoRA, balanced", text_b + 2 * expert_b),
+        ("full", before, text_b),
+        ("swap", before + 2 * expert_b, text_b + 2 * expert_b),
+        ("balanced", before + 2 * expert_b, text_b + 2 * expert_b),
+        ("low", before + 2 * expert_b, text_b + 2 * expert_b),
+        ("stream", float("nan"), text_b + largest),
     ]
 
 
-def measure(tier: str, lora: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, tier, str(lora)], capture_output=True, text=True)
+def write_folder(root: Path, wide: bool) -> tuple[Path, Path, Path]:
+    """tiny-random-a14b in Wan's original layout (experts made wider for `wide`), and a LoRA per expert
+    on every Pusa target Linear."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pusa.model import PusaTransformer3DModel
+    from pusa.weights.lora import PUSA_LORA_TARGETS
+    from pusa.weights.registry import TINY_A14B_TRANSFORMER_CONFIG
+    from pusa.weights.wan_original import write_dit_original, write_two_expert_folder
+
+    folder = write_two_expert_folder(root / "model", "wan-original")
+    config = dict(TINY_A14B_TRANSFORMER_CONFIG)
+    if wide:
+        config.update(num_attention_heads=8, attention_head_dim=128, ffn_dim=4096, num_layers=8)
+    generator = torch.Generator().manual_seed(0)
+    loras = []
+    for index, sub in enumerate(("high_noise_model", "low_noise_model")):
+        torch.manual_seed(index)
+        expert = PusaTransformer3DModel(**config).eval()
+        if wide:
+            for old in (folder / sub).glob("*.safetensors"):
+                old.unlink()
+            write_dit_original(expert, folder / sub, num_shards=3)
+        state = {}
+        for name, module in expert.named_modules():
+            if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in PUSA_LORA_TARGETS):
+                out_features, in_features = module.weight.shape
+                state[f"{name}.lora_A.weight"] = torch.randn(4, in_features, generator=generator) * 0.01
+                state[f"{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=generator) * 0.01
+        loras.append(root / f"{sub}_lora.safetensors")
+        save_file(state, str(loras[-1]))
+    return folder, loras[0], loras[1]
+
+
+def measure(tier: str, folder: Path, high: Path, low: Path, copies: bool) -> dict:
+    args = [sys.executable, "-c", CHILD, tier, str(folder), str(high), str(low), "1" if copies else "0"]
+    done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -79,33 +142,28 @@ def measure(tier: str, lora: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-measure", action="store_true")
+    parser.add_argument("--sizes", default="tiny,wide", help="comma-separated: tiny, wide")
     args = parser.parse_args()
-    rows = computed()
-    print("| tier | host GB at Wan2.2-A14B (computed, bf16) |")
-    print("|---|---:|")
-    for tier, size in rows:
-        print(f"| {tier} | {size / GB:.1f} |")
+    print("| tier | host GB at Wan2.2-A14B, before (RAM pristine copies) | host GB now |")
+    print("|---|---:|---:|")
+    for tier, before, now in computed():
+        shown = "(no such tier)" if before != before else f"{before / GB:.1f}"
+        print(f"| {tier} | {shown} | {now / GB:.1f} |")
     if args.skip_measure:
         return
-    import torch
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        lora = Path(tmp) / "lora.safetensors"
-        generator = torch.Generator().manual_seed(0)
-        save_file(
-            {f"blocks.{b}.self_attn.q.lora_{k}.weight": torch.randn(*shape, generator=generator)
-             for b in range(2) for k, shape in (("A", (4, 32)), ("B", (32, 4)))},
-            str(lora),
-        )  # fmt: skip
-        print("\n| tier (tiny-random-a14b, this machine) | peak RSS MB | expert swaps |")
-        print("|---|---:|---|")
-        for tier in ("full", "swap", "balanced", "low"):
-            result = measure(tier, lora)
-            if "error" in result:
-                print(f"| {tier} | failed: {result['error']} | |")
-            else:
-                print(f"| {tier} | {result['peak_rss_mb']:.0f} | {result['swaps']} |")
+    for size in args.sizes.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, high, low = write_folder(Path(tmp), wide=size == "wide")
+            print(f"\n| tier ({size}, this machine) | peak RSS MB | over base MB | over base, RAM copies MB | expert swaps |")  # fmt: skip
+            print("|---|---:|---:|---:|---|")
+            for tier in TIERS:
+                now = measure(tier, folder, high, low, copies=False)
+                old = measure(tier, folder, high, low, copies=True)
+                if "error" in now or "error" in old:
+                    print(f"| {tier} | failed: {now.get('error') or old.get('error')} | | | |")
+                    continue
+                print(f"| {tier} | {now['peak_mb']:.0f} | {now['peak_mb'] - now['base_mb']:.0f} | "
+                      f"{old['peak_mb'] - old['base_mb']:.0f} | {now['swaps']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

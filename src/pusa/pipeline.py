@@ -131,13 +131,17 @@ def _prepare(components: Any, device: str | torch.device, **options: Any) -> dic
 
     second = components.get("transformer_2") if isinstance(components, dict) else components.transformer_2
     if second is None:
-        if options.get("memory") == "swap":
-            raise ValueError("memory tier 'swap' is for two-expert models; this model has one DiT")
+        if options.get("memory") in ("swap", "stream"):
+            raise ValueError(
+                f"memory tier {options['memory']!r} is for two-expert models; this model has one DiT"
+            )
         return prepare_for_device(components, device, **options)
     first = components["transformer"] if isinstance(components, dict) else components.transformer
     memory = options.get("memory", "auto")
     if memory == "auto":
         memory = _expert_tier(components, first, device)
+    if memory == "stream":
+        return _prepare_stream(components, first, second, device, **options)
     if memory != "swap":
         report = prepare_for_device(components, device, **{**options, "memory": memory})
         expert = prepare_for_device({"transformer": second}, device, **{**options, "memory": memory})
@@ -161,6 +165,27 @@ def _prepare(components: Any, device: str | torch.device, **options: Any) -> dic
     report["memory_tier"] = "swap"
     report["transformer_2"] = "in pinned CPU memory, swapped with the high-noise expert at the boundary"
     report["expert_swap"] = swap
+    return report
+
+
+def _prepare_stream(components: Any, first: Any, second: Any, device: Any, **options: Any) -> dict[str, Any]:
+    """The "stream" tier: the high-noise expert resident ("full"), the low-noise one not in memory."""
+    from .runtime.expert_stream import ExpertStream
+    from .runtime.kernels import apply_attention_backend, compile_blocks
+    from .runtime.prepare import prepare_for_device
+
+    if options.get("fp8"):
+        raise ValueError("memory tier 'stream' does not take fp8: each expert is read again from its files")
+    stream = ExpertStream({HIGH: first, LOW: second}, device, active=HIGH)  # frees the low-noise one
+    report = prepare_for_device(components, device, **{**options, "memory": "full"})
+    apply_attention_backend(second, report["attention"], device, seq_len=options.get("attention_tokens"))
+    if options.get("compile"):
+        compile_blocks(second, **(options.get("compile_kwargs") or {}))
+    report["memory_tier"] = "stream"
+    report["transformer_2"] = (
+        "not in memory: read from its safetensors files at the boundary, the other freed"
+    )
+    report["expert_swap"] = stream
     return report
 
 
@@ -266,6 +291,9 @@ class PusaPipeline:
             return cls.from_model("pusa-tiny", device=device, dtype=dtype, **acceleration)
         if name not in ("tiny-random", "tiny-random-a14b"):
             raise ValueError(f"model={name!r} is not a built-in model; available: {', '.join(PRESETS)}")
+        if acceleration.get("memory") == "stream":
+            raise ValueError(f"memory tier 'stream' reads the experts from a model folder's files; {name} is "
+                             "built in memory (weights.wan_original.write_two_expert_folder writes it to one)")  # fmt: skip
         build = tiny_random_components if name == "tiny-random" else tiny_random_a14b_components
         components = build(seed)
         if dtype != torch.float32:
@@ -326,9 +354,14 @@ class PusaPipeline:
         stack = parse_loras([str(lora)] if isinstance(lora, (str, Path)) else lora)
         check_stack(stack, 2 if folder_experts(model_dir) else 1, param="lora")
         check_stack_fits_folder(stack, model_dir, param="lora")  # headers only: before the DiT loads
-        load_device = device if memory == "full" else "cpu"  # other tiers place the weights themselves
+        if memory == "stream" and not folder_experts(model_dir):
+            raise ValueError("memory tier 'stream' is for two-expert models; this model has one DiT")
+        # other tiers place the weights themselves; "stream" loads the high-noise expert resident, and
+        # reads nothing of the low-noise one until the boundary
+        load_device = device if memory in ("full", "stream") else "cpu"
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
-        components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32)
+        components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32,
+                                     read_transformer_2=memory != "stream")  # fmt: skip
         pipe = cls(
             components.transformer,
             components.vae,
@@ -356,7 +389,15 @@ class PusaPipeline:
             fp8_compute=fp8_compute,
         )
         pipe.acceleration = report
+        if memory == "stream":
+            report["expert_swap"].on_load = pipe._expert_loaded
         return pipe
+
+    def _expert_loaded(self, expert: str) -> None:
+        """`runtime.expert_stream` loaded `expert` from its files: fuse its LoRA stack into it again."""
+        fuser = self._fusers.get(expert)
+        if fuser is not None:
+            fuser.reloaded()
 
     # ---------------------------------------------------------------- model facts
     @property

@@ -33,8 +33,10 @@ __all__ = [
 ]
 
 MEMORY_TIERS = ("full", "balanced", "low")
-# "swap": two-expert models only: "full" with one expert resident at a time (`runtime.expert_swap`)
-MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS, "swap")
+# Two-expert models only, "full" with one expert resident at a time: "swap" keeps the other in pinned CPU
+# memory (`runtime.expert_swap`); "stream" keeps it nowhere, read from its files at the boundary
+# (`runtime.expert_stream`; model folders only)
+MEMORY_TIER_CHOICES = ("auto", *MEMORY_TIERS, "swap", "stream")
 
 GiB = 2**30
 

@@ -206,8 +206,11 @@ def _load_safetensors_folder(
     device: torch.device,
     rename: Mapping[str, str] | None = None,
     hint: str = "",
-) -> None:
-    """Check every header against the empty model, then read and assign one shard at a time."""
+    read: bool = True,
+) -> dict[str, tuple[Path, str]]:
+    """Check every header against the empty model, then read and assign one shard at a time (`read`
+    False: nothing is read, every parameter points at a placeholder, `sources.placeholder`). Returns
+    where each state name is: (file, key in the file)."""
     files = _safetensors_files(folder)
     headers = _read_headers(files)
     rename = rename or {}
@@ -217,10 +220,22 @@ def _load_safetensors_folder(
         as_name = f" (read as {name})" if name != key else ""
         found[name] = (shape, f"{key} in {file.name}{as_name}")
     _check_fit(model, found, folder, hint)
+    where = {rename.get(key, key): (file, key) for key, (_, file) in headers.items()}
+    if not read:
+        from .sources import placeholder
+
+        keep_in_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        for name, param in list(model.named_parameters()):
+            owner, _, key = name.rpartition(".")
+            dtype_of = _cast(name, torch.empty(0, dtype=param.dtype), dtype, keep_in_fp32).dtype
+            shaped = placeholder(param.shape, dtype_of)
+            model.get_submodule(owner)._parameters[key] = nn.Parameter(shaped, requires_grad=False)
+        return where
     for file in files:
         with safe_open(str(file), framework="pt", device=str(device)) as handle:
             shard = {rename.get(key, key): handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         _assign(model, shard, dtype)
+    return where
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,9 +277,15 @@ def _diffusers_config_from_wan(
 
 
 def load_transformer(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    read: bool = True,
 ) -> PusaTransformer3DModel:
     """The DiT from a diffusers `transformer/` folder or a folder in Wan's original layout, loaded strictly.
+    It records where each weight is in the files (`sources.file_weights`), so that it can be read again
+    rather than copied. `read=False`: checked against the headers, nothing read (placeholder weights, for
+    `runtime.expert_stream` to load at its boundary).
 
     Parameters that diffusers keeps in float32 (`time_embedder`, `scale_shift_table`, `norm2`, ...) stay
     float32 whatever `dtype` is, exactly as `from_pretrained` does.
@@ -299,8 +320,12 @@ def load_transformer(
 
     with init_empty_weights():  # parameters on meta; buffers (rope tables) real
         model = PusaTransformer3DModel(**kwargs)
-    _load_safetensors_folder(model, folder, dtype, device, rename, hint)
-    return model.to(device).eval()
+    from .sources import FileWeights, record_file_weights
+
+    where = _load_safetensors_folder(model, folder, dtype, device, rename, hint, read=read)
+    keep_in_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    record_file_weights(model, FileWeights(where, dtype, keep_in_fp32))
+    return (model.to(device) if read else model).eval()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -170,8 +170,11 @@ def load_components(
     device: str | torch.device = "cpu",
     text_encoder_dir: str | Path | None = None,
     vae_dtype: torch.dtype | None = None,
+    read_transformer_2: bool = True,
 ) -> Components:
-    """All components of a model folder (see `find_layout`); the VAE uses `vae_dtype` if given."""
+    """All components of a model folder (see `find_layout`); the VAE uses `vae_dtype` if given.
+    `read_transformer_2` False: the low-noise expert checked and built, its weights not read (placeholders,
+    for `runtime.expert_stream`)."""
     folder = find_layout(model_dir, text_encoder_dir)
     device = torch.device(device)
     text_encoder, tokenizer = _load_text_encoder_dirs(folder.text_encoder, folder.tokenizer, dtype, device)
@@ -182,7 +185,7 @@ def load_components(
         tokenizer=tokenizer,
         identity=folder.identity,
         transformer_2=(
-            load_transformer(folder.transformer_2, dtype, device)
+            load_transformer(folder.transformer_2, dtype, device, read=read_transformer_2)
             if folder.transformer_2 is not None
             else None
         ),

@@ -6,7 +6,8 @@
   `.lora_up.weight`, with an optional `.alpha`) or diffusers' naming (`blocks.0.attn1.to_q.lora_A.weight`);
   full-tensor deltas `.diff` / `.diff_b` too. Wan's original module names are read as diffusers'.
 - `LoraFuser`: fused into the Linear weights with exact alpha (pusa-algorithm.md section 3),
-  `W' = W + alpha * (up @ down)`, always recomputed from a pristine copy of `W`, so a change of alpha never
+  `W' = W + alpha * (up @ down)`, always recomputed from the pristine `W` (read again from the DiT's
+  safetensors files when it was loaded from them, else a copy), so a change of alpha never
   accumulates (upstream's demo does accumulate).
 - `LoraLinear` / `add_lora` / `lora_state`: the trainable form the VTA stage learns, a float32 delta
   `up @ down` beside a frozen Linear; exactly what `LoraFuser` adds at alpha 1.
@@ -31,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoints import CheckpointError
+from .sources import pristine_source, read_pristine
 
 __all__ = [
     "LORA_ALPHA_MAX",
@@ -267,15 +269,6 @@ def validate_lora_alpha(alpha: float) -> float:
     return value
 
 
-def _pristine_copy(param: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A copy of `param` on `device`; page-locked when it is a CPU copy of a CUDA weight, so that a re-fuse
-    reads it back at bus speed (a 14B DiT's targets are ~27 GB)."""
-    copy = param.detach().to(device, copy=True)
-    if device.type == "cpu" and param.device.type == "cuda":
-        copy = copy.pin_memory()
-    return copy
-
-
 def check_lora_fits(model: nn.Module, lora: LoraWeights) -> dict[tuple[str, str], torch.Tensor]:
     """The parameters `lora` changes, `{(module name, "weight" | "bias"): parameter}`; a `CheckpointError`
     naming the file and the key when it matches nothing in `model` or a delta does not fit its target."""
@@ -347,8 +340,10 @@ class LoraFuser:
     ) -> None:
         self._targets: dict[tuple[str, str], torch.Tensor] = check_lora_fits(model, lora)
         self.lora = lora
-        self._pristine: dict[tuple[str, str], torch.Tensor] | None = {
-            target: _pristine_copy(param, torch.device(pristine_device))
+        self._model = model
+        # read again from the DiT's files when they reproduce it, else a copy (`sources.pristine_source`)
+        self._pristine: dict[tuple[str, str], torch.Tensor | str] | None = {
+            target: pristine_source(model, f"{target[0]}.{target[1]}", param, torch.device(pristine_device))
             for target, param in self._targets.items()
         }
         self._alpha = 0.0
@@ -374,7 +369,7 @@ class LoraFuser:
             extra = self.lora.diffs.get(name, {}).get(kind)
             if extra is not None:
                 delta = delta + extra.to(param.device, torch.float32)
-            pristine = self._pristine[(name, kind)].to(param.device, non_blocking=True)
+            pristine = read_pristine(self._model, self._pristine[(name, kind)], param.device)
             fused = pristine.to(torch.float32) + alpha * delta
             param.copy_(fused.to(param.dtype))
         self._alpha = alpha
@@ -385,7 +380,7 @@ class LoraFuser:
         if self._pristine is None:
             return
         for target, param in self._targets.items():
-            param.copy_(self._pristine[target])
+            param.copy_(read_pristine(self._model, self._pristine[target], param.device))
         self._pristine = None
         self._alpha = 0.0
 

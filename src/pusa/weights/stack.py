@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .lora import LoraWeights, _pristine_copy, check_lora_fits, load_lora, lora_delta
+from .lora import LoraWeights, check_lora_fits, load_lora, lora_delta
+from .sources import is_placeholder, pristine_source, read_pristine
 
 __all__ = ["StackFuser", "check_stack_fits_folder", "file_sha256", "load_lora_cached"]
 
@@ -62,14 +63,21 @@ def file_sha256(path: str | Path) -> str | None:
 
 class StackFuser:
     """The LoRA stack of one DiT. `fuse([(lora, strength), ...])` recomputes every weight any stack has
-    touched from its pristine copy (kept on `pristine_device`, page-locked for a CUDA model)."""
+    touched from its pristine value: read again from the safetensors file the DiT was loaded from when the
+    file reproduces it (`sources.pristine_source`: no copy in host RAM), else a copy kept on
+    `pristine_device` (page-locked for a CUDA model): a DiT built in memory, or cast since it was loaded.
+
+    While the DiT's weights are placeholders (an expert `runtime.expert_stream` has not loaded), `fuse`
+    checks the stack and remembers it; `reloaded()` fuses it once the weights are back."""
 
     def __init__(self, model: nn.Module, pristine_device: str | torch.device = "cpu") -> None:
         self.model = model
         self.pristine_device = torch.device(pristine_device)
         self._params: dict[tuple[str, str], torch.Tensor] = {}
-        self._pristine: dict[tuple[str, str], torch.Tensor] = {}
+        self._pristine: dict[tuple[str, str], torch.Tensor | str] = {}  # a tensor, or a state name to read
         self.fused: tuple[tuple[str, float], ...] = ()  # (source, strength) of what is in the weights now
+        self.stack: list[tuple[LoraWeights, float]] = []  # what was asked for last
+        self._fresh = False  # the weights were just loaded: they are their own pristine values
 
     @torch.no_grad()
     def fuse(self, stack: Sequence[tuple[LoraWeights, float]]) -> bool:
@@ -78,13 +86,20 @@ class StackFuser:
         if wanted == self.fused:
             return False
         targets = [check_lora_fits(self.model, lora) for lora, _ in stack]  # every error before any change
+        self.stack = list(stack)
         for found in targets:
             for target, param in found.items():
-                if target not in self._pristine:
-                    self._params[target] = param
-                    self._pristine[target] = _pristine_copy(param, self.pristine_device)
+                self._params.setdefault(target, param)
+        if any(is_placeholder(param) for param in self._params.values()):
+            self.fused = ()  # nothing is in the weights: fused when they are loaded (`reloaded`)
+            return True
+        for target, param in self._params.items():
+            if target not in self._pristine:
+                name = f"{target[0]}.{target[1]}"
+                self._pristine[target] = pristine_source(self.model, name, param, self.pristine_device)
         for (name, kind), param in self._params.items():
-            pristine = self._pristine[(name, kind)].to(param.device, non_blocking=True)
+            source = self._pristine[(name, kind)]
+            pristine = param if self._fresh else read_pristine(self.model, source, param.device)
             fused = None
             for lora, strength in stack:
                 delta = lora_delta(lora, name, kind, param.device)
@@ -93,6 +108,14 @@ class StackFuser:
             param.copy_(pristine if fused is None else fused.to(param.dtype))
         self.fused = wanted
         return True
+
+    def reloaded(self) -> None:
+        """The DiT's weights were just loaded again from its files (pristine): fuse the last stack."""
+        self._fresh, self.fused = True, ()
+        try:
+            self.fuse(self.stack)
+        finally:
+            self._fresh = False
 
 
 def check_stack_fits_folder(stack: Sequence, model_dir: str | Path, param: str = "loras") -> None:

@@ -1,0 +1,119 @@
+"""Where a loaded DiT's weights came from, so they can be read again instead of kept twice in host RAM.
+
+`load_transformer` records a `FileWeights` on every DiT it loads from safetensors files (both layouts,
+sharded or not): for each state name, the file and the key in the file (after Wan-original -> diffusers
+renames), plus the dtype rule the loader applied (`checkpoints._cast`). Re-reading a tensor through it
+(`read`) runs the same memory-mapped read (`safe_open`) and the same cast, so it gives bit for bit the
+value a fresh load gives. The LoRA fusers (`weights.stack.StackFuser`, `weights.lora.LoraFuser`) use it as
+their pristine source instead of a copy in RAM; `runtime.expert_stream` uses it to load an expert at the
+boundary. Components built in memory (presets) carry none and keep RAM copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+__all__ = [
+    "FileWeights",
+    "file_weights",
+    "is_placeholder",
+    "placeholder",
+    "pristine_source",
+    "read_pristine",
+    "record_file_weights",
+]
+
+_ATTRIBUTE = "_pusa_file_weights"
+
+
+@dataclass
+class FileWeights:
+    """state name -> (file, key in the file), and the loader's cast (`dtype`, `keep_in_fp32`)."""
+
+    entries: dict[str, tuple[Path, str]]
+    dtype: torch.dtype
+    keep_in_fp32: tuple[str, ...] = ()
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        """The dtype the loader gives `name` (a floating tensor: every DiT parameter is one)."""
+        return torch.float32 if any(m in name.split(".") for m in self.keep_in_fp32) else self.dtype
+
+    def reproduces(self, name: str, tensor: torch.Tensor) -> bool:
+        """Whether reading `name` again gives a tensor of `tensor`'s shape and dtype. False (keep a RAM
+        copy) for a name the files lack, or a model cast or converted (fp8) since it was loaded: then the
+        file's value is no longer what the weight was made from."""
+        return (
+            name in self.entries and torch.is_floating_point(tensor) and tensor.dtype == self.dtype_of(name)
+        )
+
+    def read(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        """`name` as the loader made it: the memory-mapped tensor, cast by the loader's own rule."""
+        from .checkpoints import _cast
+
+        file, key = self.entries[name]
+        with safe_open(str(file), framework="pt") as handle:
+            tensor = handle.get_tensor(key)
+        return _cast(name, tensor, self.dtype, list(self.keep_in_fp32)).to(device)
+
+    def read_many(self, names: list[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """`read` for each of `names`, each file opened once."""
+        from .checkpoints import _cast
+
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.entries[name][0], []).append(name)
+        out = {}
+        for file, group in by_file.items():
+            with safe_open(str(file), framework="pt") as handle:
+                for name in group:
+                    tensor = handle.get_tensor(self.entries[name][1])
+                    out[name] = _cast(name, tensor, self.dtype, list(self.keep_in_fp32)).to(device)
+                    del tensor
+        return out
+
+
+def file_weights(model: nn.Module) -> FileWeights | None:
+    """The `FileWeights` `load_transformer` recorded on `model`, or None (built in memory)."""
+    return getattr(model, _ATTRIBUTE, None)
+
+
+def record_file_weights(model: nn.Module, weights: FileWeights) -> None:
+    object.__setattr__(model, _ATTRIBUTE, weights)  # a plain attribute: not a module, buffer or config
+
+
+def pristine_source(
+    model: nn.Module, name: str, param: torch.Tensor, device: torch.device
+) -> torch.Tensor | str:
+    """What a fuser keeps as the pristine `name` (a state name of `model`): the state name itself when the
+    files reproduce it (read with `read_pristine`, no RAM held), else a copy on `device` (page-locked when
+    it is a CPU copy of a CUDA weight, so that a re-fuse reads it back at bus speed)."""
+    weights = file_weights(model)
+    if weights is not None and weights.reproduces(name, param):
+        return name
+    copy = param.detach().to(device, copy=True)
+    if device.type == "cpu" and param.device.type == "cuda":
+        copy = copy.pin_memory()
+    return copy
+
+
+def read_pristine(model: nn.Module, source: torch.Tensor | str, device: torch.device) -> torch.Tensor:
+    """A `pristine_source` entry's tensor on `device`."""
+    if isinstance(source, str):
+        return file_weights(model).read(source, device)
+    return source.to(device, non_blocking=True)
+
+
+def placeholder(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A stand-in of that shape and dtype holding one element (zero strides) on the CPU: what a
+    weight points at while its expert is not loaded (`runtime.expert_stream`). Shapes stay checkable; a
+    write into it fails."""
+    return torch.zeros(1, dtype=dtype).expand(shape)
+
+
+def is_placeholder(tensor: torch.Tensor) -> bool:
+    return tensor.numel() > 1 and all(s == 0 for s in tensor.stride())
