@@ -3,7 +3,7 @@
 
 One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
 video play, reload the page and find it again; type a number past a slider's range and be refused by name; type bad positions in Multi-Frames, see the error, fix them and generate; make
-a long video from Text-to-Video's Long video control; restart the
+a long video from Text-to-Video's Long video control, then one at the 4-step preset; restart the
 server (with a job left in its queue, which it then runs) and find the videos in History, then refill
 a form from one. Every request the page makes is
 recorded and must stay on this machine. Screenshots go to test-artifacts/.
@@ -225,6 +225,18 @@ def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> No
     fps = model_defaults("pusa-tiny").fps
     assert video["duration"] > 2 * 17 / fps, video  # 41 frames, not one clip of 17
     shot(page, "long-video")
+    # The 4-step preset, picked on the page: 4 steps at cfg 1.0 (pusa-tiny has no speed LoRA: a warning).
+    total.fill("0")
+    total.press("Tab")
+    page.locator("#t2v-preset").get_by_text("4-step", exact=True).click()
+    status = generate(page, "t2v")
+    assert "Done in" in status, status
+    settings = History(studio.outputs).list()[0].settings
+    assert (settings["preset"], settings["num_inference_steps"], settings["cfg"]) == ("4-step", 4, 1.0), (
+        settings
+    )
+    assert settings["dit_forwards"] == 4 and settings["num_frames"] == 17, settings
+    page.locator("#t2v-preset").get_by_text("none", exact=True).click()
     open_tab(page, "Video-to-Video")
     page.locator("#v2v-recipe-completion").click()
     page.wait_for_function(
