@@ -37,6 +37,10 @@ MODES = ("context", "cfg")
 IDLE_TIMEOUT = timedelta(days=30)
 
 
+class RanksLost(RuntimeError):
+    """A follower rank went away (killed, out of memory, crashed): the group cannot run another job."""
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """What every rank loads (the CLI's model flags)."""
@@ -130,6 +134,12 @@ class _Modes:
         self.current = (mode, strategy)
 
 
+def _gloo_peer_error(error: BaseException) -> bool:
+    """A collective that failed because the other end closed (the peer process is gone)."""
+    text = str(error)
+    return "Connection reset by peer" in text or "Connection closed by peer" in text
+
+
 def _exit_with_parent(parent: int) -> None:
     """A follower blocked in a collective would wait for rank 0 forever (IDLE_TIMEOUT): it leaves as soon
     as rank 0's process is gone (killed, or stopped by a signal that skipped `close`)."""
@@ -202,6 +212,7 @@ class ParallelRunner:
         self._processes: list[Any] = []
         self._closed = False
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._broken: str | None = None  # why the group cannot run jobs any more
         self._start()
 
     def _start(self) -> None:
@@ -237,8 +248,40 @@ class ParallelRunner:
             "strategy": self.strategy if self.mode == "context" else None,
         }
 
+    def _lost(self, error: BaseException) -> RanksLost:
+        """The error for a collective that failed because a follower went away (gloo: "Connection reset by
+        peer"), naming the rank and its exit code; every later job gets it at once."""
+        for process in self._processes:
+            process.join(timeout=2)  # a killed process is reaped within moments
+        gone = [(rank, p.exitcode) for rank, p in enumerate(self._processes, start=1) if not p.is_alive()]
+        which = ", ".join(f"rank {rank} (exit code {code})" for rank, code in gone) or "a rank"
+        self._broken = (
+            f"the {self.world_size}-rank parallel pipeline lost {which}; start it again "
+            f"(the collective said: {str(error).splitlines()[0][:200]})"
+        )
+        return RanksLost(self._broken)
+
     def _wrap(self, inner, text, negative_text, cfg):
-        """Called by `generate` once per job, before sampling: sends the job, returns the velocity."""
+        """Called by `generate` once per job, before sampling: sends the job, returns the velocity (any
+        collective that fails because a rank went away raises `RanksLost`)."""
+        if self._broken is not None:
+            raise RanksLost(self._broken)
+        try:
+            velocity = self._start_job(inner, text, negative_text, cfg)
+        except RuntimeError as error:
+            raise self._lost(error) from error
+
+        def guarded(x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            try:
+                return velocity(x, timestep, context)
+            except RuntimeError as error:
+                if all(process.is_alive() for process in self._processes) and not _gloo_peer_error(error):
+                    raise  # not a lost rank: the model's own error
+                raise self._lost(error) from error
+
+        return guarded
+
+    def _start_job(self, inner, text, negative_text, cfg):
         self._record()
         contexts = [text] + ([negative_text] if negative_text is not None else [])
         loras = [[spec.path, spec.strength, spec.expert] for spec in self.pipe.fused_loras]
@@ -305,7 +348,8 @@ class ParallelRunner:
             return
         self._closed = True
         try:
-            _broadcast_header({"op": "stop"})
+            if self._broken is None:  # a broken group cannot carry the message; its ranks are gone anyway
+                _broadcast_header({"op": "stop"})
         finally:
             for process in self._processes:
                 process.join(timeout=60)
@@ -340,4 +384,4 @@ def start_ranks(
     return ParallelRunner(parallel, "context", spec)
 
 
-__all__ = ["MODES", "LoadSpec", "ParallelRunner", "free_port", "start_ranks"]
+__all__ = ["MODES", "LoadSpec", "ParallelRunner", "RanksLost", "free_port", "start_ranks"]
