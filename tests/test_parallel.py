@@ -168,3 +168,18 @@ def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatc
     dim = config.num_attention_heads * config.attention_head_dim
     expected = context.communicated_bytes(80, dim, config.num_layers, 2, bytes_per_element=4)
     assert sum(sent) == pytest.approx(expected["per_rank"])
+
+
+def test_quiet_parallel_run_prints_no_loading_bars(tmp_path):
+    """`-q` silences rank 0's weight-loading bars; the follower ranks (other processes) printed theirs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "par.mp4"
+    argv = ["generate", "t2v", "--parallel", "2", "-p", "a red circle", "--steps", "1", "-q", "-o", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "pusa.cli", *argv], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Loading" not in done.stderr and "it/s" not in done.stderr, done.stderr
+    assert out.is_file()

@@ -154,6 +154,12 @@ def _follower_main(rank: int, world_size: int, port: int, spec: LoadSpec, parent
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _init_group(spec, rank, world_size, port)
+    import diffusers
+    import transformers
+
+    # rank 0 shows its own loading bars (or none, with -q); the followers' would only repeat them
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     pipe = _load(spec, rank, keep_io=False)
     device = pipe.device
     modes = _Modes(pipe.transformer)
