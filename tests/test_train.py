@@ -472,3 +472,57 @@ def test_train_demo_names_a_device_it_cannot_use(tmp_path, capsys):
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "meta"]) == 2
     assert "the recipe runs on cpu or cuda" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_a_run_started_from_a_model_folder_fine_tunes_it_on_several_clip_lengths(tmp_path, capsys):
+    """`--set init=FOLDER`: the tokenizer and VAE are the folder's, the decoder, base and VTA stages start from
+    its weights (at lr 0 the export is the folder again, bit for bit), every training length gets a pool of
+    latents normalized by the folder's statistics, and the export declares the lengths it trained on."""
+    from safetensors.torch import load_file
+
+    from pusa.cli import main
+    from pusa.pipeline import PusaPipeline
+
+    first, model = tmp_path / "first", tmp_path / "model"
+    assert main(["train", "demo", "--tiny", "--run-dir", str(first), "--export-dir", str(model)]) == 0
+    run, tuned = tmp_path / "run", tmp_path / "tuned"
+    frozen = [f"--set={stage}.lr=0" for stage in ("decoder", "base", "vta")]
+    args = ["train", "demo", "--tiny", "--run-dir", str(run), "--export-dir", str(tuned)]
+    assert main([*args, f"--set=init={model}", "--set=clip.train_frames=[13]", *frozen]) == 0
+    for part in ("vae", "transformer", "text_encoder"):
+        ours = load_file(str(next((tuned / part).glob("*.safetensors"))))
+        theirs = load_file(str(next((model / part).glob("*.safetensors"))))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    ours, theirs = (
+        load_lora(tuned / "pusa_tiny_lora.safetensors"),
+        load_lora(model / "pusa_tiny_lora.safetensors"),
+    )
+    assert all(torch.equal(ours.modules[m][i], theirs.modules[m][i]) for m in theirs.modules for i in (0, 1))
+    vae_config = json.loads((model / "vae" / "config.json").read_text())
+    assert (run / "tokenizer").is_dir() and json.loads((run / "latent_stats.json").read_text()) == {
+        "latents_mean": vae_config["latents_mean"], "latents_std": vae_config["latents_std"],
+    }  # fmt: skip
+    native, longer = LatentPool.load(run / "pool.safetensors"), LatentPool.load(run / "pool-13f.safetensors")
+    assert (native.num_frames, longer.num_frames) == (9, 13)
+    assert longer.latents.shape[2] == 4 and len(longer) == round(
+        len(native) * 3 / 4
+    )  # ~ as many latent frames
+    manifest = json.loads((tuned / "pusa_model.json").read_text())
+    assert manifest["trained"] == {"num_frames": [9, 13], "sizes": [[32, 32]]}
+    assert manifest["fine_tuned_from"]["trained_steps"]["base"] == 4
+    assert (
+        PusaPipeline.from_model(tuned)
+        .text_to_video("x", num_frames=13, num_inference_steps=1)
+        .frames.shape[0]
+        == 13
+    )
+
+    # Bad settings are named before anything trains.
+    assert main(["train", "demo", "--tiny", "--run-dir", str(tmp_path / "a"), "--set=init=/nowhere"]) == 2
+    assert "init='/nowhere': no such folder" in capsys.readouterr().err
+    assert (
+        main(["train", "demo", "--tiny", "--run-dir", str(tmp_path / "b"), "--set=clip.train_frames=[12]"])
+        == 2
+    )
+    assert "12 is not a clip length" in capsys.readouterr().err

@@ -20,6 +20,24 @@ class ClipConfig:
     width: int = 64
     height: int = 64
     fps: float = 8.0
+    # More clip lengths (4k+1) the decoder, base and VTA stages train on besides `num_frames` (the exported
+    # default). Each training step draws one length; its batch is scaled so every step holds about as many
+    # latent frames as a `num_frames` batch. pusa-tiny v5: (33, 49), so 17, 33 and 49 frames all work.
+    train_frames: tuple[int, ...] = ()
+
+
+def clip_lengths(clip: ClipConfig) -> tuple[int, ...]:
+    """Every clip length a run trains on: `num_frames` first, then `train_frames` (no repeats)."""
+    return tuple(dict.fromkeys((clip.num_frames, *clip.train_frames)))
+
+
+def latent_frames(num_frames: int) -> int:
+    return (num_frames - 1) // 4 + 1
+
+
+def length_batch(batch_size: int, clip: ClipConfig, num_frames: int) -> int:
+    """The batch size at `num_frames` that holds about as many latent frames as `batch_size` native clips."""
+    return max(1, round(batch_size * latent_frames(clip.num_frames) / latent_frames(num_frames)))
 
 
 @dataclass
@@ -172,6 +190,10 @@ class RunConfig:
     dit: DitConfig = field(default_factory=DitConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     vta: VtaConfig = field(default_factory=VtaConfig)
+    # A model folder (or "pusa-tiny") to start from instead of random weights: the tokenizer and VAE are copied
+    # from it (the VAE stage does not train, so every latent keeps its meaning), the decoder, base and VTA
+    # stages fine-tune its decoder, DiT + text encoder and LoRA. pusa-tiny v5 is v4 fine-tuned this way.
+    init: str | None = None
     checkpoint_every: int = 100  # steps
     log_every: int = 10
     num_threads: int | None = None  # torch CPU threads (None: torch's default)

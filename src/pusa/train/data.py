@@ -29,6 +29,7 @@ __all__ = [
     "LatentBatch",
     "LatentFolder",
     "LatentPool",
+    "LengthMix",
     "save_latent_clip",
     "world_pixel_batch",
 ]
@@ -138,6 +139,25 @@ class LatentPool:
             tensors.get("image_latents"),
             positions,
         )
+
+
+@dataclass
+class LengthMix:
+    """Pools of several clip lengths as one source: each batch is drawn from one length (uniformly chosen),
+    its size scaled so every batch holds about as many latent frames as `batch_size` clips of the native length
+    (the first pool: the exported default, which the caption-sensitivity probe reads)."""
+
+    pools: dict[int, LatentPool]  # num_frames -> pool; the first is the native length
+
+    @property
+    def native(self) -> LatentPool:
+        return next(iter(self.pools.values()))
+
+    def batch(self, rng: np.random.Generator, batch_size: int) -> LatentBatch:
+        lengths = list(self.pools)
+        length = lengths[int(rng.integers(len(lengths)))]
+        native, chosen = self.native.latents.shape[2], self.pools[length].latents.shape[2]
+        return self.pools[length].batch(rng, max(1, round(batch_size * native / chosen)))
 
 
 def save_latent_clip(

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pusa.train.config import load_run_config
+from pusa.train.config import clip_lengths, load_run_config
 from pusa.train.loop import checkpoint_path, load_checkpoint
 from pusa.train.stages_dit import load_base, load_vta_lora
 from pusa.train.stages_vae import load_vae
@@ -70,7 +70,22 @@ def export_demo_model(run_dir: str | Path, out_dir: str | Path) -> Path:
             "vta": lora_steps,
         },
         "recipe": "pusa train demo (pusa.train.recipe)",
+        # What the studio bounds its clip fields by (registry.folder_defaults): every length it trained on.
+        "trained": {
+            "num_frames": sorted(clip_lengths(cfg.clip)),
+            "sizes": [[cfg.clip.width, cfg.clip.height]],
+        },
     }
+    if cfg.init:
+        from pusa.train.init import resolve_init
+        from pusa.weights.registry import read_manifest
+
+        before = read_manifest(resolve_init(cfg.init)) or {}
+        manifest["fine_tuned_from"] = {
+            "name": before.get("name"),
+            "trained_steps": before.get("trained_steps"),
+            "trained": before.get("trained"),
+        }
     (out_dir / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (out_dir / "training_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     return out_dir

@@ -78,6 +78,12 @@ def run_recipe(
         cfg = cfg or RunConfig()
         config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     check_dit_width(cfg.dit, cfg.vae.z_dim)  # before hours of VAE training, not after
+    check_clip_lengths(cfg)
+    init = None
+    if cfg.init:
+        from pusa.train.init import resolve_init
+
+        init = resolve_init(cfg.init)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     log = RunLog(run_dir)
@@ -90,8 +96,16 @@ def run_recipe(
             continue
         started = time.perf_counter()
         log.write(stage=name, event="start")
-        if name == "tokenizer":
+        if name == "tokenizer" and init is not None:
+            from pusa.train.init import init_tokenizer
+
+            init_tokenizer(run_dir, init)
+        elif name == "tokenizer":
             make_tokenizer(run_dir, cfg)
+        elif name == "vae" and init is not None:
+            from pusa.train.init import init_vae
+
+            init_vae(run_dir, cfg, init, log)
         elif name == "vae":
             train_vae(run_dir, cfg, log)
         elif name == "decoder":
@@ -108,6 +122,16 @@ def run_recipe(
     return run_dir
 
 
+def check_clip_lengths(cfg: RunConfig) -> None:
+    """Every training length is 4k+1 frames (Wan's VAE: one frame, then groups of 4), refused by name."""
+    for frames in (cfg.clip.num_frames, *cfg.clip.train_frames):
+        if not isinstance(frames, int) or frames < 5 or (frames - 1) % 4:
+            raise ValueError(
+                f"clip.train_frames={list(cfg.clip.train_frames)} / clip.num_frames={cfg.clip.num_frames}: {frames!r} "
+                "is not a clip length; each must be 4k+1 frames, at least 5 (e.g. 17, 33, 49)"
+            )
+
+
 def _override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     """Apply `section.field=value` overrides (e.g. `base.steps=2000`)."""
     cfg = copy.deepcopy(cfg)
@@ -119,7 +143,15 @@ def _override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
         if not hasattr(target, name):
             raise ValueError(f"--set {assignment!r}: {key} is not a config field")
         current = getattr(target, name)
-        parsed: Any = json.loads(value) if not isinstance(current, str) else value
+        if isinstance(current, str) or (current is None and name == "init"):
+            parsed: Any = value or None
+        else:
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"--set {assignment!r}: {value!r} is not a value for {key} ({error})"
+                ) from None
         setattr(target, name, tuple(parsed) if isinstance(current, tuple) else parsed)
     return cfg
 

@@ -22,9 +22,9 @@ from torch import nn
 from pusa.schedule import shift_sigmas
 from pusa.train.builders import build_text_encoder, build_transformer, load_tokenizer
 from pusa.train.config import RunConfig, VtaConfig
-from pusa.train.data import LatentBatch, LatentFolder, LatentPool
-from pusa.train.loop import RunLog, Stage, apply_ema, load_checkpoint, train_stage
-from pusa.train.stages_vae import pool_object_masks
+from pusa.train.data import LatentBatch, LatentFolder, LatentPool, LengthMix
+from pusa.train.loop import RunLog, Stage, apply_ema, checkpoint_path, load_checkpoint, train_stage
+from pusa.train.stages_vae import load_pools, pool_object_masks
 from pusa.train.world import LINEAR_MOTIONS, OBJECT_COLORS, SHAPES, ClipSpec, caption, sample_clip_spec
 from pusa.weights.lora import LoraLinear, add_lora
 
@@ -183,21 +183,25 @@ def train_base(
     run_dir: Path,
     cfg: RunConfig,
     log: RunLog,
-    source: LatentPool | LatentFolder | None = None,
+    source: LatentPool | LengthMix | LatentFolder | None = None,
     device: str = "cpu",
 ) -> None:
     """Stage (b): the text-to-video base with one shared timestep per clip; umT5 trains jointly. Batches are
     drawn on the CPU (the same ones on any device) and the models train in float32 on `device`."""
     b = cfg.base
-    if b.object_weight and source is not None and not isinstance(source, LatentPool):
+    if b.object_weight and source is not None and not isinstance(source, LatentPool | LengthMix):
         raise ValueError(
             f"base.object_weight={b.object_weight}: object masks are rendered from the seeds of the recipe's "
             "pool of world clips; a folder of latents has none (use 0)"
         )
-    source = source or LatentPool.load(run_dir / "pool.safetensors")
-    if b.object_weight:  # a copy: the caller's pool keeps its own (uniform) weights
-        source = dataclasses.replace(source, weights=1.0 + b.object_weight * pool_object_masks(source))
+    source = source or load_pools(run_dir, cfg)
+    if b.object_weight:  # copies: the caller's pools keep their own (uniform) weights
+        source = _with_object_weights(source, b.object_weight)
     tokenizer, text_encoder, transformer = build_base_models(run_dir, cfg)
+    if cfg.init and not checkpoint_path(run_dir, "base").is_file():
+        from pusa.train.init import init_base, resolve_init
+
+        init_base(resolve_init(cfg.init), transformer, text_encoder)
     text_encoder.to(device)
     transformer.to(device)
     encode = TextEncoding(tokenizer, text_encoder, cfg.tokenizer.max_sequence_length)
@@ -206,10 +210,12 @@ def train_base(
         rng = np.random.default_rng((cfg.seed, 21, step))
         batch = source.batch(rng, b.batch_size)
         text = _batch_text(batch, encode, rng, b.caption_dropout)
-        sigmas = sample_sigmas(rng, (b.batch_size,), b.shift)  # [B]: one per clip
+        sigmas = sample_sigmas(rng, (batch.latents.shape[0],), b.shift)  # [B]: one per clip
         noise = torch.from_numpy(rng.standard_normal(batch.latents.shape, dtype=np.float32))
         return flow_matching_loss(transformer, batch.latents, sigmas, text, noise, batch.weights), {}
 
+    probe = source.native if isinstance(source, LengthMix) else source
+    probe = probe if isinstance(probe, LatentPool) else None
     trainable = {**dict(transformer.named_parameters(prefix="transformer")),
                  **dict(text_encoder.named_parameters(prefix="text_encoder"))}  # fmt: skip
     stage = Stage(
@@ -217,9 +223,7 @@ def train_base(
         modules={"transformer": transformer, "text_encoder": text_encoder},
         trainable=trainable,
         loss_fn=loss_fn,
-        eval_fn=(lambda: caption_sensitivity(transformer, encode, source))
-        if isinstance(source, LatentPool)
-        else None,
+        eval_fn=(lambda: caption_sensitivity(transformer, encode, probe)) if probe is not None else None,
         eval_every=b.eval_every,
         steps=b.steps,
         lr=b.lr,
@@ -229,6 +233,12 @@ def train_base(
         time_budget_s=b.minutes * 60 if b.minutes else None,
     )
     train_stage(stage, run_dir, log, cfg.checkpoint_every, cfg.log_every)
+
+
+def _with_object_weights(source: LatentPool | LengthMix, weight: float) -> LatentPool | LengthMix:
+    if isinstance(source, LengthMix):
+        return LengthMix({n: _with_object_weights(pool, weight) for n, pool in source.pools.items()})  # type: ignore[misc]
+    return dataclasses.replace(source, weights=1.0 + weight * pool_object_masks(source))
 
 
 def _batch_text(
@@ -306,7 +316,7 @@ def train_vta(
     run_dir: Path,
     cfg: RunConfig,
     log: RunLog,
-    source: LatentPool | LatentFolder | None = None,
+    source: LatentPool | LengthMix | LatentFolder | None = None,
     base: tuple[Any, nn.Module, nn.Module] | None = None,
     device: str | None = None,
 ) -> dict[str, LoraLinear]:
@@ -317,7 +327,7 @@ def train_vta(
     enable_gradient_checkpointing()`) and a `LatentFolder` of clips pre-encoded with its VAE and umT5.
     """
     v = cfg.vta
-    source = source or LatentPool.load(run_dir / "pool.safetensors")
+    source = source or load_pools(run_dir, cfg)
     tokenizer, text_encoder, transformer = base or load_base(run_dir, cfg)
     if device is not None:  # None: where `base` already is
         text_encoder.to(device)
@@ -326,6 +336,10 @@ def train_vta(
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed + 2)
     wrapped = add_lora(transformer, v.rank)
+    if cfg.init and base is None and not checkpoint_path(run_dir, "vta").is_file():
+        from pusa.train.init import init_lora, resolve_init
+
+        init_lora(resolve_init(cfg.init), wrapped)
     encode = TextEncoding(tokenizer, text_encoder, cfg.tokenizer.max_sequence_length)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -333,7 +347,7 @@ def train_vta(
         batch = source.batch(rng, v.batch_size)
         with torch.no_grad():
             text = _batch_text(batch, encode, rng, v.caption_dropout)
-        sigmas, conditioned = vta_sigmas(rng, v.batch_size, batch.latents.shape[2], v)  # [B, F]
+        sigmas, conditioned = vta_sigmas(rng, batch.latents.shape[0], batch.latents.shape[2], v)  # [B, F]
         latents = _substitute_image_latents(batch, conditioned, rng, v.image_latent_fraction)
         noise = torch.from_numpy(rng.standard_normal(latents.shape, dtype=np.float32))
         return flow_matching_loss(transformer, latents, sigmas, text, noise), {}

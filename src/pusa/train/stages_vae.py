@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pusa.train.builders import build_vae
-from pusa.train.config import RunConfig
-from pusa.train.data import LatentPool, render_pixels, video_pixels, world_pixel_batch
+from pusa.train.config import RunConfig, clip_lengths, length_batch
+from pusa.train.data import LatentPool, LengthMix, render_pixels, video_pixels, world_pixel_batch
 from pusa.train.detector import DEFAULT_THRESHOLD, analyze_clip
 from pusa.train.loop import RunLog, Stage, checkpoint_path, load_checkpoint, train_stage
 from pusa.train.world import TRAIN_SEED_LIMIT, caption, eval_specs, render_clip, sample_clip_spec
@@ -205,9 +205,12 @@ def train_decoder(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
         if param.requires_grad:
             trainable[f"vae.{name}"] = param
 
+    lengths = clip_lengths(c)
+
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         seed = (cfg.seed * 1_000_003 + 700_001 + step) % TRAIN_SEED_LIMIT
-        pixels = world_pixel_batch(seed, d.batch_size, c.num_frames, c.width, c.height)  # whole clips
+        frames = lengths[step % len(lengths)]  # whole clips, each length in turn
+        pixels = world_pixel_batch(seed, length_batch(d.batch_size, c, frames), frames, c.width, c.height)
         with torch.no_grad():
             mean = vae.encode(pixels).latent_dist.mean
         generator = torch.Generator().manual_seed(seed)
@@ -233,19 +236,43 @@ def train_decoder(run_dir: Path, cfg: RunConfig, log: RunLog) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- stage: pool
-@torch.no_grad()
+def pool_path(run_dir: Path, cfg: RunConfig, num_frames: int) -> Path:
+    """`pool.safetensors` for the native clip length, `pool-<N>f.safetensors` for the other training lengths."""
+    name = "pool" if num_frames == cfg.clip.num_frames else f"pool-{num_frames}f"
+    return run_dir / f"{name}.safetensors"
+
+
 def encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog, device: str = "cpu") -> LatentPool:
-    """Encode `pool.num_clips` world clips with the frozen VAE (on `device`); normalize them per channel."""
-    path = run_dir / "pool.safetensors"
+    """Encode `pool.num_clips` world clips with the frozen VAE (on `device`); normalize them per channel with
+    the run's latent statistics (computed from the native pool, or the `init` folder's). Each further training
+    length gets its own pool, of `num_clips` scaled to about as many latent frames."""
+    pools = [_encode_pool(run_dir, cfg, log, frames, device) for frames in clip_lengths(cfg.clip)]
+    return pools[0]
+
+
+def load_pools(run_dir: Path, cfg: RunConfig) -> LatentPool | LengthMix:
+    """The DiT stages' source: the native pool alone, or every training length's pool as a `LengthMix`."""
+    lengths = clip_lengths(cfg.clip)
+    pools = {frames: LatentPool.load(pool_path(run_dir, cfg, frames)) for frames in lengths}
+    return pools[lengths[0]] if len(pools) == 1 else LengthMix(pools)
+
+
+@torch.no_grad()
+def _encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog, num_frames: int, device: str) -> LatentPool:
+    path = pool_path(run_dir, cfg, num_frames)
     if path.is_file():
         return LatentPool.load(path)
     c, p = cfg.clip, cfg.pool
+    stats_path = run_dir / "latent_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
     vae = load_vae(run_dir, cfg).to(device)
-    seeds = np.random.default_rng((cfg.seed, 11)).integers(TRAIN_SEED_LIMIT, size=p.num_clips)
+    num_clips = length_batch(p.num_clips, c, num_frames)
+    salt = (11,) if num_frames == c.num_frames else (11, num_frames)
+    seeds = np.random.default_rng((cfg.seed, *salt)).integers(TRAIN_SEED_LIMIT, size=num_clips)
     latents, image_latents = [], []
-    for start in tqdm(range(0, p.num_clips, p.batch_size), desc="pool", dynamic_ncols=True):
+    for start in tqdm(range(0, num_clips, p.batch_size), desc=f"pool {num_frames}f", dynamic_ncols=True):
         chunk = seeds[start : start + p.batch_size]
-        pixels = render_pixels(chunk, c.num_frames, c.width, c.height, device)  # [B, 3, F, H, W]
+        pixels = render_pixels(chunk, num_frames, c.width, c.height, device)  # [B, 3, F, H, W]
         latents.append(vae.encode(pixels).latent_dist.mode().cpu())  # [B, 16, F_lat, h, w]
         if p.image_positions:
             frames = pixels[:, :, [4 * k for k in p.image_positions]]  # [B, 3, K, H, W]
@@ -256,13 +283,17 @@ def encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog, device: str = "cpu")
             )  # [B, K, 16, h, w]
             image_latents.append(encoded.transpose(1, 2))  # [B, 16, K, h, w]
     raw = torch.cat(latents)
-    mean = raw.mean(dim=(0, 2, 3, 4))  # [16]
-    std = raw.std(dim=(0, 2, 3, 4))
+    if stats is None:
+        stats = {
+            "latents_mean": raw.mean(dim=(0, 2, 3, 4)).tolist(),
+            "latents_std": raw.std(dim=(0, 2, 3, 4)).tolist(),
+        }
+    mean, std = torch.tensor(stats["latents_mean"]), torch.tensor(stats["latents_std"])
     view = (1, -1, 1, 1, 1)
     pool = LatentPool(
         latents=(raw - mean.view(view)) / std.view(view),
         seeds=torch.from_numpy(seeds.astype(np.int64)),
-        num_frames=c.num_frames,
+        num_frames=num_frames,
         width=c.width,
         height=c.height,
         image_latents=(torch.cat(image_latents) - mean.view(view)) / std.view(view)
@@ -270,10 +301,10 @@ def encode_pool(run_dir: Path, cfg: RunConfig, log: RunLog, device: str = "cpu")
         else None,
         image_positions=tuple(p.image_positions),
     )
-    stats = {"latents_mean": mean.tolist(), "latents_std": std.tolist()}
-    (run_dir / "latent_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    if not stats_path.is_file():
+        stats_path.write_text(json.dumps(stats, indent=1) + "\n")
     pool.save(path)
-    log.write(stage="pool", event="done", num_clips=p.num_clips, **stats)
+    log.write(stage="pool", event="done", num_frames=num_frames, num_clips=num_clips, **stats)
     return pool
 
 
