@@ -115,7 +115,7 @@ def test_parallel_video_is_written(runner, tmp_path):
     ("argv", "message"),
     [
         (["--parallel", "0"], "--parallel=0 is not allowed"),
-        (["--parallel", "2", "--cfg-parallel"], "give one"),
+        (["--parallel", "3", "--cfg-parallel"], "--parallel=3 with --cfg-parallel is not allowed"),
         (["--parallel", "2", "--device", "cuda:1"], "give plain cuda"),
     ],
 )
