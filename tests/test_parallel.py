@@ -111,6 +111,17 @@ def test_parallel_video_is_written(runner, tmp_path):
     assert out.frames.shape == (17, 64, 64, 3) and out.frames.dtype == np.uint8
 
 
+def test_flags_give_the_rank_layout():
+    from pusa.parallel.flags import check_parallel_flags, rank_layout
+
+    for parallel, cfg_parallel, layout in [(2, False, (2, "context")), (1, True, (2, "cfg")),
+                                           (2, True, (2, "cfg")), (4, True, (4, "cfg"))]:  # fmt: skip
+        check_parallel_flags(parallel, cfg_parallel, "cpu")
+        assert rank_layout(parallel, cfg_parallel) == layout
+    with pytest.raises(ValueError, match="even number"):
+        check_parallel_flags(3, True, "cpu")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
