@@ -78,7 +78,9 @@ I2V = GenerationRequest(
         ("context", "ulysses", T2V),
         ("context", "ulysses", replace(T2V, lora_alpha=1.0)),  # the LoRA strength reaches rank 1
         ("context", "ulysses", I2V),
-        ("context", "allgather", T2V),  # the fallback when the ranks do not divide the heads
+        ("context", "ring", T2V),  # what "auto" runs when the ranks do not divide the heads
+        ("context", "ring", I2V),
+        ("context", "allgather", T2V),
         ("cfg", "auto", T2V),
         ("cfg", "auto", I2V),
     ],
@@ -86,6 +88,8 @@ I2V = GenerationRequest(
         "cp-ulysses-t2v",
         "cp-ulysses-t2v-alpha",
         "cp-ulysses-i2v",
+        "cp-ring-t2v",
+        "cp-ring-i2v",
         "cp-allgather-t2v",
         "cfg-t2v",
         "cfg-i2v",

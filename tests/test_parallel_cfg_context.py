@@ -37,7 +37,8 @@ def _latents(pipe, request: GenerationRequest) -> tuple[torch.Tensor, dict]:
 
 
 # 17 frames at 48x32: 5 latent frames of 6 tokens, 30 tokens. In a CFG group of 2 ranks the second starts at
-# token 15, over all 4 ranks they start at 0, 8, 16, 23: inside latent frames (2 heads: 4 ranks all-gather).
+# token 15, over all 4 ranks they start at 0, 8, 16, 23: inside latent frames, and of two sizes (2 heads do
+# not divide by 4 ranks: "auto" is ring attention there).
 SIZE = dict(width=48, height=32, num_frames=17, num_inference_steps=2)
 T2V = GenerationRequest(task="t2v", prompt="a fox", seed=3, cfg=3.0, **SIZE)
 I2V = GenerationRequest(
@@ -64,14 +65,20 @@ def test_the_splits_fall_inside_latent_frames():
         ("cfg", I2V, (2, 2)),
         ("cfg", replace(T2V, cfg=1.0), (2, 2)),  # no negative pass: the first group alone, split in two
         ("context", T2V, (1, 4)),
+        ("context", I2V, (1, 4)),
     ],
-    ids=["cfg2x2-t2v", "cfg2x2-i2v", "cfg2x2-cfg1", "cp4-t2v"],
+    ids=["cfg2x2-t2v", "cfg2x2-i2v", "cfg2x2-cfg1", "cp4-ring-t2v", "cp4-ring-i2v"],
 )
 def test_four_ranks_match_one_rank(runner, single, mode, request_, layout):
+    from pusa.parallel.context import ContextParallelState
+
     reference, expected = _latents(single, request_)
     assert expected["expert_steps"] == ["high", "low"]
     runner.set_mode(mode)
     latents, settings = _latents(runner.pipe, request_)
+    if mode == "context":  # 2 heads on 4 ranks
+        state = runner._modes.handles[0].state
+        assert isinstance(state, ContextParallelState) and state.strategy_for(2) == "ring"
     torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
     parallel = settings["acceleration"]["parallel"]
     assert (parallel["cfg_groups"], parallel["ranks_per_pass"]) == layout and parallel["world_size"] == 4
