@@ -156,7 +156,8 @@ def test_serve_parallel_and_worker_flags_refused_before_starting(argv, message, 
     assert message in capsys.readouterr().err
 
 
-def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatch):
+@pytest.mark.parametrize("strategy", ["ulysses", "ring"])
+def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatch, strategy):
     """The benchmark's formula (`communicated_bytes`) against the bytes rank 0 hands to the collectives
     in one DiT pass (1 step, cfg 1.0) on pusa-tiny: L = 80 tokens, D = 128, 6 layers, float32."""
     import torch.distributed as dist
@@ -164,7 +165,11 @@ def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatc
     from pusa.parallel import context
 
     sent = []
-    all_to_all, all_gather = dist.all_to_all_single, dist.all_gather
+    all_to_all, all_gather, batch = dist.all_to_all_single, dist.all_gather, dist.batch_isend_irecv
+
+    def spy_batch(ops):  # the ring's exchanges: what rank 0 sends
+        sent.extend(op.tensor.numel() * op.tensor.element_size() for op in ops if op.op is dist.isend)
+        return batch(ops)
 
     def spy_all_to_all(output, input, output_split_sizes=None, input_split_sizes=None, group=None):
         mine = input_split_sizes[dist.get_rank()] / sum(input_split_sizes)
@@ -175,13 +180,14 @@ def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatc
         sent.append(tensor.numel() * tensor.element_size() * (len(parts) - 1))
         return all_gather(parts, tensor, group=group)
 
-    runner.set_mode("context", "ulysses")
+    runner.set_mode("context", strategy)
     monkeypatch.setattr(context.dist, "all_to_all_single", spy_all_to_all)
     monkeypatch.setattr(context.dist, "all_gather", spy_all_gather)
+    monkeypatch.setattr(context.dist, "batch_isend_irecv", spy_batch)
     runner.pipe.generate(replace(T2V, num_inference_steps=1, cfg=1.0))
     config = runner.pipe.transformer.config
     dim = config.num_attention_heads * config.attention_head_dim
-    expected = context.communicated_bytes(80, dim, config.num_layers, 2, bytes_per_element=4)
+    expected = context.communicated_bytes(80, dim, config.num_layers, 2, 4, strategy)
     assert sum(sent) == pytest.approx(expected["per_rank"])
 
 

@@ -8,7 +8,16 @@ back to the token split. When N does not divide the heads, ring attention: the r
 value slices around a ring (N-1 point-to-point exchanges, each overlapped with the attention of the slice
 in hand), every rank attends its queries to one slice at a time and merges the partial outputs by their
 log-sum-exp (the online softmax), so no rank holds more than two slices. An "allgather" strategy instead
-gathers every rank's keys and values at once (the same bytes, one collective, N slices in memory). Cross-attention,
+gathers every rank's keys and values at once (the same bytes, one collective, N slices in memory).
+
+Why not diffusers' ring attention (`ContextParallelConfig(ring_degree=N)`): its ring needs an attention
+kernel that returns the log-sum-exp, and none of its backends gives one on a CPU: "native" (SDPA) refuses
+`return_lse`, "_native_flash" calls `aten::_scaled_dot_product_flash_attention`, which has no CPU kernel
+(and the backend takes bf16/fp16 only), the rest are CUDA kernels. Its only `rotate_method` is
+"allgather" (every slice gathered at once, as our "allgather" strategy), its all-gather needs equal slices
+(`ring_anything` for others), and its Wan plan splits a `[B, L]` timestep, not Pusa's `[B, F]`. Our ring
+gets the log-sum-exp from torch's CPU flash kernel (`_scaled_dot_product_flash_attention_for_cpu`) or,
+on CUDA, the memory-efficient kernel. Cross-attention,
 the feed-forward and the norms are per token and run on the local slice unchanged. The output head
 runs after one all-gather of the final hidden states, so every rank returns the full output.
 
