@@ -105,6 +105,7 @@ def test_parallel_matches_one_rank(runner, single, mode, strategy, request_):
     torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
     assert settings["acceleration"]["parallel"]["mode"] == mode
     assert settings["acceleration"]["parallel"]["world_size"] == 2
+    assert settings["acceleration"]["parallel"]["attention"] == (strategy if mode == "context" else None)
 
 
 def test_parallel_video_is_written(runner, tmp_path):

@@ -237,6 +237,18 @@ class ContextParallelSelfAttention:
 
 
 # ------------------------------------------------------------------------------------------- the hooks
+def attention_strategy(strategy: str, heads: int, ranks: int) -> str:
+    """What a self-attention of `heads` heads split over `ranks` runs for `strategy`: "auto" is Ulysses
+    when the ranks divide the heads, ring attention when they do not."""
+    if strategy in ("ring", "allgather"):
+        return strategy
+    if heads % ranks:
+        if strategy == "ulysses":
+            raise ValueError(f"Ulysses needs the {heads} heads to divide by {ranks} ranks")
+        return "ring"
+    return "ulysses"
+
+
 class ContextParallelState:
     """What one forward pass's hooks share: the group, the strategy and this call's token split."""
 
@@ -251,15 +263,7 @@ class ContextParallelState:
         self.num_frames = 0
 
     def strategy_for(self, heads: int) -> str:
-        """What a self-attention of `heads` heads runs: "auto" is Ulysses when the ranks divide the heads,
-        ring attention when they do not."""
-        if self.strategy in ("ring", "allgather"):
-            return self.strategy
-        if heads % self.world_size:
-            if self.strategy == "ulysses":
-                raise ValueError(f"Ulysses needs the {heads} heads to divide by {self.world_size} ranks")
-            return "ring"
-        return "ulysses"
+        return attention_strategy(self.strategy, heads, self.world_size)
 
 
 class ContextParallel:
@@ -354,6 +358,7 @@ __all__ = [
     "STRATEGIES",
     "ContextParallel",
     "TokenSplit",
+    "attention_strategy",
     "communicated_bytes",
     "enable_context_parallel",
     "local_modulation",

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from ..lora_specs import LoraSpec
+from .context import attention_strategy
 
 MODES = ("context", "cfg")
 # A follower waits for the next job for as long as rank 0 lives (a studio may sit idle for days).
@@ -288,6 +289,12 @@ class ParallelRunner:
             "cfg_groups": cfg_groups(self.mode),
             "ranks_per_pass": self.group_size,  # context parallel over these (1: each rank the whole DiT)
             "strategy": self.strategy if self.group_size > 1 else None,
+            # what the self-attentions run ("ulysses", "ring" or "allgather"; None: not split)
+            "attention": attention_strategy(
+                self.strategy, self.pipe.transformer.config.num_attention_heads, self.group_size
+            )
+            if self.group_size > 1
+            else None,
         }
 
     def _lost(self, error: BaseException) -> RanksLost:
