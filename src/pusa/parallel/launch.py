@@ -232,7 +232,8 @@ def _follower_main(rank: int, world_size: int, port: int, spec: LoadSpec, parent
 class ParallelRunner:
     """Rank 0 of an N-rank pipeline: `runner.pipe.generate(...)` as usual; `close()` stops the ranks.
 
-    `ParallelRunner(2, "context", LoadSpec("tiny-random"))`; as a context manager it closes itself."""
+    `ParallelRunner(2, "context", LoadSpec("tiny-random"))`, or `ParallelRunner(4, "cfg", ...)` for two
+    CFG groups of 2 context-parallel ranks; as a context manager it closes itself."""
 
     def __init__(
         self, world_size: int, mode: str = "context", spec: LoadSpec | None = None, strategy: str = "auto"
