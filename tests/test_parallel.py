@@ -78,7 +78,9 @@ I2V = GenerationRequest(
         ("context", "ulysses", T2V),
         ("context", "ulysses", replace(T2V, lora_alpha=1.0)),  # the LoRA strength reaches rank 1
         ("context", "ulysses", I2V),
-        ("context", "allgather", T2V),  # the fallback when the ranks do not divide the heads
+        ("context", "ring", T2V),  # what "auto" runs when the ranks do not divide the heads
+        ("context", "ring", I2V),
+        ("context", "allgather", T2V),
         ("cfg", "auto", T2V),
         ("cfg", "auto", I2V),
     ],
@@ -86,6 +88,8 @@ I2V = GenerationRequest(
         "cp-ulysses-t2v",
         "cp-ulysses-t2v-alpha",
         "cp-ulysses-i2v",
+        "cp-ring-t2v",
+        "cp-ring-i2v",
         "cp-allgather-t2v",
         "cfg-t2v",
         "cfg-i2v",
@@ -101,6 +105,7 @@ def test_parallel_matches_one_rank(runner, single, mode, strategy, request_):
     torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
     assert settings["acceleration"]["parallel"]["mode"] == mode
     assert settings["acceleration"]["parallel"]["world_size"] == 2
+    assert settings["acceleration"]["parallel"]["attention"] == (strategy if mode == "context" else None)
 
 
 def test_parallel_video_is_written(runner, tmp_path):
@@ -111,11 +116,22 @@ def test_parallel_video_is_written(runner, tmp_path):
     assert out.frames.shape == (17, 64, 64, 3) and out.frames.dtype == np.uint8
 
 
+def test_flags_give_the_rank_layout():
+    from pusa.parallel.flags import check_parallel_flags, rank_layout
+
+    for parallel, cfg_parallel, layout in [(2, False, (2, "context")), (1, True, (2, "cfg")),
+                                           (2, True, (2, "cfg")), (4, True, (4, "cfg"))]:  # fmt: skip
+        check_parallel_flags(parallel, cfg_parallel, "cpu")
+        assert rank_layout(parallel, cfg_parallel) == layout
+    with pytest.raises(ValueError, match="even number"):
+        check_parallel_flags(3, True, "cpu")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--parallel", "0"], "--parallel=0 is not allowed"),
-        (["--parallel", "2", "--cfg-parallel"], "give one"),
+        (["--parallel", "3", "--cfg-parallel"], "--parallel=3 with --cfg-parallel is not allowed"),
         (["--parallel", "2", "--device", "cuda:1"], "give plain cuda"),
     ],
 )
@@ -141,7 +157,8 @@ def test_serve_parallel_and_worker_flags_refused_before_starting(argv, message, 
     assert message in capsys.readouterr().err
 
 
-def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatch):
+@pytest.mark.parametrize("strategy", ["ulysses", "ring"])
+def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatch, strategy):
     """The benchmark's formula (`communicated_bytes`) against the bytes rank 0 hands to the collectives
     in one DiT pass (1 step, cfg 1.0) on pusa-tiny: L = 80 tokens, D = 128, 6 layers, float32."""
     import torch.distributed as dist
@@ -149,7 +166,11 @@ def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatc
     from pusa.parallel import context
 
     sent = []
-    all_to_all, all_gather = dist.all_to_all_single, dist.all_gather
+    all_to_all, all_gather, batch = dist.all_to_all_single, dist.all_gather, dist.batch_isend_irecv
+
+    def spy_batch(ops):  # the ring's exchanges: what rank 0 sends
+        sent.extend(op.tensor.numel() * op.tensor.element_size() for op in ops if op.op is dist.isend)
+        return batch(ops)
 
     def spy_all_to_all(output, input, output_split_sizes=None, input_split_sizes=None, group=None):
         mine = input_split_sizes[dist.get_rank()] / sum(input_split_sizes)
@@ -160,13 +181,14 @@ def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatc
         sent.append(tensor.numel() * tensor.element_size() * (len(parts) - 1))
         return all_gather(parts, tensor, group=group)
 
-    runner.set_mode("context", "ulysses")
+    runner.set_mode("context", strategy)
     monkeypatch.setattr(context.dist, "all_to_all_single", spy_all_to_all)
     monkeypatch.setattr(context.dist, "all_gather", spy_all_gather)
+    monkeypatch.setattr(context.dist, "batch_isend_irecv", spy_batch)
     runner.pipe.generate(replace(T2V, num_inference_steps=1, cfg=1.0))
     config = runner.pipe.transformer.config
     dim = config.num_attention_heads * config.attention_head_dim
-    expected = context.communicated_bytes(80, dim, config.num_layers, 2, bytes_per_element=4)
+    expected = context.communicated_bytes(80, dim, config.num_layers, 2, 4, strategy)
     assert sum(sent) == pytest.approx(expected["per_rank"])
 
 

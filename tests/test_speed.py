@@ -288,12 +288,15 @@ def test_parallel_pipelines_refuse_the_cache_and_do_not_batch_cfg(image):
     pipe = PusaPipeline.from_preset("tiny-random", cfg_batch="on")
     calls = []
 
-    def wrapper(velocity, text, negative_text, cfg):  # the seam pusa.parallel uses, here on one process
-        def wrapped(x, timestep, context):
-            calls.append(x.shape[0])
-            return velocity(x, timestep, context)
+    def wrapper(velocities, text, negative_text, cfg):  # the seam pusa.parallel uses, here on one process
+        def wrap(velocity):
+            def wrapped(x, timestep, context):
+                calls.append(x.shape[0])
+                return velocity(x, timestep, context)
 
-        return wrapped
+            return wrapped
+
+        return {name: wrap(velocity) for name, velocity in velocities.items()}
 
     pipe.velocity_wrapper = wrapper
     with pytest.raises(InputError) as error:

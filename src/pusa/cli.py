@@ -144,8 +144,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     model.add_argument(
         "--cfg-parallel", action="store_true",
-        help="2 processes: the positive and the negative guidance pass of each step at the same time "
-        "(cuda:0 and cuda:1 with --device cuda)",
+        help="the positive and the negative guidance pass of each step at the same time: on 2 processes "
+        "(cuda:0 and cuda:1 with --device cuda), or with --parallel N (even) on two groups of N/2 processes "
+        "that each split their pass by tokens",
     )  # fmt: skip
 
     gen = parser.add_argument_group("generation")

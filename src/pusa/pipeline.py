@@ -240,7 +240,8 @@ class PusaPipeline:
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
         self._runs: list[dict[str, Any]] = []  # each sampling run's record (`sample_latents`)
         self.acceleration: dict[str, Any] = {}  # what prepare_for_device did (memory tier, attention, ...)
-        # pusa.parallel sets it: wrapper(velocity, text, negative_text, cfg) -> the velocity `sample` calls
+        # pusa.parallel sets it: wrapper(velocities, text, negative_text, cfg) -> the velocities `sample`
+        # calls; both are {DiT name: velocity} ("all" for one DiT, "high"/"low" for two experts)
         self.velocity_wrapper: Callable[..., Any] | None = None
 
     # ---------------------------------------------------------------- construction
@@ -753,14 +754,16 @@ class PusaPipeline:
             )  # fmt: skip
         # CFG batching makes one call of the two passes, which the ranks split their own way
         cfg_batch = bool(self.acceleration.get("cfg_batch", False)) and not parallel
-        main_velocity = velocity_of(self.transformer)
-        if parallel:  # several ranks share each DiT call (pusa.parallel)
-            main_velocity = self.velocity_wrapper(main_velocity, text, negative_text, request.cfg)
+        # the velocity of each DiT: {"all": ...} for one, {"high": ..., "low": ...} for a two-expert model
+        names = [ALL] if self.transformer_2 is None else list(EXPERTS)
+        velocities = {name: velocity_of(self.expert_model(name)) for name in names}
+        if parallel:  # several ranks share each DiT call (pusa.parallel), each on the step's DiT
+            velocities = self.velocity_wrapper(velocities, text, negative_text, request.cfg)
+        main_velocity = velocities[names[0]]
         cache = step_cache(request.cache, request.cache_threshold, request.num_inference_steps)
         if cache is not None:  # the transformer runs its blocks through the cache for this run only
             main_velocity = cache.wrap(main_velocity)
             self.transformer.block_runner = cache
-        experts = {name: velocity_of(self.expert_model(name)) for name in EXPERTS}
         boundary = request.boundary
         swap = self.acceleration.get("expert_swap")
 
@@ -768,7 +771,7 @@ class PusaPipeline:
             name = expert_for(timestep, boundary)
             if swap is not None:
                 swap.activate(name)  # the other expert back to pinned CPU memory
-            return experts[name]
+            return velocities[name]
 
         try:
             with torch.inference_mode():

@@ -4,8 +4,20 @@ backend (gloo on CPUs, nccl on GPUs).
 Each of N ranks keeps a contiguous slice of the `L = F_lat * h * w` tokens through every block. Only
 self-attention needs the whole sequence: its q, k, v go through one all-to-all (tokens split -> heads
 split), every rank attends over all L tokens for H/N heads, and a second all-to-all brings the outputs
-back to the token split. When N does not divide the heads, every rank instead all-gathers the keys and
-values of all heads and attends with its own queries (more memory, one collective). Cross-attention,
+back to the token split. When N does not divide the heads, ring attention: the ranks pass their key and
+value slices around a ring (N-1 point-to-point exchanges, each overlapped with the attention of the slice
+in hand), every rank attends its queries to one slice at a time and merges the partial outputs by their
+log-sum-exp (the online softmax), so no rank holds more than two slices. An "allgather" strategy instead
+gathers every rank's keys and values at once (the same bytes, one collective, N slices in memory).
+
+Why not diffusers' ring attention (`ContextParallelConfig(ring_degree=N)`): its ring needs an attention
+kernel that returns the log-sum-exp, and none of its backends gives one on a CPU: "native" (SDPA) refuses
+`return_lse`, "_native_flash" calls `aten::_scaled_dot_product_flash_attention`, which has no CPU kernel
+(and the backend takes bf16/fp16 only), the rest are CUDA kernels. Its only `rotate_method` is
+"allgather" (every slice gathered at once, as our "allgather" strategy), its all-gather needs equal slices
+(`ring_anything` for others), and its Wan plan splits a `[B, L]` timestep, not Pusa's `[B, F]`. Our ring
+gets the log-sum-exp from torch's CPU flash kernel (`_scaled_dot_product_flash_attention_for_cpu`) or,
+on CUDA, the memory-efficient kernel. Cross-attention,
 the feed-forward and the norms are per token and run on the local slice unchanged. The output head
 runs after one all-gather of the final hidden states, so every rank returns the full output.
 
@@ -28,7 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-STRATEGIES = ("auto", "ulysses", "allgather")
+STRATEGIES = ("auto", "ulysses", "ring", "allgather")
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,58 @@ def _heads_to_tokens(out: torch.Tensor, split: TokenSplit, group: Any) -> torch.
 
 
 # ------------------------------------------------------------------------------------------- attention
+def _attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention `[B, Lq, H, d]` of `q` over `k`, `v` `[B, Lk, H, d]`, and its log-sum-exp `[B, Lq, H]`
+    (float32), from torch's fused kernels that return it (SDPA's public call does not): the CPU flash
+    kernel, or the memory-efficient kernel on CUDA."""
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, d]
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True)[:2]
+    return out.transpose(1, 2), lse[..., : q.shape[1]].transpose(1, 2).float()
+
+
+def _ring_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, split: TokenSplit, group: Any
+) -> torch.Tensor:
+    """Ring attention: the local queries `[B, L_local, H, d]` against every rank's keys and values, one
+    rank's slice at a time. At step s a rank holds the slice of rank `(r - s) % N`, sends it to the next
+    rank and receives the previous rank's while it attends; the partial outputs merge by log-sum-exp."""
+    n, rank = split.world_size, split.rank
+
+    def peer(r: int) -> int:  # a rank of `group` as the global rank point-to-point calls take
+        return r if group is None else dist.get_global_rank(group, r)
+
+    send_to, receive_from = peer((rank + 1) % n), peer((rank - 1) % n)
+    kv = torch.stack([key, value]).contiguous()  # [2, B, L_local, H, d]
+    out = lse = None
+    for step in range(n):
+        requests = []
+        if step < n - 1:  # the next slice travels while this one is attended
+            arriving = kv.new_empty((2, kv.shape[1], split.sizes[(rank - step - 1) % n], *kv.shape[3:]))
+            requests = dist.batch_isend_irecv(
+                [
+                    dist.P2POp(dist.isend, kv, send_to, group),
+                    dist.P2POp(dist.irecv, arriving, receive_from, group),
+                ]
+            )
+        part, part_lse = _attend_with_lse(query, kv[0], kv[1])
+        if out is None:
+            out, lse = part.float(), part_lse
+        else:
+            merged = torch.logaddexp(lse, part_lse)
+            out = out * torch.exp(lse - merged).unsqueeze(-1) + part.float() * torch.exp(
+                part_lse - merged
+            ).unsqueeze(-1)
+            lse = merged
+        for request in requests:
+            request.wait()
+        if step < n - 1:
+            kv = arriving
+    return out.to(query.dtype)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Wan's rotary embedding on interleaved pairs of `x` `[B, L, H, d]` (tables `[1, L, 1, d]`)."""
     pairs = x.unflatten(-1, (-1, 2))
@@ -159,10 +223,13 @@ class ContextParallelSelfAttention:
                 q, k, v, dropout_p=0.0, is_causal=False, backend=self._attention_backend
             )
 
-        if self.state.uses_ulysses(attn.heads):
+        strategy = self.state.strategy_for(attn.heads)
+        if strategy == "ulysses":
             q, k, v = _tokens_to_heads(torch.stack([query, key, value]), split, group).unbind(0)
             out = _heads_to_tokens(attend(q, k, v), split, group)
-        else:  # all-gather fallback: local queries against every rank's keys and values
+        elif strategy == "ring":
+            out = _ring_attention(query, key, value, split, group)
+        else:  # all-gather: local queries against every rank's keys and values
             kv = _all_gather_tokens(torch.stack([key, value], dim=0), split, group, dim=2)
             out = attend(query, kv[0], kv[1])
         out = out.flatten(2, 3).type_as(query)
@@ -170,6 +237,18 @@ class ContextParallelSelfAttention:
 
 
 # ------------------------------------------------------------------------------------------- the hooks
+def attention_strategy(strategy: str, heads: int, ranks: int) -> str:
+    """What a self-attention of `heads` heads split over `ranks` runs for `strategy`: "auto" is Ulysses
+    when the ranks divide the heads, ring attention when they do not."""
+    if strategy in ("ring", "allgather"):
+        return strategy
+    if heads % ranks:
+        if strategy == "ulysses":
+            raise ValueError(f"Ulysses needs the {heads} heads to divide by {ranks} ranks")
+        return "ring"
+    return "ulysses"
+
+
 class ContextParallelState:
     """What one forward pass's hooks share: the group, the strategy and this call's token split."""
 
@@ -183,14 +262,8 @@ class ContextParallelState:
         self.split: TokenSplit | None = None
         self.num_frames = 0
 
-    def uses_ulysses(self, heads: int) -> bool:
-        if self.strategy == "allgather":
-            return False
-        if heads % self.world_size:
-            if self.strategy == "ulysses":
-                raise ValueError(f"Ulysses needs the {heads} heads to divide by {self.world_size} ranks")
-            return False
-        return True
+    def strategy_for(self, heads: int) -> str:
+        return attention_strategy(self.strategy, heads, self.world_size)
 
 
 class ContextParallel:
@@ -267,7 +340,8 @@ def communicated_bytes(
 
     Ulysses, per layer: the q, k, v all-to-all sends `3 s D (N-1)/N` elements and the output's all-to-all
     `s D (N-1)/N`, s = L/N the local tokens: `4 s D (N-1)/N`. All-gather fallback, per layer: the local
-    k, v to every other rank, `2 s D (N-1)`. Once per pass: the final hidden states' all-gather, `s D (N-1)`.
+    k, v to every other rank, `2 s D (N-1)`; ring attention the same (its N-1 exchanges of the local k, v).
+    Once per pass: the final hidden states' all-gather, `s D (N-1)`.
     """
     n = world_size
     local = seq_len / n
@@ -284,6 +358,7 @@ __all__ = [
     "STRATEGIES",
     "ContextParallel",
     "TokenSplit",
+    "attention_strategy",
     "communicated_bytes",
     "enable_context_parallel",
     "local_modulation",

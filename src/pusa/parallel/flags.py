@@ -1,4 +1,8 @@
-"""`--parallel N` / `--cfg-parallel` checked before anything loads (imports no torch)."""
+"""`--parallel N` / `--cfg-parallel` checked before anything loads (imports no torch).
+
+`--parallel N` is the number of processes (GPUs with --device cuda). `--cfg-parallel` alone is 2 of them,
+the positive and the negative guidance pass side by side; with `--parallel N` (N even) the two passes run
+on two groups of N/2 processes, each group splitting its pass by tokens (context parallel)."""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ def check_parallel_flags(parallel: int, cfg_parallel: bool, device: str) -> None
     """A ValueError naming the flag for a rank count the machine or the modes cannot take."""
     if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= MAX_RANKS:
         raise ValueError(f"--parallel={parallel!r} is not allowed; must be a whole number in 1..{MAX_RANKS}")
-    if cfg_parallel and parallel > 1:
+    if cfg_parallel and parallel > 1 and parallel % 2:
         raise ValueError(
-            f"--parallel={parallel} with --cfg-parallel: give one (CFG-parallel runs on exactly 2 processes; "
-            "context parallel and CFG-parallel do not combine yet)"
+            f"--parallel={parallel} with --cfg-parallel is not allowed; give an even number of processes "
+            "(two CFG groups of N/2 context-parallel processes each), or --cfg-parallel alone (2 processes)"
         )
-    ranks = 2 if cfg_parallel else parallel
+    ranks, _ = rank_layout(parallel, cfg_parallel)
     if ranks > 1 and device.startswith("cuda"):
         if ":" in device:
             raise ValueError(
@@ -25,3 +29,10 @@ def check_parallel_flags(parallel: int, cfg_parallel: bool, device: str) -> None
         check_device(f"cuda:{ranks - 1}")  # every rank needs its own GPU
     elif ranks > 1 and device != "cpu":
         raise ValueError(f"--device={device!r}: several processes run on cpu or cuda")
+
+
+def rank_layout(parallel: int, cfg_parallel: bool) -> tuple[int, str]:
+    """The processes and the mode (`pusa.parallel.launch.MODES`) that checked flags start."""
+    if cfg_parallel:
+        return max(parallel, 2), "cfg"
+    return parallel, "context"
