@@ -104,7 +104,7 @@ def test_api_preset_loras_and_boundary_on_two_experts(wan22, tmp_path):
 
     history = History(tmp_path / "outputs")
     queue = JobQueue(lambda: PusaPipeline.from_model(wan22), history).start()
-    demo = build_app(queue, model_defaults(wan22))
+    demo = build_app(queue, model_limits(wan22))
     port = free_port()
     launch_app(demo, history, port=port, block=False, quiet=True)
     try:
@@ -133,6 +133,29 @@ def test_api_preset_loras_and_boundary_on_two_experts(wan22, tmp_path):
         assert settings["boundary"] == 0.9 and settings["expert_steps"].count("high") == 4
         with pytest.raises(gradio_client.exceptions.AppError, match=r"LoRAs: .* names expert 'middle'"):
             client.predict("a fox", loras=f"{style}@middle", api_name="/text_to_video", **fast)
+        # the LoRA panel's rows (API parameters too): per-expert strengths, a blank one = lora_alpha, then
+        # the text field's entries; they reach the job as its stack
+        high, low = wan22 / "high_noise_pusa.safetensors", wan22 / "low_noise_pusa.safetensors"
+        panel = dict(
+            lora_file_1=str(high), lora_strength_1=1.5, lora_expert_1="high",
+            lora_file_2=str(low), lora_expert_2="low", lora_alpha=1.2, loras=f"{style}:0.3",
+        )  # fmt: skip
+        _, settings, _ = client.predict("a fox", steps=2, api_name="/text_to_video", **panel, **fast)
+        stack = [
+            (Path(e["path"]).name, e["strength"], e["expert"]) for e in json.loads(settings)["lora_stack"]
+        ]
+        assert stack == [
+            ("high_noise_pusa.safetensors", 1.5, "high"),
+            ("low_noise_pusa.safetensors", 1.2, "low"),
+            ("style.safetensors", 0.3, "all"),
+        ]
+        bad = [
+            (dict(lora_strength_2=7), r"LoRA 2 Strength: 7(\.0)? is not allowed; must be a number in 0..5"),
+            (dict(lora_expert_1="middle"), r"LoRA 1 Expert: 'middle' is not allowed; choose one of all, high, low"),
+        ]  # fmt: skip
+        for change, message in bad:
+            with pytest.raises(gradio_client.exceptions.AppError, match=message):
+                client.predict("a fox", api_name="/text_to_video", **{**panel, **change}, **fast)
     finally:
         demo.close()
         queue.close(10)
