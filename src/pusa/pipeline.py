@@ -142,6 +142,8 @@ def _prepare(components: Any, device: str | torch.device, **options: Any) -> dic
         memory = _expert_tier(components, first, device)
     if memory == "stream":
         return _prepare_stream(components, first, second, device, **options)
+    if options.pop("stream_inactive", False):
+        return _prepare_offloaded_stream(components, first, second, device, **{**options, "memory": memory})
     if memory != "swap":
         report = prepare_for_device(components, device, **{**options, "memory": memory})
         expert = prepare_for_device({"transformer": second}, device, **{**options, "memory": memory})
@@ -187,6 +189,70 @@ def _prepare_stream(components: Any, first: Any, second: Any, device: Any, **opt
     )
     report["expert_swap"] = stream
     return report
+
+
+def _prepare_offloaded_stream(
+    components: Any, first: Any, second: Any, device: Any, **options: Any
+) -> dict[str, Any]:
+    """ "balanced" / "low" with the inactive expert in no memory: the active expert offloaded as the tier
+    does it; at the boundary it is freed (its offloading hooks removed) and the other read from its files,
+    its LoRA stack fused, then offloaded the same way (`runtime.expert_stream.ExpertStream` with `place`)."""
+    from .runtime.expert_stream import ExpertStream
+    from .runtime.kernels import apply_attention_backend, compile_blocks
+    from .runtime.memory import apply_memory_tier
+    from .runtime.prepare import prepare_for_device
+
+    if options.get("fp8"):
+        raise ValueError(
+            "a streamed inactive expert does not take fp8: each expert is read again from its files"
+        )
+    tier = options["memory"]
+    report = prepare_for_device(
+        components, device, **options
+    )  # the high-noise expert offloaded, as the tier says
+
+    def place(module: Any) -> None:
+        apply_memory_tier({"transformer": module}, tier, device)
+
+    stream = ExpertStream({HIGH: first, LOW: second}, device, active=HIGH, place=place)
+    apply_attention_backend(second, report["attention"], device, seq_len=options.get("attention_tokens"))
+    if options.get("compile"):
+        compile_blocks(second, **(options.get("compile_kwargs") or {}))
+    report["transformer_2"] = (
+        f"not in memory: read from its safetensors files at the boundary and offloaded as {tier} does, the "
+        "other freed"
+    )
+    report["expert_swap"] = stream
+    return report
+
+
+def _expert_plan(
+    model_dir: str | Path,
+    memory: str,
+    device: Any,
+    dtype: torch.dtype,
+    host_bytes: int | None,
+    streamable: bool,
+) -> Any:
+    """`runtime.memory.plan_expert_memory` for a two-expert folder, from its files' sizes, the device's
+    free memory and the host RAM (`host_bytes`, else what is available now). fp8 (not `streamable`): the
+    experts cannot be read again from their files, so nothing is streamed."""
+    from .runtime.memory import available_host_bytes, free_device_bytes, plan_expert_memory
+    from .weights.folders import folder_bytes
+
+    sizes = folder_bytes(model_dir, dtype)
+    host = available_host_bytes() if host_bytes is None else host_bytes
+    plan = plan_expert_memory(
+        memory, max(sizes["transformer"], sizes["transformer_2"]), sizes["text_encoder"], sizes["vae"],
+        free_device_bytes(device), host,
+    )  # fmt: skip
+    if not streamable and plan.inactive_expert == "files" and memory in ("auto", "balanced", "low"):
+        from dataclasses import replace as replaced
+
+        tier = {"stream": "swap"}.get(plan.tier, plan.tier)
+        plan = replaced(plan, tier=tier, stream_inactive=False,
+                        reason=plan.reason + "; fp8: the experts cannot be read again from their files, so both stay pinned")  # fmt: skip
+    return plan
 
 
 def _expert_tier(components: Any, first: torch.nn.Module, device: str | torch.device) -> str:
@@ -319,6 +385,7 @@ class PusaPipeline:
         fp8: bool = False,
         cfg_batch: str = "auto",
         fp8_compute: str = "off",
+        host_bytes: int | None = None,
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -330,6 +397,9 @@ class PusaPipeline:
         compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8;
         cfg_batch: "auto" | "on" | "off": CFG's two passes as one batch of 2 (`runtime.prepare.resolve_cfg_batch`);
         fp8_compute: "off" | "rowwise" | "tensor": the DiT blocks' matrix products in float8 with those scales.
+        host_bytes: two-expert folders: the host RAM the memory plan may use (None: what is available now);
+            "auto" and "balanced"/"low" read the inactive expert from its files where pinning both would not
+            fit (`runtime.memory.plan_expert_memory`; the record's acceleration says which and why).
         """
         from .runtime.device import check_device
         from .runtime.kernels import check_attention_installed, validate_attention_backend
@@ -356,12 +426,17 @@ class PusaPipeline:
         check_stack_fits_folder(stack, model_dir, param="lora")  # headers only: before the DiT loads
         if memory == "stream" and not folder_experts(model_dir):
             raise ValueError("memory tier 'stream' is for two-expert models; this model has one DiT")
-        # other tiers place the weights themselves; "stream" loads the high-noise expert resident, and
-        # reads nothing of the low-noise one until the boundary
+        plan = None
+        if folder_experts(model_dir):  # decided from the files' sizes, before any weight is read
+            plan = _expert_plan(model_dir, memory, device, dtype, host_bytes, streamable=not fp8)
+            memory = plan.tier
+        streamed = plan is not None and plan.inactive_expert == "files"
+        # other tiers place the weights themselves; "stream" loads the high-noise expert resident; a streamed
+        # inactive expert is not read until the boundary
         load_device = device if memory in ("full", "stream") else "cpu"
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
         components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32,
-                                     read_transformer_2=memory != "stream")  # fmt: skip
+                                     read_transformer_2=not streamed)  # fmt: skip
         pipe = cls(
             components.transformer,
             components.vae,
@@ -387,9 +462,12 @@ class PusaPipeline:
             attention_tokens=native_tokens(components.transformer, components.vae, defaults),
             cfg_batch=cfg_batch,
             fp8_compute=fp8_compute,
+            **({"stream_inactive": True} if plan is not None and plan.stream_inactive else {}),
         )
+        if plan is not None:  # recorded: which tier, where the inactive expert lives, and why
+            report.update(inactive_expert=plan.inactive_expert, memory_reason=plan.reason)
         pipe.acceleration = report
-        if memory == "stream":
+        if streamed:
             report["expert_swap"].on_load = pipe._expert_loaded
         return pipe
 
