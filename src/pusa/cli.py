@@ -115,8 +115,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB), swap (two-expert "
         "models: one expert on the GPU, the other in pinned CPU memory, swapped at the boundary), stream (two-expert "
         "model folders: the other expert in no memory at all, read from its safetensors files at the boundary; for "
-        "32-64 GB hosts); auto picks "
-        "from free VRAM, counting both experts (default: auto)",
+        "32-64 GB hosts); auto picks from free VRAM, counting both experts, then host RAM: where both experts "
+        "cannot be pinned, stream instead of swap, and balanced/low read the inactive expert from its files "
+        "(default: auto)",
     )  # fmt: skip
     model.add_argument(
         "--attention", default="auto", type=_attention_backend, metavar="BACKEND",
