@@ -462,7 +462,7 @@ def test_lora_panel_rows_compose_into_the_stack(tmp_path):
     assert spec.request.loras == f"{a}:1.5@high\n{b}@low\n{c}:0.5"
     form = spec.form  # what "Use these settings" puts back: each row, and the text field as typed
     assert (form["lora_file_1"], form["lora_strength_1"], form["lora_expert_1"]) == (str(a), 1.5, "high")
-    assert (form["lora_file_3"], form["lora_strength_3"], form["lora_file_2"]) == (str(b), None, None)
+    assert (form["lora_file_3"], form["lora_strength_3"], form["lora_file_2"]) == (str(b), "", None)
     assert form["loras"] == f"{c}:0.5"
     # every row blank and no text: the model's own stack
     assert forms.text_to_video(common(**rows()), D).request.loras == ""

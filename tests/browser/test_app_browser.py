@@ -242,8 +242,8 @@ def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> No
     page.locator("#t2v-lora-panel").get_by_text("LoRAs", exact=True).first.click()
     page.locator("#t2v-lora-1-file input").click()
     page.get_by_role("option", name="pusa_tiny_lora.safetensors").click()
-    page.locator("#t2v-lora-1-strength input").fill("0.5")
-    page.locator("#t2v-lora-1-strength input").press("Tab")
+    page.locator("#t2v-lora-1-strength :is(input, textarea)").fill("0.5")
+    page.locator("#t2v-lora-1-strength :is(input, textarea)").press("Tab")
     status = generate(page, "t2v")
     assert "Done in" in status, status
     stack = History(studio.outputs).list()[0].settings["lora_stack"]

@@ -54,6 +54,13 @@ def lora_row_keys(row: int) -> tuple[str, str, str]:
 
 
 LORA_KEYS = tuple(key for row in range(1, LORA_ROWS + 1) for key in lora_row_keys(row))
+
+
+def lora_row_blank(key: str) -> Any:
+    """What an unused row's field holds on the page: no file, a blank strength, expert "all"."""
+    return {"file": None, "strength": "", "expert": ALL}[key.split("_")[1]]
+
+
 ROW_LABELS = {
     key: f"LoRA {row} {part}"
     for row in range(1, LORA_ROWS + 1)
@@ -334,7 +341,8 @@ def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tup
         for row in range(1, LORA_ROWS + 1):  # as the page shows them
             file_key, strength_key, expert_key = lora_row_keys(row)
             form[file_key] = (form[file_key] or "").strip() or None
-            form[strength_key] = _number(strength_key, form[strength_key])
+            strength = _number(strength_key, form[strength_key])
+            form[strength_key] = "" if strength is None else strength
             form[expert_key] = form[expert_key] or ALL
     if form.get("preset") is None:
         form["preset"] = "none"  # what the studio's radio shows
@@ -586,7 +594,12 @@ def _lora_row_of(error: InputError, form: Mapping[str, Any]) -> InputError:
         file_key, strength_key, expert_key = lora_row_keys(row)
         if not form.get(file_key):
             continue
-        entry = {"path": form[file_key], "strength": form.get(strength_key), "expert": form.get(expert_key)}
+        strength = form.get(strength_key)
+        entry = {
+            "path": form[file_key],
+            "strength": strength if strength != "" else None,
+            "expert": form.get(expert_key),
+        }
         if error.value == parse_loras([entry])[0].text():
             return FormError(expert_key, entry["expert"], error.allowed, error.problem)
         if error.value == form[file_key]:

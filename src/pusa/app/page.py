@@ -122,13 +122,12 @@ class StudioPage(Studio):
                         choices=files, value=None, allow_custom_value=True, filterable=True, label=f"LoRA {row}",
                         scale=5, elem_id=f"{tab.tab}-lora-{row}-file",
                     )  # fmt: skip
-                    tab.lora_rows[strength_key] = widgets.NumberInput(
-                        value=None,
-                        label="Strength",
-                        scale=1,
-                        min_width=90,
+                    # text, not a number box: an emptied number box reaches the server as 0, and blank here
+                    # means LoRA Alpha
+                    tab.lora_rows[strength_key] = gr.Textbox(
+                        value="", label="Strength", placeholder="LoRA Alpha", max_lines=1, scale=1, min_width=90,
                         elem_id=f"{tab.tab}-lora-{row}-strength",
-                    )
+                    )  # fmt: skip
                     tab.lora_rows[expert_key] = widgets.RadioInput(
                         list(LORA_TARGETS), value=ALL, label="Expert", scale=2, visible=experts > 1,
                         elem_id=f"{tab.tab}-lora-{row}-expert",
@@ -140,7 +139,7 @@ class StudioPage(Studio):
                 "two-expert model",
             )  # fmt: skip
             clear = gr.Button("Clear LoRAs", size="sm", elem_id=f"{tab.tab}-lora-clear")
-        cleared = [None if not key.startswith("lora_expert") else ALL for key in tab.lora_rows]
+        cleared = [forms.lora_row_blank(key) for key in tab.lora_rows]
         clear.click(
             lambda: (*cleared, ""), None, [*tab.lora_rows.values(), tab.fields["loras"]],
             queue=False, show_progress="hidden", api_visibility="private",

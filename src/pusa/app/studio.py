@@ -26,7 +26,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr
 from PIL import Image
 
-from ..experts import ALL
 from ..params import MODEL_OWN, PARAMS
 from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
@@ -519,7 +518,7 @@ class Studio:
                     continue
                 updates[component] = value
             elif key in widgets.lora_rows:  # a job from before the panel, or from the API's `loras` alone
-                updates[component] = ALL if key.startswith("lora_expert") else None
+                updates[component] = forms.lora_row_blank(key)
         if widgets.tab == "v2v":
             updates[self.end_video_row] = gr.update(visible=entry.form.get("recipe") == "transition")
         return updates
