@@ -41,7 +41,9 @@ from .sampling import StepInfo, sample
 from .schedule import flow_sigmas
 from .video import fit_image, fit_video, load_image, read_video, write_video
 
-__all__ = ["ChunkStepInfo", "GenerationRequest", "PusaOutput", "PusaPipeline"]
+__all__ = ["LORA_MODES", "ChunkStepInfo", "GenerationRequest", "PusaOutput", "PusaPipeline"]
+
+LORA_MODES = ("fuse", "adapter")  # how a LoRA stack reaches a DiT: fused into its weights, or PEFT adapters
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,13 @@ class PusaPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         transformer_2: torch.nn.Module | None = None,
+        lora_mode: str = "fuse",
     ) -> None:
+        if lora_mode not in LORA_MODES:
+            raise ValueError(f"lora_mode={lora_mode!r} is not allowed; choose one of {', '.join(LORA_MODES)}")
+        # "fuse": each DiT's stack fused into its weights (`weights.stack.StackFuser`); "adapter": unfused
+        # PEFT adapters (`weights.stack.AdapterStack`), the weights never written
+        self.lora_mode = lora_mode
         self.transformer = transformer  # the only DiT, or a two-expert model's high-noise expert
         self.transformer_2 = transformer_2  # the low-noise expert of a two-expert model (Wan2.2), or None
         self.vae = vae
@@ -296,7 +304,7 @@ class PusaPipeline:
         self.lora = (
             (parse_loras([str(lora)] if isinstance(lora, (str, Path)) else lora) or None) if lora else None
         )
-        self._fusers: dict[str, Any] = {}  # expert ("all" for one DiT) -> weights.stack.StackFuser
+        self._fusers: dict[str, Any] = {}  # expert ("all" for one DiT) -> StackFuser / AdapterStack
         self.dit_forwards = 0  # DiT forward passes so far (benchmarks count them)
         self.fused_loras: tuple[LoraSpec, ...] = ()  # the stack `apply_loras` fused last, strengths filled
         self.identity = identity
@@ -360,6 +368,7 @@ class PusaPipeline:
         if acceleration.get("memory") == "stream":
             raise ValueError(f"memory tier 'stream' reads the experts from a model folder's files; {name} is "
                              "built in memory (weights.wan_original.write_two_expert_folder writes it to one)")  # fmt: skip
+        lora_mode = acceleration.pop("lora_mode", "fuse")
         build = tiny_random_components if name == "tiny-random" else tiny_random_a14b_components
         components = build(seed)
         if dtype != torch.float32:
@@ -367,7 +376,7 @@ class PusaPipeline:
                 if components.get(part) is not None:
                     components[part].to(dtype)
         report = _prepare(components, device, compute_dtype=dtype, **acceleration)
-        pipe = cls(**components, device=device, dtype=dtype)
+        pipe = cls(**components, device=device, dtype=dtype, lora_mode=lora_mode)
         pipe.acceleration = report
         return pipe
 
@@ -386,6 +395,7 @@ class PusaPipeline:
         cfg_batch: str = "auto",
         fp8_compute: str = "off",
         host_bytes: int | None = None,
+        lora_mode: str = "fuse",
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -400,6 +410,8 @@ class PusaPipeline:
         host_bytes: two-expert folders: the host RAM the memory plan may use (None: what is available now);
             "auto" and "balanced"/"low" read the inactive expert from its files where pinning both would not
             fit (`runtime.memory.plan_expert_memory`; the record's acceleration says which and why).
+        lora_mode: "fuse" (the stack fused into the weights) or "adapter" (unfused PEFT adapters: an expert
+            read again from its files needs no re-fuse; full-tensor .diff LoRAs refused).
         """
         from .runtime.device import check_device
         from .runtime.kernels import check_attention_installed, validate_attention_backend
@@ -448,6 +460,7 @@ class PusaPipeline:
             device=device,
             dtype=dtype,
             transformer_2=components.transformer_2,
+            lora_mode=lora_mode,
         )
         # Fused before fp8 could round the pristine copies (the stack's strengths: the model's own alpha).
         pipe.apply_loras(stack, defaults.lora_alpha)
@@ -512,7 +525,7 @@ class PusaPipeline:
         """Fuse `stack` into each DiT it targets (an entry without a strength at `lora_alpha`), from the
         pristine weights; an `InputError` naming `loras` and the file when a LoRA matches nothing."""
         from .weights.checkpoints import CheckpointError
-        from .weights.stack import StackFuser, load_lora_cached
+        from .weights.stack import AdapterStack, StackFuser, load_lora_cached
 
         names = [ALL] if self.transformer_2 is None else list(EXPERTS)
         per_dit: dict[str, list] = {name: [] for name in names}
@@ -535,7 +548,10 @@ class PusaPipeline:
         for name in names:
             if name not in self._fusers and not per_dit[name]:
                 continue  # never touched: nothing to restore
-            fuser = self._fusers.setdefault(name, StackFuser(self.expert_model(name)))
+            if name not in self._fusers:
+                kind = AdapterStack if self.lora_mode == "adapter" else StackFuser
+                self._fusers[name] = kind(self.expert_model(name))
+            fuser = self._fusers[name]
             try:
                 fuser.fuse(per_dit[name])
             except CheckpointError as error:
@@ -765,6 +781,7 @@ class PusaPipeline:
             for spec in stack
         ]
         record["lora"] = stack[0].path if stack else None
+        record["lora_mode"] = self.lora_mode
         record["experts"] = self.num_experts
         record["pusa_version"] = __version__
         # fp8 weights and the attention kernel change the numbers, so they belong to the record

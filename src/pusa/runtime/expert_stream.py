@@ -53,11 +53,13 @@ class ExpertStream:
                     f"memory tier 'stream' reads each expert from its safetensors files; the {name}-noise "
                     "expert was built in memory (a preset): load a model folder instead"
                 )
+            # (owner, key, name in the files); a Linear holding PEFT adapters (`weights.stack.AdapterStack`)
+            # keeps its own weight as `base_layer.weight`; the adapters' weights stay where they are
             self._names[name] = [
-                (module.get_submodule(owner), key, state)
+                (module.get_submodule(owner), key, state.replace(".base_layer.", "."))
                 for state, _ in module.named_parameters()
                 for owner, _, key in [state.rpartition(".")]
-                if state in weights.entries
+                if state.replace(".base_layer.", ".") in weights.entries
             ]
         self.on_load: Callable[[str], None] | None = None  # e.g. fuse the expert's LoRA stack again
         self.place = place  # None: the active expert is resident on the device; else it offloads it
