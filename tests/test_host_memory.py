@@ -174,3 +174,26 @@ def test_balanced_with_a_small_host_streams_the_inactive_expert_and_equals_full(
     assert (
         not hasattr(balanced.transformer, "_diffusers_hook") or not balanced.transformer._diffusers_hook.hooks
     )
+
+
+def test_adapter_lora_mode_survives_the_stream_tiers_reloads(files):
+    """lora_mode="adapter": the stack as PEFT adapters, which an expert read again from its files keeps
+    (nothing re-fused at the boundary); stream and balanced-from-files equal full, and the fused mode up
+    to float rounding."""
+    folder = files["wan-original"]
+    full = PusaPipeline.from_pretrained(folder, memory="full", lora_mode="adapter")
+    stream = PusaPipeline.from_pretrained(folder, memory="stream", lora_mode="adapter")
+    balanced = PusaPipeline.from_pretrained(folder, memory="balanced", host_bytes=1, lora_mode="adapter")
+    fused = PusaPipeline.from_pretrained(folder, memory="full")
+    common = dict(num_inference_steps=4, cfg=2.0, num_frames=5, width=32, height=32, seed=3)
+    for loras in ([f"{files['peft']}:1.5@high", f"{files['kohya']}:1.4@low"], [f"{files['kohya']}:0.6"]):
+        want = full.text_to_video("a fox", loras=loras, **common)
+        assert want.settings["lora_mode"] == "adapter"
+        for pipe in (stream, balanced):
+            got = pipe.text_to_video("a fox", loras=loras, **common)
+            assert np.array_equal(got.frames, want.frames), (pipe.acceleration["memory_tier"], loras)
+        other = fused.text_to_video("a fox", loras=loras, **common)
+        assert other.settings["lora_mode"] == "fuse"
+        assert np.abs(other.frames.astype(int) - want.frames.astype(int)).max() <= 2
+    with pytest.raises(ValueError, match=r"lora_mode='merge' is not allowed; choose one of fuse, adapter"):
+        PusaPipeline.from_preset("tiny-random", lora_mode="merge")
