@@ -40,7 +40,8 @@ from pathlib import Path
 GB = 1e9
 # "balanced-files": balanced with a host budget too small to pin both experts (the inactive one is then read
 # from its files at the boundary)
-TIERS = ("full", "swap", "balanced", "low", "balanced-files", "low-files", "stream")
+# "+adapter": the LoRA stack as unfused PEFT adapters (`lora_mode="adapter"`: nothing re-fused at a boundary)
+TIERS = ("full", "swap", "balanced", "low", "balanced-files", "low-files", "stream", "stream+adapter")
 CHILD = r"""
 import json, resource, sys
 import torch
@@ -61,9 +62,10 @@ tier, folder, high, low, copies = sys.argv[1:6]
 if copies == "1":
     FileWeights.reproduces = lambda self, name, tensor: False  # the fusers keep RAM copies, as before
 base = peak_mb()
-memory, _, files = tier.partition("-")
+memory, _, mode = tier.partition("+")
+memory, _, files = memory.partition("-")
 pipe = PusaPipeline.from_pretrained(folder, memory=memory, lora=[f"{high}:1.5@high", f"{low}:1.4@low"],
-                                    host_bytes=1 if files else None)
+                                    host_bytes=1 if files else None, lora_mode=mode or "fuse")
 assert pipe.acceleration["memory_tier"] == memory, pipe.acceleration
 out = pipe.text_to_video("a fox", num_inference_steps=4, cfg=1.0, width=64, height=64, num_frames=17, seed=0)
 peak = peak_mb()
