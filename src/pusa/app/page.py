@@ -106,14 +106,12 @@ class StudioPage(Studio):
         last in the tab's fields (`build`), so the API's earlier parameters keep their order."""
         d, experts = self.defaults, self.model_limits.experts if self.model_limits else 1
         files = [(Path(path).name, path) for path in self.lora_files]
-        own = (
-            "the model's own LoRAs" if not self.own_loras else ", ".join(Path(p).name for p in self.own_loras)
-        )
+        own = ", ".join(Path(p).name for p in self.own_loras) or "none known"
         with gr.Accordion("LoRAs", open=False, elem_id=f"{tab.tab}-lora-panel"):
             gr.Markdown(
                 f"A file on the server (pick one or type its path); Strength {STRENGTH_MIN:g}..{STRENGTH_MAX:g}, "
                 "blank = LoRA Alpha" + ("; Expert: the DiT it goes on" if experts > 1 else "")
-                + f". No LoRA at all: {own}.",
+                + f". Rows and text all empty: the model's own LoRAs ({own}).",
             )  # fmt: skip
             for row in range(1, forms.LORA_ROWS + 1):
                 file_key, strength_key, expert_key = forms.lora_row_keys(row)
