@@ -80,6 +80,21 @@ def test_cli_preset_on_a_two_expert_folder(wan22, tmp_path):
     assert (fast["dit_forwards"], slow["dit_forwards"]) == (4, 20)  # 5x fewer DiT forwards
 
 
+def test_cli_lora_mode_adapter_on_a_two_expert_folder(wan22, tmp_path):
+    """--lora-mode adapter: the folder's stack and the preset's speed LoRA as PEFT adapters, recorded; the
+    memory plan's tier, inactive expert and reason are in the record too."""
+    out = tmp_path / "adapter.mp4"
+    assert main(["generate", "t2v", "--model", str(wan22), "-p", "a fox", "--preset", "4-step", "--lora-mode",
+                 "adapter", "--memory", "balanced", *TINY, "-o", str(out)]) == 0  # fmt: skip
+    record = _record(out)
+    assert record["lora_mode"] == "adapter" and len(record["lora_stack"]) == 3
+    acceleration = record["acceleration"]
+    assert (
+        acceleration["memory_tier"] == "balanced" and acceleration["inactive_expert"] == "pinned host memory"
+    )
+    assert acceleration["memory_reason"].startswith("asked for; ")
+
+
 def test_cli_preset_on_a_one_expert_model_warns_without_a_speed_lora(tmp_path, capsys):
     out = tmp_path / "tiny.mp4"
     assert main(["generate", "t2v", "-p", "a red circle", "--preset", "4-step", *TINY, "-o", str(out)]) == 0
