@@ -13,6 +13,9 @@ Linears, 28 GB per expert) are re-read from the model's safetensors files since 
 - full: both experts on the GPU (loaded straight to it);
 - swap: one expert on the GPU, both experts' weights in pinned host memory;
 - balanced / low: both experts streamed layer by layer from pinned host memory;
+- balanced / low, inactive from files (what `auto` and these tiers do when host RAM cannot pin both: the
+  planner `runtime.memory.plan_expert_memory`): the active expert streamed from pinned host memory, the
+  other in no memory, read from its files at the boundary;
 - stream: one expert on the GPU, the other in no memory (read from its files at the boundary; the transient
   is one tensor at a time, the largest 0.31 GB).
 
@@ -35,7 +38,10 @@ import tempfile
 from pathlib import Path
 
 GB = 1e9
-TIERS = ("full", "swap", "balanced", "low", "stream")
+# "balanced-files": balanced with a host budget too small to pin both experts (the inactive one is then read
+# from its files at the boundary)
+# "+adapter": the LoRA stack as unfused PEFT adapters (`lora_mode="adapter"`: nothing re-fused at a boundary)
+TIERS = ("full", "swap", "balanced", "low", "balanced-files", "low-files", "stream", "stream+adapter")
 CHILD = r"""
 import json, resource, sys
 import torch
@@ -56,7 +62,11 @@ tier, folder, high, low, copies = sys.argv[1:6]
 if copies == "1":
     FileWeights.reproduces = lambda self, name, tensor: False  # the fusers keep RAM copies, as before
 base = peak_mb()
-pipe = PusaPipeline.from_pretrained(folder, memory=tier, lora=[f"{high}:1.5@high", f"{low}:1.4@low"])
+memory, _, mode = tier.partition("+")
+memory, _, files = memory.partition("-")
+pipe = PusaPipeline.from_pretrained(folder, memory=memory, lora=[f"{high}:1.5@high", f"{low}:1.4@low"],
+                                    host_bytes=1 if files else None, lora_mode=mode or "fuse")
+assert pipe.acceleration["memory_tier"] == memory, pipe.acceleration
 out = pipe.text_to_video("a fox", num_inference_steps=4, cfg=1.0, width=64, height=64, num_frames=17, seed=0)
 peak = peak_mb()
 print(json.dumps({"base_mb": base, "peak_mb": peak, "swaps": out.settings.get("expert_swaps")}))
@@ -92,6 +102,7 @@ def computed() -> list[tuple[str, float, float]]:
         ("swap", before + 2 * expert_b, text_b + 2 * expert_b),
         ("balanced", before + 2 * expert_b, text_b + 2 * expert_b),
         ("low", before + 2 * expert_b, text_b + 2 * expert_b),
+        ("balanced / low, inactive from files", float("nan"), text_b + expert_b),
         ("stream", float("nan"), text_b + largest),
     ]
 
@@ -147,7 +158,7 @@ def main() -> None:
     print("| tier | host GB at Wan2.2-A14B, before (RAM pristine copies) | host GB now |")
     print("|---|---:|---:|")
     for tier, before, now in computed():
-        shown = "(no such tier)" if before != before else f"{before / GB:.1f}"
+        shown = "(not then)" if before != before else f"{before / GB:.1f}"
         print(f"| {tier} | {shown} | {now / GB:.1f} |")
     if args.skip_measure:
         return

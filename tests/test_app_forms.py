@@ -440,6 +440,60 @@ def test_model_limits_are_named_by_the_field(files, pipe):
         expect(message, forms.check_spec, pipe.limits, forms.image_to_video(image, 0.2, values, D))
 
 
+# ---------------------------------------------------------------------------------------------- LoRA panel
+def rows(*entries) -> dict:
+    """The LoRA panel's fields for rows (file, strength, expert), the rest left blank as the page sends them."""
+    values = {}
+    for row in range(1, forms.LORA_ROWS + 1):
+        file, strength, expert = entries[row - 1] if row <= len(entries) else (None, None, "all")
+        values.update(zip(forms.lora_row_keys(row), (file, strength, expert), strict=True))
+    return values
+
+
+def test_lora_panel_rows_compose_into_the_stack(tmp_path):
+    a, b, c = (tmp_path / f"{name}.safetensors" for name in "abc")
+    for path in (a, b, c):
+        path.write_bytes(b"x")
+    values = common(
+        **rows((str(a), 1.5, "high"), (None, None, "all"), (f" {b} ", "", "low")), loras=f"{c}:0.5"
+    )
+    spec = forms.text_to_video(values, D)
+    # the rows in order (a blank row skipped, a blank strength = LoRA Alpha), then the text's entries
+    assert spec.request.loras == f"{a}:1.5@high\n{b}@low\n{c}:0.5"
+    form = spec.form  # what "Use these settings" puts back: each row, and the text field as typed
+    assert (form["lora_file_1"], form["lora_strength_1"], form["lora_expert_1"]) == (str(a), 1.5, "high")
+    assert (form["lora_file_3"], form["lora_strength_3"], form["lora_file_2"]) == (str(b), "", None)
+    assert form["loras"] == f"{c}:0.5"
+    # every row blank and no text: the model's own stack
+    assert forms.text_to_video(common(**rows()), D).request.loras == ""
+
+
+def test_a_bad_lora_row_is_refused_naming_it(tmp_path, pipe):
+    lora = tmp_path / "a.safetensors"
+    lora.write_bytes(b"x")
+    ok = (str(lora), None, "all")
+    cases = [
+        (rows(ok, (str(lora), 7, "all")), r"LoRA 2 Strength: 7.0 is not allowed; must be a number in 0..5 .*"),
+        (rows(ok, (str(lora), "strong", "all")), r"LoRA 2 Strength: 'strong' is not a number; give a number"),
+        (rows((str(lora), 1.0, "middle")), r"LoRA 1 Expert: 'middle' is not allowed; choose one of all, high, low"),
+        (rows(ok, ok, (None, 1.2, "all")), r"LoRA 3 File: '' is empty; choose the row's LoRA file, or clear .*"),
+        (rows((str(tmp_path / "no.safetensors"), None, "all")), r"LoRA 1 File: '.*no.safetensors' is not a file; .*"),
+    ]  # fmt: skip
+    for values, message in cases:
+        expect(message, forms.text_to_video, common(**values), D)
+    # the model's own checks name the row too: tiny-random has one DiT, so no expert to bind a LoRA to
+    spec = forms.text_to_video(common(**rows(ok, (str(lora), 1.0, "high"))), D)
+    expect(r"LoRA 2 Expert: 'high' binds a LoRA to the high-noise expert; this model has one DiT.*",
+           forms.check_spec, pipe.limits, spec)  # fmt: skip
+    spec = forms.text_to_video(common(**rows(ok), loras=f"{lora}@low"), D)  # the text field's own entry
+    expect(
+        r"LoRAs: '.*' binds a LoRA to the low-noise expert; .*",
+        forms.check_spec,
+        pipe.limits,
+        spec,
+    )
+
+
 # ---------------------------------------------------------------------------------------------- timeline
 def test_timeline_shows_cells_multipliers_pixel_frames_and_thumbnails():
     html = timeline_html(

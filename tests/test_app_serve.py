@@ -124,3 +124,42 @@ def test_clip_fields_are_bounded_by_what_the_model_was_trained_on(tmp_path):
     # a model that declares nothing (tiny-random, real Wan folders) keeps its number boxes
     for field in fields(TINY_DEFAULTS).values():
         assert all(isinstance(field[name], widgets.NumberInput) for name in ("num_frames", "width", "height"))
+
+
+def test_lora_panel_offers_the_models_loras_and_the_lora_dir(tmp_path):
+    from pusa.app import serve, widgets
+    from pusa.app.forms import LORA_KEYS
+    from pusa.app.page import StudioPage
+    from pusa.serving.history import History
+    from pusa.serving.queue import JobQueue
+    from pusa.weights.registry import PUSA_TINY_DIR, model_limits
+
+    folder = tmp_path / "loras"
+    (folder / "style").mkdir(parents=True)
+    for name in ("b.safetensors", "style/a.pt", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    own = str(PUSA_TINY_DIR / "pusa_tiny_lora.safetensors")
+    offered = serve.lora_files("pusa-tiny", str(folder))
+    assert offered == (own, str(folder / "b.safetensors"), str(folder / "style" / "a.pt"))
+    assert serve.own_loras("pusa-tiny") == (own,) and serve.own_loras("tiny-random") == ()
+    with pytest.raises(ValueError, match=r"--lora-dir='/no/such' is not a folder"):
+        serve.lora_files("pusa-tiny", "/no/such")
+    assert (
+        serve.add_serve_arguments(argparse.ArgumentParser()).parse_args(["--lora-dir", "x"]).lora_dir == "x"
+    )
+
+    def tabs(model):
+        page = StudioPage(JobQueue(lambda: None, History(tmp_path / "outputs")), model_limits(model), "m",
+                          lora_files=offered)  # fmt: skip
+        page.build()
+        return page.tabs.values()
+
+    for tab in tabs("tiny-random-a14b"):
+        # the rows are the tab's last fields (the API's parameters keep their order), then its text field
+        assert list(tab.fields)[-len(LORA_KEYS) :] == list(LORA_KEYS) and "loras" in tab.fields
+        row = tab.fields["lora_file_1"]
+        assert isinstance(row, widgets.DropdownInput) and row.allow_custom_value
+        assert [choice[1] for choice in row.choices] == list(offered)
+        assert tab.fields["lora_expert_1"].visible and tab.fields["lora_expert_1"].value == "all"
+    for tab in tabs("tiny-random"):  # one DiT: no expert to choose
+        assert not tab.fields["lora_expert_4"].visible

@@ -106,3 +106,94 @@ def test_stream_tier_is_refused_by_name_where_it_cannot_apply(files):
                                      memory="stream")  # fmt: skip
     with pytest.raises(ValueError, match="'stream' does not take fp8"):
         PusaPipeline.from_pretrained(files["wan-original"], memory="stream", fp8=True)
+
+
+# Wan2.2-A14B in bf16 (benchmarks/host_memory.py): one expert, the umT5 encoder, the VAE in float32
+A14B = dict(expert_bytes=28_580_000_000, text_bytes=11_360_000_000, vae_bytes=508_000_000)
+
+
+@pytest.mark.parametrize(
+    ("requested", "free_gb", "host_gb", "tier", "inactive"),
+    [
+        ("auto", 141, 64, "full", "device"),  # an H200 holds both experts: host RAM holds the encoder only
+        ("auto", 48, 128, "swap", "pinned host memory"),  # one expert fits; both pinned fit in 128 GB
+        ("auto", 48, 64, "stream", "files"),  # ... but not in 64 GB: the inactive one from its files
+        ("auto", 24, 128, "balanced", "pinned host memory"),
+        ("auto", 24, 64, "balanced", "files"),  # a 24 GB card on a 64 GB host
+        ("auto", 12, 64, "low", "files"),
+        ("auto", None, 256, "full", "device"),  # a CPU run: both experts in RAM when they fit
+        ("auto", None, 64, "stream", "files"),
+        ("balanced", None, 64, "balanced", "files"),  # asked for: streams its inactive expert if it must
+        ("low", 80, 128, "low", "pinned host memory"),
+        ("swap", 80, 32, "swap", "pinned host memory"),  # other explicit tiers: as asked
+        ("balanced", 24, None, "balanced", "pinned host memory"),  # host RAM unknown: nothing refused
+    ],
+)
+def test_the_memory_plan_counts_host_ram(requested, free_gb, host_gb, tier, inactive):
+    from pusa.runtime.memory import plan_expert_memory
+
+    free = None if free_gb is None else free_gb * 10**9
+    host = None if host_gb is None else host_gb * 10**9
+    plan = plan_expert_memory(requested, free_bytes=free, host_bytes=host, **A14B)
+    assert (plan.tier, plan.inactive_expert) == (tier, inactive), plan.reason
+    assert plan.reason.startswith("asked for" if requested != "auto" else "auto")
+    if inactive == "files" and requested != "swap":
+        assert "68.5 GB of host RAM" in plan.reason or "68.6 GB of host RAM" in plan.reason, plan.reason
+
+
+def test_balanced_with_a_small_host_streams_the_inactive_expert_and_equals_full(files):
+    """A host budget (a parameter, not a mock) too small to pin both experts: `auto` on the CPU picks
+    stream, `balanced` keeps its tier and reads the inactive expert from its files at the boundary; the
+    videos equal full's, the LoRA stacks changed while an expert is freed included."""
+    folder = files["wan-original"]
+    full = PusaPipeline.from_pretrained(folder, memory="full")
+    auto = PusaPipeline.from_pretrained(folder, memory="auto", host_bytes=1)
+    assert (auto.acceleration["memory_tier"], auto.acceleration["inactive_expert"]) == ("stream", "files")
+    roomy = PusaPipeline.from_pretrained(folder, memory="auto", host_bytes=10**12)
+    assert (roomy.acceleration["memory_tier"], roomy.acceleration["inactive_expert"]) == ("full", "device")
+    balanced = PusaPipeline.from_pretrained(folder, memory="balanced", host_bytes=1)
+    assert balanced.acceleration["memory_tier"] == "balanced"
+    assert all(is_placeholder(p) for p in balanced.transformer_2.parameters() if p.numel() > 1)  # never read
+    common = dict(num_inference_steps=4, cfg=2.0, num_frames=5, width=32, height=32, seed=3)
+    stacks = [
+        [f"{files['peft']}:1.5@high", f"{files['kohya']}:1.4@low"],
+        [f"{files['peft']}:0.5@high", f"{files['kohya']}:1.4@low", f"{files['diff']}:1.0@low"],
+    ]
+    for round_, loras in enumerate(stacks, start=1):
+        got = balanced.text_to_video("a fox", loras=loras, **common)
+        assert np.array_equal(got.frames, full.text_to_video("a fox", loras=loras, **common).frames), loras
+        assert got.settings["expert_swaps"]["swaps"] == (1 if round_ == 1 else 2)
+        record = got.settings["acceleration"]
+        assert (record["memory_tier"], record["inactive_expert"]) == ("balanced", "files")
+        assert (
+            "cannot" not in record["memory_reason"]
+            and "the inactive expert is read from its files" in (record["memory_reason"])
+        )
+    # the low-noise expert ended the video: the high-noise one is freed, its offloading hooks gone with it
+    assert all(is_placeholder(p) for p in balanced.transformer.parameters() if p.numel() > 1)
+    assert (
+        not hasattr(balanced.transformer, "_diffusers_hook") or not balanced.transformer._diffusers_hook.hooks
+    )
+
+
+def test_adapter_lora_mode_survives_the_stream_tiers_reloads(files):
+    """lora_mode="adapter": the stack as PEFT adapters, which an expert read again from its files keeps
+    (nothing re-fused at the boundary); stream and balanced-from-files equal full, and the fused mode up
+    to float rounding."""
+    folder = files["wan-original"]
+    full = PusaPipeline.from_pretrained(folder, memory="full", lora_mode="adapter")
+    stream = PusaPipeline.from_pretrained(folder, memory="stream", lora_mode="adapter")
+    balanced = PusaPipeline.from_pretrained(folder, memory="balanced", host_bytes=1, lora_mode="adapter")
+    fused = PusaPipeline.from_pretrained(folder, memory="full")
+    common = dict(num_inference_steps=4, cfg=2.0, num_frames=5, width=32, height=32, seed=3)
+    for loras in ([f"{files['peft']}:1.5@high", f"{files['kohya']}:1.4@low"], [f"{files['kohya']}:0.6"]):
+        want = full.text_to_video("a fox", loras=loras, **common)
+        assert want.settings["lora_mode"] == "adapter"
+        for pipe in (stream, balanced):
+            got = pipe.text_to_video("a fox", loras=loras, **common)
+            assert np.array_equal(got.frames, want.frames), (pipe.acceleration["memory_tier"], loras)
+        other = fused.text_to_video("a fox", loras=loras, **common)
+        assert other.settings["lora_mode"] == "fuse"
+        assert np.abs(other.frames.astype(int) - want.frames.astype(int)).max() <= 2
+    with pytest.raises(ValueError, match=r"lora_mode='merge' is not allowed; choose one of fuse, adapter"):
+        PusaPipeline.from_preset("tiny-random", lora_mode="merge")

@@ -143,6 +143,49 @@ def test_a_stack_changed_one_strength_at_a_time_equals_fresh_loads(files):
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def test_an_adapter_stack_equals_the_fused_stack_and_fresh_adapters(files, tmp_path):
+    """The unfused path: one PEFT adapter per LoRA (kohya's alpha/rank folded in), strengths by
+    set_adapters; each targeted Linear gives what the fused weights give (float rounding apart), a strength
+    changed back and forth gives what fresh adapters give bit for bit, and the DiT's weights never move."""
+    from pusa.weights.checkpoints import CheckpointError
+    from pusa.weights.stack import AdapterStack
+
+    loras = [
+        load_lora_cached(p)
+        for p in (files["peft"], files["kohya"], write_peft(tmp_path / "b.safetensors", 7))
+    ]
+    targets = ["blocks.0.attn1.to_q", "blocks.1.attn1.to_q", "blocks.0.ffn.net.0.proj"]
+    model, pristine = _dit(), _dit().state_dict()
+    stack = AdapterStack(model)
+    x = {name: _randn(3, _dit().get_submodule(name).in_features, seed=9) for name in targets}
+
+    def outputs(dit):
+        with torch.no_grad():
+            return {name: dit.get_submodule(name)(x[name]) for name in targets}
+
+    for strengths in [(1.0, 1.0, 1.0), (1.5, 1.0, 1.0), (1.5, 0.25, 1.0), (1.5, 0.25, 0.0), (1.0, 1.0, 1.0)]:
+        assert stack.fuse(list(zip(loras, strengths, strict=True)))
+        got = outputs(model)
+        fused = _dit()
+        StackFuser(fused).fuse(list(zip(loras, strengths, strict=True)))
+        fresh = _dit()
+        AdapterStack(fresh).fuse(list(zip(loras, strengths, strict=True)))
+        for name, value in got.items():
+            assert torch.allclose(value, outputs(fused)[name], atol=1e-5, rtol=1e-5), (strengths, name)
+            assert torch.equal(value, outputs(fresh)[name]), (strengths, name)
+        base = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
+        assert all(torch.equal(base[k], v) for k, v in pristine.items())  # the weights never move
+    assert not stack.fuse(list(zip(loras, (1.0, 1.0, 1.0), strict=True)))  # already so: nothing done
+    stack.fuse([(loras[1], 0.5)])  # two LoRAs leave the stack: their adapters are deleted
+    assert len(stack._adapters) == 1
+    stack.fuse([])
+    plain = _dit()
+    for name, value in outputs(model).items():
+        assert torch.equal(value, outputs(plain)[name]), name
+    with pytest.raises(CheckpointError, match=r"style.safetensors has full-tensor .diff deltas.*fused"):
+        stack.fuse([(load_lora_cached(files["diff"]), 1.0)])
+
+
 # ---------------------------------------------------------------- syntax
 def test_syntax():
     assert parse_loras("a.safetensors") == (LoraSpec("a.safetensors"),)

@@ -80,6 +80,21 @@ def test_cli_preset_on_a_two_expert_folder(wan22, tmp_path):
     assert (fast["dit_forwards"], slow["dit_forwards"]) == (4, 20)  # 5x fewer DiT forwards
 
 
+def test_cli_lora_mode_adapter_on_a_two_expert_folder(wan22, tmp_path):
+    """--lora-mode adapter: the folder's stack and the preset's speed LoRA as PEFT adapters, recorded; the
+    memory plan's tier, inactive expert and reason are in the record too."""
+    out = tmp_path / "adapter.mp4"
+    assert main(["generate", "t2v", "--model", str(wan22), "-p", "a fox", "--preset", "4-step", "--lora-mode",
+                 "adapter", "--memory", "balanced", *TINY, "-o", str(out)]) == 0  # fmt: skip
+    record = _record(out)
+    assert record["lora_mode"] == "adapter" and len(record["lora_stack"]) == 3
+    acceleration = record["acceleration"]
+    assert (
+        acceleration["memory_tier"] == "balanced" and acceleration["inactive_expert"] == "pinned host memory"
+    )
+    assert acceleration["memory_reason"].startswith("asked for; ")
+
+
 def test_cli_preset_on_a_one_expert_model_warns_without_a_speed_lora(tmp_path, capsys):
     out = tmp_path / "tiny.mp4"
     assert main(["generate", "t2v", "-p", "a red circle", "--preset", "4-step", *TINY, "-o", str(out)]) == 0
@@ -104,7 +119,7 @@ def test_api_preset_loras_and_boundary_on_two_experts(wan22, tmp_path):
 
     history = History(tmp_path / "outputs")
     queue = JobQueue(lambda: PusaPipeline.from_model(wan22), history).start()
-    demo = build_app(queue, model_defaults(wan22))
+    demo = build_app(queue, model_limits(wan22))
     port = free_port()
     launch_app(demo, history, port=port, block=False, quiet=True)
     try:
@@ -133,6 +148,29 @@ def test_api_preset_loras_and_boundary_on_two_experts(wan22, tmp_path):
         assert settings["boundary"] == 0.9 and settings["expert_steps"].count("high") == 4
         with pytest.raises(gradio_client.exceptions.AppError, match=r"LoRAs: .* names expert 'middle'"):
             client.predict("a fox", loras=f"{style}@middle", api_name="/text_to_video", **fast)
+        # the LoRA panel's rows (API parameters too): per-expert strengths, a blank one = lora_alpha, then
+        # the text field's entries; they reach the job as its stack
+        high, low = wan22 / "high_noise_pusa.safetensors", wan22 / "low_noise_pusa.safetensors"
+        panel = dict(
+            lora_file_1=str(high), lora_strength_1=1.5, lora_expert_1="high",
+            lora_file_2=str(low), lora_expert_2="low", lora_alpha=1.2, loras=f"{style}:0.3",
+        )  # fmt: skip
+        _, settings, _ = client.predict("a fox", steps=2, api_name="/text_to_video", **panel, **fast)
+        stack = [
+            (Path(e["path"]).name, e["strength"], e["expert"]) for e in json.loads(settings)["lora_stack"]
+        ]
+        assert stack == [
+            ("high_noise_pusa.safetensors", 1.5, "high"),
+            ("low_noise_pusa.safetensors", 1.2, "low"),
+            ("style.safetensors", 0.3, "all"),
+        ]
+        bad = [
+            (dict(lora_strength_2=7), r"LoRA 2 Strength: 7(\.0)? is not allowed; must be a number in 0..5"),
+            (dict(lora_expert_1="middle"), r"LoRA 1 Expert: 'middle' is not allowed; choose one of all, high, low"),
+        ]  # fmt: skip
+        for change, message in bad:
+            with pytest.raises(gradio_client.exceptions.AppError, match=message):
+                client.predict("a fox", api_name="/text_to_video", **{**panel, **change}, **fast)
     finally:
         demo.close()
         queue.close(10)

@@ -115,8 +115,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB), swap (two-expert "
         "models: one expert on the GPU, the other in pinned CPU memory, swapped at the boundary), stream (two-expert "
         "model folders: the other expert in no memory at all, read from its safetensors files at the boundary; for "
-        "32-64 GB hosts); auto picks "
-        "from free VRAM, counting both experts (default: auto)",
+        "32-64 GB hosts); auto picks from free VRAM, counting both experts, then host RAM: where both experts "
+        "cannot be pinned, stream instead of swap, and balanced/low read the inactive expert from its files "
+        "(default: auto)",
     )  # fmt: skip
     model.add_argument(
         "--attention", default="auto", type=_attention_backend, metavar="BACKEND",
@@ -127,6 +128,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--fp8", action="store_true", help="store the transformer weights in float8 (half the memory)"
     )
+    model.add_argument(
+        "--lora-mode", default="fuse", choices=("fuse", "adapter"),
+        help="fuse: the LoRA stack fused into the weights (fastest steps); adapter: unfused PEFT adapters, the "
+        "weights never written (an expert read from its files at the boundary needs no re-fuse; no .diff "
+        "LoRAs) (default: fuse)",
+    )  # fmt: skip
     model.add_argument(
         "--cfg-batch", default="auto", choices=("auto", "on", "off"),
         help="run CFG's positive and negative passes as one batch of 2: auto = on CUDA except --memory low "
@@ -365,6 +372,8 @@ def load_pipeline(args: argparse.Namespace):
         cfg_batch=args.cfg_batch,
         fp8_compute=args.fp8_compute,
     )
+    if getattr(args, "lora_mode", "fuse") != "fuse":  # the default is left out: every face's own default
+        acceleration["lora_mode"] = args.lora_mode
     if getattr(args, "parallel", 1) > 1 or getattr(args, "cfg_parallel", False):
         from .parallel.launch import start_ranks  # rank 0 is this process; the others follow its jobs
 

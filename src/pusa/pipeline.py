@@ -41,7 +41,9 @@ from .sampling import StepInfo, sample
 from .schedule import flow_sigmas
 from .video import fit_image, fit_video, load_image, read_video, write_video
 
-__all__ = ["ChunkStepInfo", "GenerationRequest", "PusaOutput", "PusaPipeline"]
+__all__ = ["LORA_MODES", "ChunkStepInfo", "GenerationRequest", "PusaOutput", "PusaPipeline"]
+
+LORA_MODES = ("fuse", "adapter")  # how a LoRA stack reaches a DiT: fused into its weights, or PEFT adapters
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ def _prepare(components: Any, device: str | torch.device, **options: Any) -> dic
         memory = _expert_tier(components, first, device)
     if memory == "stream":
         return _prepare_stream(components, first, second, device, **options)
+    if options.pop("stream_inactive", False):
+        return _prepare_offloaded_stream(components, first, second, device, **{**options, "memory": memory})
     if memory != "swap":
         report = prepare_for_device(components, device, **{**options, "memory": memory})
         expert = prepare_for_device({"transformer": second}, device, **{**options, "memory": memory})
@@ -189,6 +193,70 @@ def _prepare_stream(components: Any, first: Any, second: Any, device: Any, **opt
     return report
 
 
+def _prepare_offloaded_stream(
+    components: Any, first: Any, second: Any, device: Any, **options: Any
+) -> dict[str, Any]:
+    """ "balanced" / "low" with the inactive expert in no memory: the active expert offloaded as the tier
+    does it; at the boundary it is freed (its offloading hooks removed) and the other read from its files,
+    its LoRA stack fused, then offloaded the same way (`runtime.expert_stream.ExpertStream` with `place`)."""
+    from .runtime.expert_stream import ExpertStream
+    from .runtime.kernels import apply_attention_backend, compile_blocks
+    from .runtime.memory import apply_memory_tier
+    from .runtime.prepare import prepare_for_device
+
+    if options.get("fp8"):
+        raise ValueError(
+            "a streamed inactive expert does not take fp8: each expert is read again from its files"
+        )
+    tier = options["memory"]
+    report = prepare_for_device(
+        components, device, **options
+    )  # the high-noise expert offloaded, as the tier says
+
+    def place(module: Any) -> None:
+        apply_memory_tier({"transformer": module}, tier, device)
+
+    stream = ExpertStream({HIGH: first, LOW: second}, device, active=HIGH, place=place)
+    apply_attention_backend(second, report["attention"], device, seq_len=options.get("attention_tokens"))
+    if options.get("compile"):
+        compile_blocks(second, **(options.get("compile_kwargs") or {}))
+    report["transformer_2"] = (
+        f"not in memory: read from its safetensors files at the boundary and offloaded as {tier} does, the "
+        "other freed"
+    )
+    report["expert_swap"] = stream
+    return report
+
+
+def _expert_plan(
+    model_dir: str | Path,
+    memory: str,
+    device: Any,
+    dtype: torch.dtype,
+    host_bytes: int | None,
+    streamable: bool,
+) -> Any:
+    """`runtime.memory.plan_expert_memory` for a two-expert folder, from its files' sizes, the device's
+    free memory and the host RAM (`host_bytes`, else what is available now). fp8 (not `streamable`): the
+    experts cannot be read again from their files, so nothing is streamed."""
+    from .runtime.memory import available_host_bytes, free_device_bytes, plan_expert_memory
+    from .weights.folders import folder_bytes
+
+    sizes = folder_bytes(model_dir, dtype)
+    host = available_host_bytes() if host_bytes is None else host_bytes
+    plan = plan_expert_memory(
+        memory, max(sizes["transformer"], sizes["transformer_2"]), sizes["text_encoder"], sizes["vae"],
+        free_device_bytes(device), host,
+    )  # fmt: skip
+    if not streamable and plan.inactive_expert == "files" and memory in ("auto", "balanced", "low"):
+        from dataclasses import replace as replaced
+
+        tier = {"stream": "swap"}.get(plan.tier, plan.tier)
+        plan = replaced(plan, tier=tier, stream_inactive=False,
+                        reason=plan.reason + "; fp8: the experts cannot be read again from their files, so both stay pinned")  # fmt: skip
+    return plan
+
+
 def _expert_tier(components: Any, first: torch.nn.Module, device: str | torch.device) -> str:
     """The tier "auto" means for a two-expert model on `device` (both experts counted)."""
     from .runtime.expert_swap import choose_expert_tier
@@ -220,7 +288,13 @@ class PusaPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         transformer_2: torch.nn.Module | None = None,
+        lora_mode: str = "fuse",
     ) -> None:
+        if lora_mode not in LORA_MODES:
+            raise ValueError(f"lora_mode={lora_mode!r} is not allowed; choose one of {', '.join(LORA_MODES)}")
+        # "fuse": each DiT's stack fused into its weights (`weights.stack.StackFuser`); "adapter": unfused
+        # PEFT adapters (`weights.stack.AdapterStack`), the weights never written
+        self.lora_mode = lora_mode
         self.transformer = transformer  # the only DiT, or a two-expert model's high-noise expert
         self.transformer_2 = transformer_2  # the low-noise expert of a two-expert model (Wan2.2), or None
         self.vae = vae
@@ -230,7 +304,7 @@ class PusaPipeline:
         self.lora = (
             (parse_loras([str(lora)] if isinstance(lora, (str, Path)) else lora) or None) if lora else None
         )
-        self._fusers: dict[str, Any] = {}  # expert ("all" for one DiT) -> weights.stack.StackFuser
+        self._fusers: dict[str, Any] = {}  # expert ("all" for one DiT) -> StackFuser / AdapterStack
         self.dit_forwards = 0  # DiT forward passes so far (benchmarks count them)
         self.fused_loras: tuple[LoraSpec, ...] = ()  # the stack `apply_loras` fused last, strengths filled
         self.identity = identity
@@ -295,6 +369,7 @@ class PusaPipeline:
         if acceleration.get("memory") == "stream":
             raise ValueError(f"memory tier 'stream' reads the experts from a model folder's files; {name} is "
                              "built in memory (weights.wan_original.write_two_expert_folder writes it to one)")  # fmt: skip
+        lora_mode = acceleration.pop("lora_mode", "fuse")
         build = tiny_random_components if name == "tiny-random" else tiny_random_a14b_components
         components = build(seed)
         if dtype != torch.float32:
@@ -302,7 +377,7 @@ class PusaPipeline:
                 if components.get(part) is not None:
                     components[part].to(dtype)
         report = _prepare(components, device, compute_dtype=dtype, **acceleration)
-        pipe = cls(**components, device=device, dtype=dtype)
+        pipe = cls(**components, device=device, dtype=dtype, lora_mode=lora_mode)
         pipe.acceleration = report
         return pipe
 
@@ -320,6 +395,8 @@ class PusaPipeline:
         fp8: bool = False,
         cfg_batch: str = "auto",
         fp8_compute: str = "off",
+        host_bytes: int | None = None,
+        lora_mode: str = "fuse",
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -331,6 +408,11 @@ class PusaPipeline:
         compile: torch.compile the repeated blocks; fp8: store the DiT weights in float8;
         cfg_batch: "auto" | "on" | "off": CFG's two passes as one batch of 2 (`runtime.prepare.resolve_cfg_batch`);
         fp8_compute: "off" | "rowwise" | "tensor": the DiT blocks' matrix products in float8 with those scales.
+        host_bytes: two-expert folders: the host RAM the memory plan may use (None: what is available now);
+            "auto" and "balanced"/"low" read the inactive expert from its files where pinning both would not
+            fit (`runtime.memory.plan_expert_memory`; the record's acceleration says which and why).
+        lora_mode: "fuse" (the stack fused into the weights) or "adapter" (unfused PEFT adapters: an expert
+            read again from its files needs no re-fuse; full-tensor .diff LoRAs refused).
         """
         from .runtime.device import check_device
         from .runtime.kernels import check_attention_installed, validate_attention_backend
@@ -357,12 +439,17 @@ class PusaPipeline:
         check_stack_fits_folder(stack, model_dir, param="lora")  # headers only: before the DiT loads
         if memory == "stream" and not folder_experts(model_dir):
             raise ValueError("memory tier 'stream' is for two-expert models; this model has one DiT")
-        # other tiers place the weights themselves; "stream" loads the high-noise expert resident, and
-        # reads nothing of the low-noise one until the boundary
+        plan = None
+        if folder_experts(model_dir):  # decided from the files' sizes, before any weight is read
+            plan = _expert_plan(model_dir, memory, device, dtype, host_bytes, streamable=not fp8)
+            memory = plan.tier
+        streamed = plan is not None and plan.inactive_expert == "files"
+        # other tiers place the weights themselves; "stream" loads the high-noise expert resident; a streamed
+        # inactive expert is not read until the boundary
         load_device = device if memory in ("full", "stream") else "cpu"
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
         components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32,
-                                     read_transformer_2=memory != "stream")  # fmt: skip
+                                     read_transformer_2=not streamed)  # fmt: skip
         pipe = cls(
             components.transformer,
             components.vae,
@@ -374,6 +461,7 @@ class PusaPipeline:
             device=device,
             dtype=dtype,
             transformer_2=components.transformer_2,
+            lora_mode=lora_mode,
         )
         # Fused before fp8 could round the pristine copies (the stack's strengths: the model's own alpha).
         pipe.apply_loras(stack, defaults.lora_alpha)
@@ -388,9 +476,12 @@ class PusaPipeline:
             attention_tokens=native_tokens(components.transformer, components.vae, defaults),
             cfg_batch=cfg_batch,
             fp8_compute=fp8_compute,
+            **({"stream_inactive": True} if plan is not None and plan.stream_inactive else {}),
         )
+        if plan is not None:  # recorded: which tier, where the inactive expert lives, and why
+            report.update(inactive_expert=plan.inactive_expert, memory_reason=plan.reason)
         pipe.acceleration = report
-        if memory == "stream":
+        if streamed:
             report["expert_swap"].on_load = pipe._expert_loaded
         return pipe
 
@@ -435,7 +526,7 @@ class PusaPipeline:
         """Fuse `stack` into each DiT it targets (an entry without a strength at `lora_alpha`), from the
         pristine weights; an `InputError` naming `loras` and the file when a LoRA matches nothing."""
         from .weights.checkpoints import CheckpointError
-        from .weights.stack import StackFuser, load_lora_cached
+        from .weights.stack import AdapterStack, StackFuser, load_lora_cached
 
         names = [ALL] if self.transformer_2 is None else list(EXPERTS)
         per_dit: dict[str, list] = {name: [] for name in names}
@@ -458,7 +549,10 @@ class PusaPipeline:
         for name in names:
             if name not in self._fusers and not per_dit[name]:
                 continue  # never touched: nothing to restore
-            fuser = self._fusers.setdefault(name, StackFuser(self.expert_model(name)))
+            if name not in self._fusers:
+                kind = AdapterStack if self.lora_mode == "adapter" else StackFuser
+                self._fusers[name] = kind(self.expert_model(name))
+            fuser = self._fusers[name]
             try:
                 fuser.fuse(per_dit[name])
             except CheckpointError as error:
@@ -688,6 +782,7 @@ class PusaPipeline:
             for spec in stack
         ]
         record["lora"] = stack[0].path if stack else None
+        record["lora_mode"] = self.lora_mode
         record["experts"] = self.num_experts
         record["pusa_version"] = __version__
         # fp8 weights and the attention kernel change the numbers, so they belong to the record

@@ -3,7 +3,8 @@
 
 One flow, as a user would go: open the page, run Image-to-Video with an uploaded image and watch the
 video play, reload the page and find it again; type a number past a slider's range and be refused by name; type bad positions in Multi-Frames, see the error, fix them and generate; make
-a long video from Text-to-Video's Long video control, then one at the 4-step preset; restart the
+a long video from Text-to-Video's Long video control, then one at the 4-step preset, then one with a
+LoRA set in the LoRA panel; restart the
 server (with a job left in its queue, which it then runs) and find the videos in History, then refill
 a form from one. Every request the page makes is
 recorded and must stay on this machine. Screenshots go to test-artifacts/.
@@ -237,6 +238,20 @@ def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> No
     )
     assert settings["dit_forwards"] == 4 and settings["num_frames"] == 17, settings
     page.locator("#t2v-preset").get_by_text("none", exact=True).click()
+    # The LoRA panel: the model's own LoRA picked from a row's list at strength 0.5 reaches the job's stack.
+    page.locator("#t2v-lora-panel").get_by_text("LoRAs", exact=True).first.click()
+    page.locator("#t2v-lora-1-file input").click()
+    page.get_by_role("option", name="pusa_tiny_lora.safetensors").click()
+    page.locator("#t2v-lora-1-strength :is(input, textarea)").fill("0.5")
+    page.locator("#t2v-lora-1-strength :is(input, textarea)").press("Tab")
+    status = generate(page, "t2v")
+    assert "Done in" in status, status
+    stack = History(studio.outputs).list()[0].settings["lora_stack"]
+    assert [(Path(e["path"]).name, e["strength"], e["expert"]) for e in stack] == [
+        ("pusa_tiny_lora.safetensors", 0.5, "all")
+    ], stack
+    shot(page, "lora-panel")
+    page.locator("#t2v-lora-clear").click()
     open_tab(page, "Video-to-Video")
     page.locator("#v2v-recipe-completion").click()
     page.wait_for_function(

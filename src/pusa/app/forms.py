@@ -20,6 +20,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from .. import recipes
+from ..experts import ALL, LORA_TARGETS
+from ..lora_specs import STRENGTH_MAX, STRENGTH_MIN, format_loras, parse_loras
 from ..params import (
     CHOICE,
     COMMON,
@@ -41,12 +43,37 @@ TABS = TASK_NAMES
 FORM_RECIPES = ("custom", *RECIPES)
 
 
+# The LoRA panel: a fixed number of rows, each a file, a strength (blank: LoRA Alpha) and an expert. They
+# are form fields (and API parameters) of their own, not declared parameters: they compose into `loras`.
+LORA_ROWS = 4
+
+
+def lora_row_keys(row: int) -> tuple[str, str, str]:
+    """The form keys of the LoRA panel's row `row` (1-based): file, strength, expert."""
+    return f"lora_file_{row}", f"lora_strength_{row}", f"lora_expert_{row}"
+
+
+LORA_KEYS = tuple(key for row in range(1, LORA_ROWS + 1) for key in lora_row_keys(row))
+
+
+def lora_row_blank(key: str) -> Any:
+    """What an unused row's field holds on the page: no file, a blank strength, expert "all"."""
+    return {"file": None, "strength": "", "expert": ALL}[key.split("_")[1]]
+
+
+ROW_LABELS = {
+    key: f"LoRA {row} {part}"
+    for row in range(1, LORA_ROWS + 1)
+    for key, part in zip(lora_row_keys(row), ("File", "Strength", "Expert"), strict=True)
+}
+
+
 class FormError(InputError):
     """A form value that cannot be used. `str()` is the message for the page (it starts with the field's
     label), `field` the form's key for it (`steps` for `num_inference_steps`)."""
 
     def __str__(self) -> str:
-        return self.labelled(label_of(self.param))
+        return self.labelled(ROW_LABELS.get(self.param) or label_of(self.param))
 
     @property
     def field(self) -> str:
@@ -229,13 +256,52 @@ Keep = Callable[[str], str]  # stores an uploaded file where the job and history
 _MISSING = object()
 
 
+def lora_rows(values: Mapping[str, Any]) -> list[dict]:
+    """The LoRA panel's rows that name a file, in order, as the stack's mappings (`lora_specs.parse_loras`
+    reads them); a bad row is refused naming it ("LoRA 2 Strength: ..."). A row without a file is unused
+    (a strength given there without one is refused: it would be lost)."""
+    rows = []
+    for row in range(1, LORA_ROWS + 1):
+        file_key, strength_key, expert_key = lora_row_keys(row)
+        path, expert = values.get(file_key), values.get(expert_key)
+        strength = _number(strength_key, values.get(strength_key))
+        if path is not None and not isinstance(path, str):
+            raise FormError(file_key, path, "give the path of a LoRA file on the server", "is not text")
+        path = (path or "").strip()
+        if not path:
+            if strength is not None:
+                raise FormError(file_key, "", "choose the row's LoRA file, or clear its Strength", "is empty")
+            continue
+        if strength is not None and not STRENGTH_MIN <= strength <= STRENGTH_MAX:
+            raise FormError(
+                strength_key, strength,
+                f"must be a number in {STRENGTH_MIN:g}..{STRENGTH_MAX:g} (blank: LoRA Alpha)",
+            )  # fmt: skip
+        expert = expert or ALL
+        if expert not in LORA_TARGETS:
+            raise FormError(expert_key, expert, f"choose one of {', '.join(LORA_TARGETS)}")
+        if not Path(path).expanduser().is_file():
+            raise FormError(file_key, path, "give an existing LoRA file on the server", "is not a file")
+        rows.append({"path": path, "strength": strength, "expert": expert})
+    return rows
+
+
+def compose_loras(rows: Sequence[Mapping[str, Any]], text: str) -> str:
+    """The stack a form asks for, as `GenerationRequest.loras` text: the panel's rows, then the entries
+    of its text field (blank both: the model's own)."""
+    parts = [format_loras(parse_loras(list(rows))), text.strip()]
+    return "\n".join(part for part in parts if part)
+
+
 def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tuple[dict, dict]:
-    """(GenerationRequest fields, form record) for the fields every tab has, read by their declarations."""
-    unknown = sorted(set(common) - set(COMMON_KEYS))
+    """(GenerationRequest fields, form record) for the fields every tab has, read by their declarations,
+    and the LoRA panel's rows where given (`LORA_KEYS`), composed into `loras`."""
+    unknown = sorted(set(common) - set(COMMON_KEYS) - set(LORA_KEYS))
     if unknown:
         raise FormError(
-            "task", unknown, f"the fields every tab has are {', '.join(COMMON_KEYS)}", "are not fields"
-        )
+            "task", unknown, f"the fields every tab has are {', '.join(COMMON_KEYS + LORA_KEYS)}",
+            "are not fields",
+        )  # fmt: skip
     fields: dict[str, Any] = {}
     for name in COMMON:
         param = PARAMS[name]
@@ -268,6 +334,16 @@ def _common(common: Mapping[str, Any], defaults: ModelDefaults, tab: str) -> tup
                 raise FormError(name, "", "give a number", "is empty")
         fields[name] = value
     form = {"tab": tab, **{PARAMS[name].key: value for name, value in fields.items()}}
+    if any(key in common for key in LORA_KEYS):  # the panel: its rows first, then the text field's entries
+        rows = lora_rows(common)
+        fields["loras"] = compose_loras(rows, fields["loras"])
+        form.update({key: common.get(key) for key in LORA_KEYS})
+        for row in range(1, LORA_ROWS + 1):  # as the page shows them
+            file_key, strength_key, expert_key = lora_row_keys(row)
+            form[file_key] = (form[file_key] or "").strip() or None
+            strength = _number(strength_key, form[strength_key])
+            form[strength_key] = "" if strength is None else strength
+            form[expert_key] = form[expert_key] or ALL
     if form.get("preset") is None:
         form["preset"] = "none"  # what the studio's radio shows
     return fields, form
@@ -511,6 +587,26 @@ def as_long(spec: JobSpec, values: Mapping[str, Any]) -> JobSpec:
     return JobSpec(request, form=form)
 
 
+def _lora_row_of(error: InputError, form: Mapping[str, Any]) -> InputError:
+    """A `loras` error about an entry that came from one of the panel's rows, as that row's field: its
+    Expert for a LoRA bound to an expert the model lacks (the error shows the entry), else its File."""
+    for row in range(1, LORA_ROWS + 1):
+        file_key, strength_key, expert_key = lora_row_keys(row)
+        if not form.get(file_key):
+            continue
+        strength = form.get(strength_key)
+        entry = {
+            "path": form[file_key],
+            "strength": strength if strength != "" else None,
+            "expert": form.get(expert_key),
+        }
+        if error.value == parse_loras([entry])[0].text():
+            return FormError(expert_key, entry["expert"], error.allowed, error.problem)
+        if error.value == form[file_key]:
+            return FormError(file_key, error.value, error.allowed, error.problem)
+    return error
+
+
 def check_spec(limits: ModelLimits, spec: JobSpec) -> None:
     """The one validation (`request.validate`) on a spec, as form messages."""
     try:
@@ -519,4 +615,6 @@ def check_spec(limits: ModelLimits, spec: JobSpec) -> None:
         if spec.request.task == "long":  # the tab's Frames are each chunk's, its Long video the total
             names = {"chunk_frames": "num_frames", "num_frames": "long_frames"}
             error = error.renamed(names[error.param]) if error.param in names else error
+        if error.param == "loras":
+            error = _lora_row_of(error, spec.form)
         raise FormError.of(error) from None

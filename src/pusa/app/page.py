@@ -18,6 +18,8 @@ from typing import Any
 import gradio as gr
 
 from .. import recipes
+from ..experts import ALL, LORA_TARGETS
+from ..lora_specs import STRENGTH_MAX, STRENGTH_MIN
 from ..params import PARAMS, RECIPES, label_of
 from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
@@ -77,13 +79,7 @@ class StudioPage(Studio):
 
     def _tail(self, tab: TabWidgets) -> None:
         d, limits = self.defaults, self.model_limits
-        with gr.Accordion("LoRAs", open=False):
-            tab.fields["loras"] = widgets.textbox(
-                "loras", d, lines=2, elem_id=f"{tab.tab}-loras",
-                placeholder="/models/lightx2v_4step.safetensors:1.0\n/models/high_noise_pusa.safetensors:1.5@high",
-                info="one LoRA a line: FILE[:STRENGTH][@high|@low] (files on the server); STRENGTH A;B = "
-                "high;low of a two-expert model; no strength: LoRA Alpha; blank: the model's own LoRAs",
-            )  # fmt: skip
+        self._lora_panel(tab)
         with gr.Accordion("Negative prompt", open=False):
             tab.fields["negative_prompt"] = widgets.textbox("negative_prompt", d, lines=3, show_label=False)
         tab.fields["seed"] = widgets.number(
@@ -102,6 +98,50 @@ class StudioPage(Studio):
             with gr.Row():
                 tab.fields["cache"] = widgets.choice("cache", d, elem_id=f"{tab.tab}-cache")
                 tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
+
+    def _lora_panel(self, tab: TabWidgets) -> None:
+        """The LoRA panel: `forms.LORA_ROWS` rows of file, strength and expert (the expert for two-expert
+        models only), then a text field for more entries in the CLI's syntax (the API's `loras`). The rows
+        are their own fields (`lora_file_N`, `lora_strength_N`, `lora_expert_N`, the API's too); they go
+        last in the tab's fields (`build`), so the API's earlier parameters keep their order."""
+        d, experts = self.defaults, self.model_limits.experts if self.model_limits else 1
+        files = [(Path(path).name, path) for path in self.lora_files]
+        own = ", ".join(Path(p).name for p in self.own_loras) or "none known"
+        with gr.Accordion("LoRAs", open=False, elem_id=f"{tab.tab}-lora-panel"):
+            gr.Markdown(
+                f"A file on the server (pick one or type its path); Strength {STRENGTH_MIN:g}..{STRENGTH_MAX:g}, "
+                "blank = LoRA Alpha" + ("; Expert: the DiT it goes on" if experts > 1 else "")
+                + f". Rows and text all empty: the model's own LoRAs ({own}).",
+            )  # fmt: skip
+            for row in range(1, forms.LORA_ROWS + 1):
+                file_key, strength_key, expert_key = forms.lora_row_keys(row)
+                with gr.Row(equal_height=True, elem_classes="pusa-compact"):
+                    tab.lora_rows[file_key] = widgets.DropdownInput(
+                        choices=files, value=None, allow_custom_value=True, filterable=True, label=f"LoRA {row}",
+                        scale=5, elem_id=f"{tab.tab}-lora-{row}-file",
+                    )  # fmt: skip
+                    # text, not a number box: an emptied number box reaches the server as 0, and blank here
+                    # means LoRA Alpha
+                    tab.lora_rows[strength_key] = gr.Textbox(
+                        value="", label="Strength", placeholder="LoRA Alpha", max_lines=1, scale=1, min_width=90,
+                        elem_id=f"{tab.tab}-lora-{row}-strength",
+                    )  # fmt: skip
+                    tab.lora_rows[expert_key] = widgets.RadioInput(
+                        list(LORA_TARGETS), value=ALL, label="Expert", scale=2, visible=experts > 1,
+                        elem_id=f"{tab.tab}-lora-{row}-expert",
+                    )  # fmt: skip
+            tab.fields["loras"] = widgets.textbox(
+                "loras", d, lines=2, elem_id=f"{tab.tab}-loras", label="More LoRAs (as text)",
+                placeholder="/models/lightx2v_4step.safetensors:1.0\n/models/high_noise_pusa.safetensors:1.5@high",
+                info="after the rows, one LoRA a line: FILE[:STRENGTH][@high|@low]; STRENGTH A;B = high;low of a "
+                "two-expert model",
+            )  # fmt: skip
+            clear = gr.Button("Clear LoRAs", size="sm", elem_id=f"{tab.tab}-lora-clear")
+        cleared = [forms.lora_row_blank(key) for key in tab.lora_rows]
+        clear.click(
+            lambda: (*cleared, ""), None, [*tab.lora_rows.values(), tab.fields["loras"]],
+            queue=False, show_progress="hidden", api_visibility="private",
+        )  # fmt: skip
 
     def _long_controls(self, tab: TabWidgets) -> None:
         """The Long video controls (Text-, Image- and Video-to-Video): a total above 0 chains clips of the
@@ -400,6 +440,8 @@ class StudioPage(Studio):
                     self.tabs["t2v"] = self._t2v_tab()
                 with gr.Tab("History", id="history") as self.history_tab:
                     history_slot = gr.Column()
+            for tab in self.tabs.values():  # the LoRA panel's rows: the last fields (API parameters)
+                tab.fields.update(tab.lora_rows)
             methods = {name: self.endpoint(name) for name in self.tabs}
             for name, tab in self.tabs.items():
                 outputs = [tab.video, tab.settings, tab.progress]
@@ -451,9 +493,13 @@ def build_app(
     limits: UploadLimits = DEFAULT_LIMITS,
     exposed_host: str | None = None,
     cache: tuple[int, int] = CACHE,
+    lora_files: tuple[str, ...] = (),
+    own_loras: tuple[str, ...] = (),
 ) -> gr.Blocks:
-    """The studio page for a started `JobQueue` (its model may still be loading); `cache`: see `build`."""
-    return StudioPage(queue, defaults, model_label, limits, exposed_host).build(cache)
+    """The studio page for a started `JobQueue` (its model may still be loading); `cache`: see `build`;
+    `lora_files`: what the LoRA panel offers (`serve.lora_files`), `own_loras`: the model's own stack."""
+    page = StudioPage(queue, defaults, model_label, limits, exposed_host, lora_files, own_loras)
+    return page.build(cache)
 
 
 # How `History.add` names a video: <stamp>-<task or recipe>-<seed>-<job id>.mp4

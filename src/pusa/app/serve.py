@@ -12,6 +12,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..params import cli_message
 from ..weights.registry import DEFAULT_MODEL, PRESETS
@@ -31,6 +32,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--lora", metavar="FILE",
         help="Pusa LoRA file (pusa_v1.pt or .safetensors) (default: the one the model folder ships with)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lora-dir", default=None, metavar="DIR",
+        help="LoRA files the studio's LoRA panel offers (*.safetensors, *.pt, *.pth in DIR and its "
+        "subfolders), besides the model folder's own; any path on the server may be typed (default: none)",
     )  # fmt: skip
     parser.add_argument(
         "--outputs", default="outputs", metavar="DIR",
@@ -138,6 +144,37 @@ def limits_for(model: str):
     return model_limits(model, prefix="--")
 
 
+LORA_SUFFIXES = (".safetensors", ".pt", ".pth")
+LORA_DIR_MAX = 500  # files listed from --lora-dir (the panel's fields take any typed path beyond these)
+
+
+def own_loras(model: str) -> tuple[str, ...]:
+    """The LoRA files of a model's own stack (its folder's manifest; none for the tiny-random models)."""
+    from ..weights.registry import TINY_RANDOM_PRESETS, folder_loras, resolve_model
+
+    resolved = resolve_model(model, prefix="--")
+    return () if resolved in TINY_RANDOM_PRESETS else tuple(spec.path for spec in folder_loras(resolved))
+
+
+def lora_files(model: str, lora_dir: str | None = None) -> tuple[str, ...]:
+    """What the studio's LoRA panel offers: the model folder's own LoRAs, its presets' (the 4-step speed
+    LoRA), then the LoRA files under `lora_dir` (sorted, at most `LORA_DIR_MAX`); absolute paths, each once.
+    A `lora_dir` that is not a folder is a ValueError naming --lora-dir."""
+    from ..lora_specs import parse_loras
+    from ..weights.registry import model_defaults
+
+    files = list(own_loras(model))
+    for preset in model_defaults(model, prefix="--").presets:
+        files += [spec.path for spec in parse_loras(preset.loras)]
+    if lora_dir is not None:
+        folder = Path(lora_dir).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"--lora-dir={lora_dir!r} is not a folder; give the folder of your LoRA files")
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LORA_SUFFIXES and p.is_file())
+        files += [str(p.resolve()) for p in found[:LORA_DIR_MAX]]
+    return tuple(dict.fromkeys(files))
+
+
 def pipeline_loader(
     model: str,
     lora: str | None = None,
@@ -184,6 +221,8 @@ def serve_main(args: argparse.Namespace) -> int:
             args.model, args.lora, args.device, args.dtype, args.parallel, args.cfg_parallel
         )
         cluster = cluster_spec(args)
+        own = (str(Path(args.lora).resolve()),) if args.lora else own_loras(args.model)
+        offered = tuple(dict.fromkeys((*own, *lora_files(args.model, getattr(args, "lora_dir", None)))))
     except ValueError as error:
         print(f"pusa serve: error: {cli_message(error)}", file=sys.stderr)
         return 2
@@ -205,7 +244,10 @@ def serve_main(args: argparse.Namespace) -> int:
     else:
         queue = JobQueue(load, history).start()
     exposed_host = args.host if warning else None
-    demo = build_app(queue, limits_for(args.model), model_label=args.model, exposed_host=exposed_host)
+    demo = build_app(
+        queue, limits_for(args.model), model_label=args.model, exposed_host=exposed_host, lora_files=offered,
+        own_loras=own,
+    )  # fmt: skip
     try:
         launch_app(demo, history, host=args.host, port=args.port, auth=auth)
     except KeyboardInterrupt:

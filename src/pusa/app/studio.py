@@ -57,6 +57,11 @@ LONG_DOC = (
     "pixel-matched)."
 )
 API_DOCS.update({task: API_DOCS[task] + LONG_DOC for task in ("i2v", "v2v", "t2v")})
+LORA_DOC = (
+    " LoRAs: the panel's rows lora_file_N, lora_strength_N (blank: lora_alpha), lora_expert_N (all, high, low) "
+    "for N = 1..4, then `loras`, text with one FILE[:STRENGTH][@high|@low] a line; none: the model's own."
+)
+API_DOCS.update({task: doc + LORA_DOC for task, doc in API_DOCS.items()})
 
 GENERATE_LABEL = "Generate"
 WAITING_LABEL = "Generate (loading model...)"
@@ -89,6 +94,7 @@ class TabWidgets:
     job: Any = None
     timeline: Any = None
     generate_event: Any = None
+    lora_rows: dict[str, Any] = field(default_factory=dict)  # the LoRA panel's fields, by form key
 
     @property
     def inputs(self) -> list:
@@ -180,8 +186,12 @@ class Studio:
         model_label: str,
         limits: UploadLimits = DEFAULT_LIMITS,
         exposed_host: str | None = None,
+        lora_files: tuple[str, ...] = (),
+        own_loras: tuple[str, ...] = (),
     ) -> None:
         self.queue = queue
+        self.lora_files = tuple(lora_files)  # what the LoRA panel's file fields offer (any path may be typed)
+        self.own_loras = tuple(own_loras)  # the model's own stack: what no LoRA at all means
         self.history: History = queue.history
         # The model's limits (known from its config files before the weights load) bound the fields.
         self.model_limits = defaults if isinstance(defaults, ModelLimits) else None
@@ -251,7 +261,8 @@ class Studio:
 
     def generate(self, task: str, values: Mapping[str, Any]) -> Iterator[Update]:
         """One tab's Generate, or its API endpoint: the form's values by their keys (`TabWidgets.fields`)."""
-        common = {key: values[key] for key in forms.COMMON_KEYS if key in values}
+        keys = (*forms.COMMON_KEYS, *forms.LORA_KEYS)  # the LoRA panel's rows compose into `loras`
+        common = {key: values[key] for key in keys if key in values}
         d, limits = self.defaults, self.limits
         builders = {
             "i2v": lambda keep: forms.image_to_video(
@@ -506,6 +517,8 @@ class Studio:
                 if key == "end_video" and value is None:
                     continue
                 updates[component] = value
+            elif key in widgets.lora_rows:  # a job from before the panel, or from the API's `loras` alone
+                updates[component] = forms.lora_row_blank(key)
         if widgets.tab == "v2v":
             updates[self.end_video_row] = gr.update(visible=entry.form.get("recipe") == "transition")
         return updates

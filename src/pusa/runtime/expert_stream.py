@@ -5,6 +5,11 @@ it is bit for bit a fresh load), then its LoRA stack fused (`on_load`). Host RAM
 the price is a read from disk (or the page cache) at every boundary, timed in `seconds`, for the settings
 record (the same fields as `runtime.expert_swap.ExpertSwap`).
 
+The same with the active expert offloaded (`--memory balanced` / `low` on a host that cannot pin both
+experts): `place` given, the entering expert is read into host memory instead, its LoRA stack fused, and
+then `place(module)` applies the tier's group offloading to it (diffusers' hooks, taken off again when it
+leaves). Host RAM then holds one expert's (pinned) copy, not two.
+
 Only for experts loaded from files (`weights.checkpoints.load_transformer`); one built in memory is refused.
 """
 
@@ -27,7 +32,13 @@ class ExpertStream:
     """One of `experts` (name -> module loaded from files) on `device` at a time; `activate(name)` frees
     the active one and loads `name`. `active`: the expert already resident (the others are freed now)."""
 
-    def __init__(self, experts: dict[str, nn.Module], device: str | torch.device, active: str) -> None:
+    def __init__(
+        self,
+        experts: dict[str, nn.Module],
+        device: str | torch.device,
+        active: str,
+        place: Callable[[nn.Module], None] | None = None,
+    ) -> None:
         import torch
 
         from ..weights.sources import file_weights
@@ -42,13 +53,16 @@ class ExpertStream:
                     f"memory tier 'stream' reads each expert from its safetensors files; the {name}-noise "
                     "expert was built in memory (a preset): load a model folder instead"
                 )
+            # (owner, key, name in the files); a Linear holding PEFT adapters (`weights.stack.AdapterStack`)
+            # keeps its own weight as `base_layer.weight`; the adapters' weights stay where they are
             self._names[name] = [
-                (module.get_submodule(owner), key, state)
+                (module.get_submodule(owner), key, state.replace(".base_layer.", "."))
                 for state, _ in module.named_parameters()
                 for owner, _, key in [state.rpartition(".")]
-                if state in weights.entries
+                if state.replace(".base_layer.", ".") in weights.entries
             ]
         self.on_load: Callable[[str], None] | None = None  # e.g. fuse the expert's LoRA stack again
+        self.place = place  # None: the active expert is resident on the device; else it offloads it
         self.active = active
         self.swaps = 0
         self.seconds = 0.0
@@ -58,7 +72,10 @@ class ExpertStream:
 
     def _release(self, name: str) -> None:
         from ..weights.sources import placeholder
+        from .memory import remove_group_offloading
 
+        if self.place is not None:  # its offloading hooks (and their pinned copies) go with it
+            remove_group_offloading(self.experts[name])
         for owner, key, _ in self._names[name]:
             current = owner._parameters[key]
             _point(owner, key, placeholder(current.shape, current.dtype))
@@ -67,10 +84,11 @@ class ExpertStream:
         from ..weights.sources import file_weights
 
         module = self.experts[name]
-        tensors = file_weights(module).read_many([state for _, _, state in self._names[name]], self.device)
+        target = self.device if self.place is None else "cpu"  # offloaded: read to the host, placed after
+        tensors = file_weights(module).read_many([state for _, _, state in self._names[name]], target)
         for owner, key, state in self._names[name]:
             _point(owner, key, tensors.pop(state))
-        module.to(self.device)  # its buffers (rope tables)
+        module.to(target)  # its buffers (rope tables)
 
     def activate(self, name: str) -> float:
         """Free the active expert, load `name` from its files (then `on_load(name)`); the seconds it took."""
@@ -89,6 +107,8 @@ class ExpertStream:
             self.active = name
             if self.on_load is not None:
                 self.on_load(name)
+            if self.place is not None:
+                self.place(self.experts[name])
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started

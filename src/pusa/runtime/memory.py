@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,15 +20,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BALANCED_RESIDENT_FRACTION",
+    "HOST_MARGIN_BYTES",
     "MEMORY_TIERS",
     "MEMORY_TIER_BUDGETS",
     "MEMORY_TIER_CHOICES",
     "WORKING_BYTES",
+    "ExpertMemoryPlan",
     "apply_memory_tier",
+    "available_host_bytes",
     "choose_memory_tier",
     "component_bytes",
     "free_device_bytes",
+    "host_bytes_needed",
     "module_bytes",
+    "plan_expert_memory",
+    "remove_group_offloading",
     "resolve_memory_tier",
     "validate_memory_tier",
 ]
@@ -92,6 +99,172 @@ def choose_memory_tier(
     if math.ceil(BALANCED_RESIDENT_FRACTION * transformer) + vae + transient <= free_bytes:
         return "balanced"
     return "low"
+
+
+# Host RAM beyond the weights: the process itself (torch and the imports), the LoRA files read, a tensor in
+# transit. What a plan leaves free for it.
+HOST_MARGIN_BYTES = 4 * GiB
+
+
+@dataclass(frozen=True)
+class ExpertMemoryPlan:
+    """Where a two-expert model's weights go, decided before any weight is read (`plan_expert_memory`).
+
+    tier:            the memory tier (full, swap, balanced, low, stream)
+    stream_inactive: balanced / low only: the inactive expert is in no memory, read from its safetensors
+                     files at the boundary (host RAM holds one expert's pinned copy, not both)
+    reason:          why, in words, with the sizes it was decided from (the settings record keeps it)
+    """
+
+    tier: str
+    stream_inactive: bool
+    reason: str
+
+    @property
+    def inactive_expert(self) -> str:
+        """Where the expert that is not running lives: "device", "pinned host memory" or "files"."""
+        if self.tier == "full":
+            return "device"
+        if self.tier == "stream" or self.stream_inactive:
+            return "files"
+        return "pinned host memory"
+
+
+def host_bytes_needed(
+    tier: str, expert_bytes: int, text_bytes: int, on_device: bool, stream_inactive: bool = False
+) -> int:
+    """Host RAM a two-expert model's weights take in `tier` (the text encoder always lives on the host;
+    `on_device` False: the "device" is the host itself, a CPU run). Pure.
+
+    - full: both experts on the device (loaded straight to it);
+    - swap: both experts' weights in (pinned) host memory, the active one on the device too;
+    - balanced / low: both experts streamed from pinned host memory (one with `stream_inactive`);
+    - stream: one expert on the device, the other in no memory."""
+    if tier == "full":
+        experts = 0 if on_device else 2
+    elif tier == "stream":
+        experts = 0 if on_device else 1
+    elif tier in ("balanced", "low"):
+        experts = 1 if stream_inactive else 2
+    else:  # swap
+        experts = 2
+    return experts * expert_bytes + text_bytes
+
+
+def _gb(value: int | None) -> str:
+    if value is None:
+        return "unknown"
+    return f"{value / 1e9:.1f} GB" if abs(value) >= 1e8 else f"{value / 1e6:.2f} MB"
+
+
+def plan_expert_memory(
+    requested: str,
+    expert_bytes: int,
+    text_bytes: int,
+    vae_bytes: int,
+    free_bytes: int | None,
+    host_bytes: int | None,
+    working_bytes: int = WORKING_BYTES,
+    margin_bytes: int = HOST_MARGIN_BYTES,
+) -> ExpertMemoryPlan:
+    """The memory plan of a two-expert model folder whose experts can be read again from their files.
+    `free_bytes`: free device memory (None: a CPU run, where the device is host RAM); `host_bytes`: the
+    host RAM available (None: unknown, nothing is refused for it). Pure.
+
+    "auto": the device decides first (`expert_swap.choose_expert_tier`: both experts resident, one, or
+    layer streaming); then host RAM, with `margin_bytes` kept free: where pinning both experts would not
+    fit, "swap" becomes "stream" (the inactive expert read from its files at the boundary) and
+    "balanced" / "low" stream the inactive expert the same way; on a CPU run "full" (both experts in RAM)
+    becomes "stream". An explicit "balanced" / "low" streams its inactive expert only when host RAM cannot
+    pin both; other explicit tiers are taken as asked."""
+    from .expert_swap import choose_expert_tier
+
+    requested = validate_memory_tier(requested, allow_auto=True)
+    on_device = free_bytes is not None
+    room = None if host_bytes is None else host_bytes - margin_bytes
+
+    def fits(tier: str, stream_inactive: bool = False) -> bool:
+        needed = host_bytes_needed(tier, expert_bytes, text_bytes, on_device, stream_inactive)
+        return room is None or needed <= room
+
+    def both(tier: str) -> str:
+        needed = host_bytes_needed(tier, expert_bytes, text_bytes, on_device)
+        return f"{_gb(needed)} of host RAM for {tier} ({_gb(expert_bytes)} an expert), {_gb(host_bytes)} available"
+
+    if requested in ("balanced", "low"):
+        if fits(requested):
+            return ExpertMemoryPlan(requested, False, f"asked for; {both(requested)}: both experts pinned")
+        return ExpertMemoryPlan(
+            requested, True, f"asked for; {both(requested)} with both pinned: the inactive expert is read "
+            "from its files at the boundary",
+        )  # fmt: skip
+    if requested != "auto":
+        return ExpertMemoryPlan(requested, False, "asked for")
+    if not on_device:
+        if fits("full"):
+            return ExpertMemoryPlan("full", False, f"auto on the CPU: {both('full')}")
+        return ExpertMemoryPlan(
+            "stream", False, f"auto on the CPU: {both('full')}: one expert in RAM at a time"
+        )
+    device_tier = choose_expert_tier(
+        free_bytes, {"text_encoder": text_bytes, "vae": vae_bytes}, expert_bytes, working_bytes
+    )
+    device = f"{_gb(free_bytes)} free on the device"
+    if device_tier == "full":
+        return ExpertMemoryPlan(
+            "full", False, f"auto: {device} holds both experts ({_gb(expert_bytes)} each)"
+        )
+    if device_tier == "swap":
+        if fits("swap"):
+            return ExpertMemoryPlan(
+                "swap", False, f"auto: {device} holds one expert, not two; {both('swap')}"
+            )
+        return ExpertMemoryPlan(
+            "stream", False, f"auto: {device} holds one expert, not two; {both('swap')}: the inactive expert "
+            "is read from its files at the boundary",
+        )  # fmt: skip
+    if fits(device_tier):
+        return ExpertMemoryPlan(
+            device_tier, False, f"auto: {device} holds no whole expert; {both(device_tier)}"
+        )
+    return ExpertMemoryPlan(
+        device_tier, True, f"auto: {device} holds no whole expert; {both(device_tier)} with both pinned: the "
+        "inactive expert is read from its files at the boundary",
+    )  # fmt: skip
+
+
+def available_host_bytes() -> int | None:
+    """Host RAM available to this process now (psutil's, else /proc/meminfo's MemAvailable; None when
+    neither can say)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def remove_group_offloading(module: nn.Module) -> None:
+    """Take diffusers' group offloading off `module` (the hooks diffusers' own re-apply removes), so its
+    weights can be freed and offloading applied again after they are read back."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.group_offloading import (
+        _GROUP_OFFLOADING,
+        _LAYER_EXECUTION_TRACKER,
+        _LAZY_PREFETCH_GROUP_OFFLOADING,
+    )
+
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
+        registry.remove_hook(name, recurse=True)
 
 
 def module_bytes(module: nn.Module | None) -> int:

@@ -8,11 +8,13 @@ Kept apart from `weights.checkpoints`, which loads one component at a time, so t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
+from safetensors import safe_open
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from pusa.model import PusaTransformer3DModel
@@ -28,7 +30,7 @@ from .checkpoints import (
     load_vae,
 )
 
-__all__ = ["Components", "ModelFolder", "find_layout", "load_components"]
+__all__ = ["Components", "ModelFolder", "find_layout", "folder_bytes", "load_components"]
 
 _TEXT_ENCODER_SUBFOLDERS = ("google/umt5-xxl", "umt5-xxl")
 
@@ -162,6 +164,38 @@ class Components:
     tokenizer: PreTrainedTokenizerBase
     identity: str  # e.g. "wan-original:/models/Wan2.1-T2V-14B"
     transformer_2: PusaTransformer3DModel | None = None  # the low-noise expert of a two-expert model
+
+
+def _weights_bytes(path: Path, dtype: torch.dtype) -> int:
+    """Bytes of a component's weights once loaded in `dtype`: its safetensors headers' element counts
+    (no tensor read), else the size of its weight files on disk (a .pth, a .bin)."""
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    files = [f for f in files if f.suffix == ".safetensors"]
+    if files:
+        numel = 0
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    numel += math.prod(handle.get_slice(key).get_shape())
+        return numel * torch.empty((), dtype=dtype).element_size()
+    weights = [
+        f for f in (path.iterdir() if path.is_dir() else [path]) if f.suffix in (".pth", ".bin", ".pt")
+    ]
+    return sum(f.stat().st_size for f in weights)
+
+
+def folder_bytes(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+    """`{"transformer", "transformer_2", "text_encoder", "vae"}` -> bytes in `dtype` (the VAE: float32,
+    as the pipeline loads it), from the files' headers and sizes alone: what a memory plan is decided
+    from before any weight is read (`runtime.memory.plan_expert_memory`). A one-DiT folder's
+    transformer_2 is 0."""
+    folder = find_layout(model_dir)
+    return {
+        "transformer": _weights_bytes(folder.transformer, dtype),
+        "transformer_2": 0 if folder.transformer_2 is None else _weights_bytes(folder.transformer_2, dtype),
+        "text_encoder": _weights_bytes(folder.text_encoder, dtype),
+        "vae": _weights_bytes(folder.vae, torch.float32),
+    }
 
 
 def load_components(

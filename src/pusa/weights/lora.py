@@ -272,7 +272,8 @@ def validate_lora_alpha(alpha: float) -> float:
 def check_lora_fits(model: nn.Module, lora: LoraWeights) -> dict[tuple[str, str], torch.Tensor]:
     """The parameters `lora` changes, `{(module name, "weight" | "bias"): parameter}`; a `CheckpointError`
     naming the file and the key when it matches nothing in `model` or a delta does not fit its target."""
-    named = dict(model.named_modules())
+    # a Linear that holds PEFT adapters already (`AdapterStack`) is looked at as its base Linear
+    named = {name: getattr(module, "base_layer", module) for name, module in model.named_modules()}
     names = list(dict.fromkeys([*lora.modules, *lora.diffs]))
     if not any(name in named for name in names):
         first = [lora.file_key(m) for m in names[:3]]
@@ -455,6 +456,9 @@ def attach_lora_adapter(
     named = dict(transformer.named_modules())
     for name, (down, up) in lora.modules.items():
         module = named.get(name)
+        module = getattr(
+            module, "base_layer", module
+        )  # a Linear that holds an adapter already (PEFT's wrapper)
         if not isinstance(module, nn.Linear) or [up.shape[0], down.shape[1]] != list(module.weight.shape):
             have = (
                 "nothing"

@@ -3,13 +3,18 @@
 any change of the stack or of one strength gives bit for bit what a fresh load of the same stack gives.
 
 `load_lora_cached` reads each file once per content (path, size, mtime): re-applying a stack costs the
-matrix products only. The unfused path (a PEFT adapter per LoRA) stays `weights.lora.attach_lora_adapter`.
+matrix products only.
+
+`AdapterStack` is the unfused form of the same stack: one PEFT adapter per LoRA through diffusers
+(`weights.lora.attach_lora_adapter`, `set_adapters` for the strengths), the DiT's own weights never written;
+the pipeline's `lora_mode="adapter"`. Its numbers differ from the fused ones by float rounding only.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from torch import nn
 from .lora import LoraWeights, check_lora_fits, load_lora, lora_delta
 from .sources import is_placeholder, pristine_source, read_pristine
 
-__all__ = ["StackFuser", "check_stack_fits_folder", "file_sha256", "load_lora_cached"]
+__all__ = ["AdapterStack", "StackFuser", "check_stack_fits_folder", "file_sha256", "load_lora_cached"]
 
 _CACHE: collections.OrderedDict[tuple[str, int, int], LoraWeights] = collections.OrderedDict()
 _CACHE_SIZE = 8
@@ -116,6 +121,63 @@ class StackFuser:
             self.fuse(self.stack)
         finally:
             self._fresh = False
+
+
+class AdapterStack:
+    """The LoRA stack of one DiT as unfused PEFT adapters (the same interface as `StackFuser`: `fuse`,
+    `reloaded`, `fused`, `stack`). Each LoRA file of the stack is one named adapter, loaded once through
+    diffusers (`weights.lora.attach_lora_adapter`: `W x + s * up @ (down @ x)`, each format's own scale
+    folded into `up`); the strengths are set together by `set_adapters` (PEFT recomputes each scaling, so
+    nothing accumulates: a strength changed back gives bit for bit what it gave before); a LoRA that leaves
+    the stack is deleted. A LoRA listed twice is one adapter at the sum of its strengths. The DiT's own
+    weights are never written, so an expert read again from its files (`runtime.expert_stream`) needs
+    nothing re-applied. Full-tensor `.diff` deltas have no adapter form: a `CheckpointError` names the file."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._adapters: dict[str, tuple[LoraWeights, str]] = {}  # source -> (its weights, adapter name)
+        self._made = 0
+        self.fused: tuple[tuple[str, float], ...] = ()
+        self.stack: list[tuple[LoraWeights, float]] = []
+
+    def fuse(self, stack: Sequence[tuple[LoraWeights, float]]) -> bool:
+        """Make `stack` the active adapters at its strengths; False when it is so already."""
+        from .checkpoints import CheckpointError
+        from .lora import attach_lora_adapter
+
+        wanted = tuple((lora.source, float(strength)) for lora, strength in stack)
+        if wanted == self.fused:
+            return False
+        for lora, _ in stack:  # every error before any change
+            if lora.diffs:
+                raise CheckpointError(
+                    f"LoRA file {lora.source} has full-tensor .diff deltas, which a PEFT adapter cannot hold; "
+                    "use the fused LoRA mode"
+                )
+            check_lora_fits(self.model, lora)
+        strengths: dict[str, float] = {}
+        for lora, strength in stack:
+            strengths[lora.source] = strengths.get(lora.source, 0.0) + float(strength)
+        latest = {lora.source: lora for lora, _ in stack}
+        gone = [s for s, (lora, _) in self._adapters.items() if s not in strengths or latest[s] is not lora]
+        if gone:
+            self.model.delete_adapters([self._adapters.pop(source)[1] for source in gone])
+        for source, lora in latest.items():
+            if source not in self._adapters:
+                name = f"stack{self._made}"
+                self._made += 1
+                with warnings.catch_warnings():  # PEFT warns of a second adapter: that is what a stack is
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    attach_lora_adapter(self.model, lora, strengths[source], adapter_name=name)
+                self._adapters[source] = (lora, name)
+        if self._adapters:
+            names = [self._adapters[source][1] for source in strengths]
+            self.model.set_adapters(names, weights=[strengths[source] for source in strengths])
+        self.stack, self.fused = list(stack), wanted
+        return True
+
+    def reloaded(self) -> None:
+        """The DiT's own weights were read again from its files: its adapters are untouched, nothing to do."""
 
 
 def check_stack_fits_folder(stack: Sequence, model_dir: str | Path, param: str = "loras") -> None:
