@@ -112,15 +112,15 @@ def test_clip_fields_are_bounded_by_what_the_model_was_trained_on(tmp_path):
         page.build()
         return {tab: page.tabs[tab].fields for tab in ("i2v", "frames", "v2v", "t2v")}
 
-    # pusa-tiny declares 17 frames at 64x64: each tab offers only those
+    # pusa-tiny declares 17, 33 and 49 frames at 64x64: each tab offers only those (17, its own, first)
     for tab, field in fields(model_limits("pusa-tiny")).items():
-        for name, value in (("num_frames", 17), ("width", 64), ("height", 64)):
+        for name, values in (("num_frames", [17, 33, 49]), ("width", [64]), ("height", [64])):
             widget = field[name]
             assert isinstance(widget, widgets.DropdownInput), (tab, name)
-            assert [choice[1] for choice in widget.choices] == [value] and widget.value == value
+            assert [choice[1] for choice in widget.choices] == values and widget.value == values[0]
             assert "trained on" in widget.info
         # an API caller's other length reaches our validation as sent (and runs with a warning)
-        assert field["num_frames"].preprocess(33) == 33
+        assert field["num_frames"].preprocess(21) == 21
     # a model that declares nothing (tiny-random, real Wan folders) keeps its number boxes
     for field in fields(TINY_DEFAULTS).values():
         assert all(isinstance(field[name], widgets.NumberInput) for name in ("num_frames", "width", "height"))

@@ -271,5 +271,5 @@ def test_a_clip_the_model_was_not_trained_on_runs_with_a_warning_naming_the_flag
         == 0
     )
     err = capsys.readouterr().err
-    assert "pusa: warning: --frames=21 is not a length this model was trained on (17 frames)" in err
+    assert "pusa: warning: --frames=21 is not a length this model was trained on (17, 33, 49 frames)" in err
     assert json.loads(out.with_suffix(".json").read_text())["warnings"][0].startswith("num_frames=21 is not")

@@ -369,8 +369,9 @@ def video_plan(
 
 def advisories(request: GenerationRequest, defaults: ModelDefaults) -> list[InputError]:
     """Warnings (not raised) for a resolved request outside what the model was trained on: it runs, but
-    the model has never seen such a clip (pusa-tiny tiles its objects at 128x128, fades them at 33
-    frames). Each names its parameter like an error, so each face words it its own way."""
+    the model has never seen such a clip (pusa-tiny tiles its objects at 128x128; v4, trained on 17
+    frames only, faded them at 33). Each names its parameter like an error, so each face words it its
+    own way."""
     notes = []
     name = "chunk_frames" if request.task == "long" else "num_frames"
     frames = getattr(request, name)

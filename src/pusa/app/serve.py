@@ -58,7 +58,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )  # fmt: skip
     parser.add_argument(
         "--cfg-parallel", action="store_true",
-        help="2 processes: the positive and negative guidance pass of each step side by side",
+        help="the positive and negative guidance pass of each step side by side: 2 processes, or with "
+        "--parallel N (even) two groups of N/2 that each split their pass by tokens",
     )  # fmt: skip
     cluster = parser.add_argument_group('workers (Ray; pip install -e ".[cluster]")')
     cluster.add_argument(
