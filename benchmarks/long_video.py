@@ -64,6 +64,11 @@ def main() -> None:
     # Every motion but growing / shrinking (whose size, not position, changes); bounces are kept.
     specs = [s for s in specs if s.motion not in ("grows", "shrinks")][: args.clips]
     rows, per_clip = [], {}
+    for text in args.choices.split(";"):  # every choice checked before any video is made
+        chain, context, multipliers = parse_choice(text)
+        step = recipes.num_latent_frames(d.num_frames) - context
+        num_frames = 4 * (recipes.num_latent_frames(d.num_frames) + (args.chunks - 1) * step - 1) + 1
+        recipes.long_video(num_frames, d.num_frames, context, multipliers, 0)
     for text in args.choices.split(";"):
         chain, context, multipliers = parse_choice(text)
         step = recipes.num_latent_frames(d.num_frames) - context

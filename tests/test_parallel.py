@@ -100,9 +100,11 @@ def test_parallel_matches_one_rank(runner, single, mode, strategy, request_):
     runner.set_mode(mode, strategy)
     latents, settings = _latents(runner.pipe, request_)
     assert latents.shape == reference.shape
-    # Float32 rounding only: the ranks multiply half-length token blocks, one torch thread each (the
-    # largest difference seen on pusa-tiny is 1.1e-5 on latents of magnitude ~2, 6e-6 relative).
-    torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
+    # Float32 rounding only: the ranks multiply half-length token blocks (CFG-parallel: batch-1 passes where
+    # one rank batches both), one torch thread each. The bound is 1e-5 of the latents' scale: pusa-tiny v4
+    # differed by up to 1.1e-5 and v5 by 1.3e-5 on latents of magnitude ~2 (6.5e-6 of it), at elements near 0.
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5 * scale)
     assert settings["acceleration"]["parallel"]["mode"] == mode
     assert settings["acceleration"]["parallel"]["world_size"] == 2
     assert settings["acceleration"]["parallel"]["attention"] == (strategy if mode == "context" else None)

@@ -228,14 +228,14 @@ def test_a_request_outside_what_the_model_was_trained_on_is_warned_about():
     from pusa.request import advisories
     from pusa.weights.registry import model_limits
 
-    tiny = model_limits("pusa-tiny").defaults  # the shipped manifest declares 17 frames at 64x64
-    assert (tiny.trained_frames, tiny.trained_sizes) == ((17,), ((64, 64),))
+    tiny = model_limits("pusa-tiny").defaults  # the shipped manifest declares 17, 33, 49 frames at 64x64
+    assert (tiny.trained_frames, tiny.trained_sizes) == ((17, 33, 49), ((64, 64),))
     ok = resolve(GenerationRequest(task="t2v", prompt="x"), tiny)
-    assert advisories(ok, tiny) == []
-    far = dataclasses.replace(ok, num_frames=33, width=128, height=128)
+    assert advisories(ok, tiny) == [] == advisories(dataclasses.replace(ok, num_frames=49), tiny)
+    far = dataclasses.replace(ok, num_frames=41, width=128, height=128)
     frames, size = advisories(far, tiny)
     assert frames.param == "num_frames" and frames.message("--frames").startswith(
-        "--frames=33 is not a length this model was trained on (17 frames)"
+        "--frames=41 is not a length this model was trained on (17, 33, 49 frames)"
     )
     assert size.param == "width" and "(height 128) is not a size this model was trained at (64x64)" in str(
         size
