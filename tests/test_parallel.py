@@ -148,7 +148,11 @@ def test_parallel_flags_refused_before_loading(argv, message, capsys):
     ("argv", "message"),
     [
         (["--parallel", "65"], "--parallel=65 is not allowed"),
-        (["--parallel", "2", "--workers", "2"], "not supported yet"),
+        (["--parallel", "3", "--cfg-parallel", "--workers", "2"], "--parallel=3 with --cfg-parallel"),
+        (["--workers", "2", "--device", "cuda:1"], "give plain cuda (Ray gives each worker its own GPUs)"),
+        # a local cluster's GPUs are this machine's: 64 workers of 64 processes need cuda:0..cuda:4095 here
+        (["--workers", "64", "--parallel", "64", "--device", "cuda"], "4096 processes need 4096 GPUs here"),
+        (["--workers", "2", "--lora", "/nowhere.safetensors"], "/nowhere.safetensors"),
         (["--workers", "-1"], "--workers=-1 is not allowed"),
     ],
 )

@@ -64,8 +64,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     cluster = parser.add_argument_group('workers (Ray; pip install -e ".[cluster]")')
     cluster.add_argument(
         "--workers", type=int, default=0, metavar="N",
-        help="run jobs on N Ray worker processes, each loading the model once (one GPU each with --device "
-        "cuda); a local Ray cluster on 127.0.0.1 unless --ray-address (default: 0, the embedded worker)",
+        help="run jobs on N Ray workers, each loading the model once: one process (one GPU with --device "
+        "cuda), or with --parallel M / --cfg-parallel a group of M processes on one machine that splits "
+        "each of its jobs; a local Ray cluster on 127.0.0.1 unless --ray-address (default: 0, the embedded "
+        "worker)",
     )  # fmt: skip
     cluster.add_argument(
         "--ray-address", default=None, metavar="HOST:PORT",
@@ -74,7 +76,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )  # fmt: skip
     cluster.add_argument(
         "--worker-cpus", type=float, default=1.0, metavar="N",
-        help="CPU cores Ray reserves per worker (and its torch threads) (default: %(default)s)",
+        help="CPU cores Ray reserves per worker process (and its torch threads); a worker of --parallel M "
+        "reserves M times this (default: %(default)s)",
     )  # fmt: skip
     return parser
 
@@ -87,18 +90,27 @@ def cluster_spec(args: argparse.Namespace):
         raise ValueError(f"--workers={workers!r} is not allowed; must be a whole number in 0..256")
     if not workers and not address:
         return None
-    if getattr(args, "parallel", 1) > 1 or getattr(args, "cfg_parallel", False):
-        raise ValueError(
-            "--workers / --ray-address with --parallel or --cfg-parallel: not supported yet; give one"
-        )
     if not 0 < args.worker_cpus <= 256:
         raise ValueError(f"--worker-cpus={args.worker_cpus!r} is not allowed; must be in (0, 256]")
+    from ..parallel.flags import check_parallel_flags
     from ..serving.cluster import ClusterSpec
+    from ..weights.registry import resolve_model
 
-    return ClusterSpec(
+    parallel, cfg_parallel = getattr(args, "parallel", 1), getattr(args, "cfg_parallel", False)
+    spec = ClusterSpec(
         workers=workers or 2, address=address, model=args.model, lora=args.lora, device=args.device,
-        dtype=args.dtype, cpus_per_worker=args.worker_cpus,
+        dtype=args.dtype, cpus_per_worker=args.worker_cpus, parallel=parallel, cfg_parallel=cfg_parallel,
     )  # fmt: skip
+    resolve_model(args.model, args.lora, prefix="--")
+    if spec.cuda and args.device != "cuda":
+        raise ValueError(
+            f"--device={args.device!r} with --workers: give plain cuda (Ray gives each worker its own GPUs)"
+        )
+    # A local cluster's GPUs are this machine's: all of them are checked here. Those of a cluster joined
+    # with --ray-address may be on other machines: `check_cluster` looks at Ray's machines once it is up.
+    gpus_here = spec.workers * spec.ranks if address is None else 0
+    check_parallel_flags(parallel, cfg_parallel, args.device, gpus_here=gpus_here)
+    return spec
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -218,10 +230,11 @@ def serve_main(args: argparse.Namespace) -> int:
     """Start the studio with parsed `add_serve_arguments` options; returns when the server stops."""
     try:
         auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
-        load = pipeline_loader(
-            args.model, args.lora, args.device, args.dtype, args.parallel, args.cfg_parallel
-        )
         cluster = cluster_spec(args)
+        if cluster is None:
+            load = pipeline_loader(
+                args.model, args.lora, args.device, args.dtype, args.parallel, args.cfg_parallel
+            )
         own = (str(Path(args.lora).resolve()),) if args.lora else own_loras(args.model)
         offered = tuple(dict.fromkeys((*own, *lora_files(args.model, getattr(args, "lora_dir", None)))))
     except ValueError as error:
@@ -240,7 +253,11 @@ def serve_main(args: argparse.Namespace) -> int:
 
         from ..serving.cluster import ClusterQueue
 
-        queue = ClusterQueue(cluster, history).start()  # starts Ray here, in the main thread
+        try:
+            queue = ClusterQueue(cluster, history).start()  # starts Ray here, in the main thread
+        except ValueError as error:  # no machine of the Ray cluster can hold a worker
+            print(f"pusa serve: error: {cli_message(error)}", file=sys.stderr)
+            return 2
         signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM then stops the workers and Ray cleanly
     else:
         queue = JobQueue(load, history).start()

@@ -450,11 +450,13 @@ def start_ranks(
     device: str,
     dtype: torch.dtype,
     acceleration: dict[str, Any],
+    threads: int | None = None,
 ) -> ParallelRunner:
     """What `--parallel N` / `--cfg-parallel` start: this process as rank 0, the others spawned; they stop
     when this process exits. `--cfg-parallel` alone is 2 ranks; with `--parallel N` (N even) it is two
-    CFG groups of N/2 context-parallel ranks each."""
-    spec = LoadSpec(model, lora, device, str(dtype).removeprefix("torch."), dict(acceleration))
+    CFG groups of N/2 context-parallel ranks each. `threads`: torch threads of each follower rank (a Ray
+    worker's share of the cores)."""
+    spec = LoadSpec(model, lora, device, str(dtype).removeprefix("torch."), dict(acceleration), threads)
     from .flags import rank_layout
 
     return ParallelRunner(*rank_layout(parallel, cfg_parallel), spec)

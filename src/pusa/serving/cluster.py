@@ -14,8 +14,12 @@ it on its actor through `RemotePipeline`, a stand-in for `PusaPipeline` whose `g
   next free worker runs it (nothing is lost), while Ray restarts the dead actor (it loads the model
   again and rejoins).
 
-Each actor loads its model once, in its own process, and keeps it. Imports no torch (nor ray) at module
-level: the studio page answers before anything loads.
+Each actor loads its model once, in its own process, and keeps it. With `parallel` > 1 or `cfg_parallel`
+(`pusa serve --workers N --parallel M`) each actor is rank 0 of its own parallel group
+(`pusa.parallel.launch`): it spawns the other ranks on its machine (M GPUs of Ray's, one per rank, or M CPU
+shares) and every job it runs is split over them. A rank of a group that dies takes its worker down
+with it: the actor's process exits, the job goes back to the queue and Ray restarts the worker with a
+new group. Imports no torch (nor ray) at module level: the studio page answers before anything loads.
 """
 
 from __future__ import annotations
@@ -47,34 +51,71 @@ class ClusterSpec:
     lora: str | None = None
     device: str = "cpu"
     dtype: str | None = None
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # per process: a worker of a parallel group reserves this per rank
+    parallel: int = 1  # `--parallel`: each worker is a group of this many processes (context parallel)
+    cfg_parallel: bool = False  # `--cfg-parallel`: each worker's guidance passes side by side
     object_store_mb: int = 128  # a local cluster's object store (videos pass through it)
     max_restarts: int = 3  # Ray restarts a worker whose process died this many times
+
+    @property
+    def ranks(self) -> int:
+        """Processes (GPUs with cuda) per worker: 1, or its parallel group's ranks."""
+        from ..parallel.flags import rank_layout
+
+        return rank_layout(self.parallel, self.cfg_parallel)[0]
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
 
 
 # ---------------------------------------------------------------------------------------------- worker
 class PusaWorker:
     """A Ray actor (`ray.remote(PusaWorker)`): one pipeline, loaded once, running one job at a time."""
 
-    def __init__(self, model: str, lora: str | None, device: str, dtype: str | None, threads: int) -> None:
+    def __init__(
+        self,
+        model: str,
+        lora: str | None,
+        device: str,
+        dtype: str | None,
+        threads: int,
+        parallel: int = 1,
+        cfg_parallel: bool = False,
+    ) -> None:
         import torch
 
         from ..pipeline import PusaPipeline
 
         torch.set_num_threads(max(1, threads))
         torch_dtype = getattr(torch, dtype or ("float32" if device == "cpu" else "bfloat16"))
-        self.pipe = PusaPipeline.from_model(model, lora=lora or "auto", device=device, dtype=torch_dtype)
+        self.runner = None  # this worker's parallel group (`ParallelRunner`), if it has one
+        if parallel > 1 or cfg_parallel:
+            from ..parallel.launch import start_ranks
+
+            # Ray made this worker's GPUs cuda:0..M-1 here (CUDA_VISIBLE_DEVICES); the ranks inherit it
+            self.runner = start_ranks(
+                parallel, cfg_parallel, model, lora or "auto", device, torch_dtype, {}, threads=max(1, threads)
+            )  # fmt: skip
+            self.pipe = self.runner.pipe
+        else:
+            self.pipe = PusaPipeline.from_model(model, lora=lora or "auto", device=device, dtype=torch_dtype)
         self._cancel: dict[str, threading.Event] = {}
+        self._busy = threading.Lock()  # held while a job runs (`close` waits for it)
         self._inputs = Path(tempfile.mkdtemp(prefix="pusa-worker-inputs-"))
 
     def info(self) -> dict[str, Any]:
         import socket
 
+        runner = self.runner
         return {
             "identity": self.pipe.identity,
             "limits": self.pipe.limits,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            # the processes of this worker: its own, then its parallel group's other ranks
+            "ranks": [os.getpid()] + ([p.pid for p in runner._processes] if runner is not None else []),
+            "parallel": None if runner is None else {"mode": runner.mode, "world_size": runner.world_size},
         }
 
     def cancel(self, token: str) -> bool:
@@ -82,6 +123,22 @@ class PusaWorker:
         if event is not None:
             event.set()
         return event is not None
+
+    def close(self, timeout: float = 20.0) -> bool:
+        """Stop this worker's parallel group's other ranks (after a running job's next step). False if a
+        job still held the group after `timeout` (killing the worker then ends its ranks: they follow
+        their parent)."""
+        for event in list(self._cancel.values()):
+            event.set()
+        if not self._busy.acquire(timeout=timeout):
+            return False
+        try:
+            if self.runner is not None:
+                self.runner.close()
+                self.runner = None
+            return True
+        finally:
+            self._busy.release()
 
     def run(self, token: str, request: Any, files: dict[str, bytes]):
         """Yields ("step", step, num_steps) after each step, then ("done", frames, settings),
@@ -108,11 +165,19 @@ class PusaWorker:
 
         def work() -> None:
             try:
-                out = self.pipe.generate(request, on_step)
+                with self._busy:
+                    out = self.pipe.generate(request, on_step)
                 outcome.append(("done", out.frames, out.settings))
             except Cancelled as error:
                 outcome.append(("cancelled", str(error)))
-            except Exception as error:  # reported on the job's page, as with the embedded worker
+            except Exception as error:
+                if self.runner is not None and _ranks_lost(error):
+                    # a rank of this worker's group died: the group cannot run another job. End this
+                    # process: the job goes back to the queue and Ray starts this worker (and a group) again
+                    log.error("worker pid %d: %s; exiting so that Ray restarts it", os.getpid(), error)
+                    logging.shutdown()
+                    os._exit(75)
+                # reported on the job's page, as with the embedded worker
                 bad_input = isinstance(error, ValueError)
                 outcome.append(
                     ("failed", str(error) if bad_input else f"{type(error).__name__}: {error}", bad_input)
@@ -132,6 +197,12 @@ class PusaWorker:
             for path in folder.glob("*"):
                 path.unlink(missing_ok=True)
             folder.rmdir()
+
+
+def _ranks_lost(error: BaseException) -> bool:
+    from ..parallel.launch import RanksLost
+
+    return isinstance(error, RanksLost)
 
 
 def _media_files(request: Any) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -285,9 +356,10 @@ def start_ray(spec: ClusterSpec) -> None:
     import ray
 
     if spec.address is None:
+        processes = spec.workers * spec.ranks
         ray.init(
-            num_cpus=max(1, round(spec.workers * spec.cpus_per_worker)),
-            num_gpus=spec.workers if spec.device.startswith("cuda") else 0,
+            num_cpus=max(1, round(processes * spec.cpus_per_worker)),
+            num_gpus=processes if spec.cuda else 0,
             object_store_memory=spec.object_store_mb * 2**20,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
@@ -300,6 +372,26 @@ def start_ray(spec: ClusterSpec) -> None:
     # Build Ray's serialization context now: it imports pydantic.v1, and that import racing gradio's own
     # pydantic imports in another thread fails (KeyError 'pydantic.v1').
     ray.put(None)
+
+
+def check_cluster(spec: ClusterSpec) -> None:
+    """A ValueError naming the flags when no machine of the Ray cluster can hold one worker (its processes
+    all run on one machine: a parallel group's ranks talk over 127.0.0.1): Ray would wait for it forever."""
+    import ray
+
+    needs = {"CPU": spec.ranks * spec.cpus_per_worker, "GPU": spec.ranks if spec.cuda else 0}
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in needs.items()) for node in nodes):
+        return
+    largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in needs}
+    per = f" ({spec.ranks} processes: --parallel / --cfg-parallel)" if spec.ranks > 1 else ""
+    wanted = f"{needs['CPU']:g} CPU cores (--worker-cpus {spec.cpus_per_worker:g} each)" + (
+        f" and {needs['GPU']} GPU(s) (--device {spec.device})" if spec.cuda else ""
+    )
+    raise ValueError(
+        f"a worker{per} needs {wanted} on one machine; the Ray cluster's largest machine has "
+        f"{largest['CPU']:g} CPU cores and {largest['GPU']:g} GPU(s)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- queue
@@ -330,6 +422,12 @@ class ClusterQueue(JobQueue):
         if not ray.is_initialized():
             start_ray(self.spec)
             self._started_ray = True
+        try:
+            check_cluster(self.spec)
+        except ValueError:
+            if self._started_ray:
+                ray.shutdown()
+            raise
         return super().start()
 
     @staticmethod
@@ -342,15 +440,17 @@ class ClusterQueue(JobQueue):
 
         spec = self.spec
         actor_class = ray.remote(PusaWorker).options(
-            num_cpus=spec.cpus_per_worker,
-            num_gpus=1 if spec.device.startswith("cuda") else 0,
+            num_cpus=spec.cpus_per_worker * spec.ranks,  # the group's ranks are this actor's children
+            num_gpus=spec.ranks if spec.cuda else 0,
             max_restarts=spec.max_restarts,
             max_task_retries=0,  # a lost job is run again by the queue, on whichever worker is free
             max_concurrency=2,  # a cancel arrives while a job runs
         )
         threads = max(1, int(spec.cpus_per_worker))
         for index in range(spec.workers):
-            actor = actor_class.remote(spec.model, spec.lora, spec.device, spec.dtype, threads)
+            actor = actor_class.remote(
+                spec.model, spec.lora, spec.device, spec.dtype, threads, spec.parallel, spec.cfg_parallel
+            )  # fmt: skip
             self.remotes.append(RemotePipeline(actor, index))
 
     # ------------------------------------------------------------------ the worker threads
@@ -393,6 +493,8 @@ class ClusterQueue(JobQueue):
             if self._status.state != READY:
                 self._pipeline = remote
                 label = f"{remote.identity} on {len(self.remotes)} worker(s)"
+                if self.spec.ranks > 1:
+                    label += f" of {self.spec.ranks} processes each"
                 self._status = ModelStatus(READY, label, round(time.perf_counter() - started, 3))
                 self._changed.notify_all()
         with contextlib.suppress(_WorkerGone):
@@ -426,10 +528,13 @@ class ClusterQueue(JobQueue):
         import ray
 
         if ray.is_initialized():
+            if self.spec.ranks > 1:  # each worker stops its group's ranks (killed, they would follow it)
+                with contextlib.suppress(Exception):
+                    ray.get([remote.actor.close.remote() for remote in self.remotes], timeout=30)
             for remote in self.remotes:
                 ray.kill(remote.actor, no_restart=True)
             if self._started_ray:
                 ray.shutdown()
 
 
-__all__ = ["ClusterQueue", "ClusterSpec", "PusaWorker", "RemotePipeline", "start_ray"]
+__all__ = ["ClusterQueue", "ClusterSpec", "PusaWorker", "RemotePipeline", "check_cluster", "start_ray"]
