@@ -1,7 +1,7 @@
 """Ray workers on this machine (pusa-tiny, CPU): jobs per minute with the embedded worker, 1 and 2 Ray workers;
 dispatch overhead per job; time to recover a killed worker's job. Prints tables.
 
-    PYTHONPATH=src python benchmarks/cluster.py --jobs 10
+    PYTHONPATH=src python benchmarks/cluster.py --jobs 10 [--groups]
 
 On a 2-core machine 2 workers cannot be twice as fast: each worker gets one core (--worker-cpus 1, one
 torch thread) where the embedded worker uses both; the ratio says how well jobs overlap, not how a
@@ -57,15 +57,16 @@ def dispatch_overhead_ms(queue: ClusterQueue, jobs: int, steps: int) -> float:
     return statistics.median(overheads)
 
 
-def recovery(queue: ClusterQueue, steps: int) -> dict[str, float]:
-    """Kill the worker of a running job; seconds until the job runs again elsewhere and until it is done."""
+def recovery(queue: ClusterQueue, steps: int, rank: int = 0) -> dict[str, float]:
+    """Kill the worker of a running job (`rank` > 0: that rank of the worker's parallel group); seconds until
+    the job runs again elsewhere and until it is done."""
     job = queue.submit(spec(999, steps))
     view = queue.view(job.id)
     while not (view.state == RUNNING and view.step >= 1):
         view = queue.wait(job.id, view.version, timeout=5)
     worker = queue.worker_of(job.id)
     killed = time.perf_counter()
-    os.kill(worker.info["pid"], signal.SIGKILL)
+    os.kill(worker.info["ranks"][rank], signal.SIGKILL)
     restarted = None
     while not view.done:
         view = queue.wait(job.id, view.version, timeout=5)
@@ -80,6 +81,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="steps per job (pusa-tiny's own: 10)")
+    parser.add_argument(
+        "--groups", action="store_true",
+        help="also 1 and 2 workers that are each a 2-process context-parallel group (--parallel 2), and a "
+        "group rank killed mid-job",
+    )  # fmt: skip
     args = parser.parse_args()
     outputs = Path(tempfile.mkdtemp(prefix="pusa-cluster-bench-"))
     rows = []
@@ -124,6 +130,22 @@ def main() -> None:
             print("recovery", recovered, flush=True)
         queue.close(30)
 
+    group_recovered = None
+    for workers in (1, 2) if args.groups else ():
+        queue = ClusterQueue(ClusterSpec(workers=workers, parallel=2), History(outputs / f"group{workers}"))
+        started = time.perf_counter()
+        assert queue.start().wait_ready(300).state == READY
+        while not all(remote.info for remote in queue.remotes):
+            time.sleep(0.2)
+        load = time.perf_counter() - started
+        name = f"{workers} Ray worker(s) of 2 processes (--parallel 2), 1 core each (ready in {load:.0f} s)"
+        rows.append((name, throughput(queue, args.jobs, args.steps)))
+        print(rows[-1], flush=True)
+        if workers == 2:
+            group_recovered = recovery(queue, 50, rank=1)
+            print("group recovery", group_recovered, flush=True)
+        queue.close(30)
+
     print(
         f"\npusa-tiny t2v, 17 frames 64x64, {args.steps} steps, {args.jobs} jobs, {os.cpu_count()} CPU cores\n"
     )
@@ -136,6 +158,12 @@ def main() -> None:
         f"killed worker (50-step job killed after its first step): run again on the other worker after "
         f"{recovered['rerun_s']:.2f} s, done {recovered['done_s']:.2f} s after the kill"
     )
+    if group_recovered is not None:
+        print(
+            f"killed rank 1 of a 2-process worker (50-step job, after its first step): the worker ends, the "
+            f"job runs again on the other worker after {group_recovered['rerun_s']:.2f} s, done "
+            f"{group_recovered['done_s']:.2f} s after the kill"
+        )
 
 
 if __name__ == "__main__":

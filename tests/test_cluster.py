@@ -116,13 +116,17 @@ def test_a_worker_killed_mid_job_has_its_job_completed_by_the_other(cluster):
     assert again.state == DONE
 
 
-def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path):
-    """`pusa serve --workers 2`: a client's job shows the remote worker's steps, its video lands in the
-    studio's outputs, and a SIGTERM stops the studio, its workers and Ray."""
+@pytest.mark.parametrize(
+    "flags", [("--workers", "2"), ("--workers", "1", "--parallel", "2")], ids=["2-workers", "1-group-of-2"]
+)
+def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path, flags):
+    """`pusa serve --workers 2` (and one worker that is a 2-process context-parallel group): a client's
+    job shows the remote worker's steps, its video lands in the studio's outputs, and a SIGTERM stops the
+    studio, its workers (and their ranks) and Ray."""
     gradio_client = pytest.importorskip("gradio_client")
     from helpers import Studio, free_port
 
-    studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log", ("--workers", "2"))
+    studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log", flags)
     studio.start(timeout=120)
     try:
         client = gradio_client.Client(studio.url, verbose=False, download_files=False)
@@ -133,6 +137,8 @@ def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path):
         assert steps_seen, statuses  # the remote worker's progress reached the client before the end
         entries = History(tmp_path / "outputs").list()
         assert len(entries) == 1 and entries[0].video.is_file() and entries[0].seed == 3
+        parallel = entries[0].settings["acceleration"].get("parallel")
+        assert (parallel or {}).get("world_size", 1) == (2 if "--parallel" in flags else 1)
     finally:
         studio.stop()
     assert studio.process.returncode is not None

@@ -523,3 +523,26 @@ def test_cli_on_both_layouts_with_lora_gives_identical_videos(tmp_path, models):
     assert np.array_equal(videos["diffusers", "1.0"], videos["original", "1.0"])
     assert np.array_equal(videos["diffusers", "1.4"], videos["original", "1.4"])
     assert not np.array_equal(videos["diffusers", "1.0"], videos["diffusers", "1.4"])
+
+
+def test_a_pipeline_without_its_text_encoder_never_reads_it(tmp_path):
+    """`load_text_encoder=False` (a parallel group's follower ranks): the umT5 weights are not read at all,
+    so a folder whose encoder file is unreadable still loads, with the same DiT and tokenizer; asking it to
+    encode a prompt says why it cannot."""
+    import shutil
+
+    from pusa.pipeline import PusaPipeline
+    from pusa.weights.registry import PUSA_TINY_DIR
+
+    folder = tmp_path / "pusa-tiny"
+    shutil.copytree(PUSA_TINY_DIR, folder)
+    (folder / "text_encoder" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot load the text encoder"):
+        PusaPipeline.from_pretrained(folder)  # the default reads it
+    pipe = PusaPipeline.from_pretrained(folder, load_text_encoder=False)
+    whole = PusaPipeline.from_model("pusa-tiny", lora=None)
+    assert pipe.text_encoder is None and pipe.vae is not None
+    assert_same_state(pipe.transformer, whole.transformer)
+    assert pipe.tokenizer("a red cat").input_ids == whole.tokenizer("a red cat").input_ids
+    with pytest.raises(RuntimeError, match=r"loaded without its text encoder \(load_text_encoder=False\)"):
+        pipe.encode_prompt("a red cat")

@@ -280,7 +280,7 @@ class PusaPipeline:
         self,
         transformer: torch.nn.Module,
         vae: torch.nn.Module,
-        text_encoder: torch.nn.Module,
+        text_encoder: torch.nn.Module | None,  # None: handed text embeddings (a parallel follower rank)
         tokenizer: Any,
         lora: Any = None,
         identity: str = "custom",
@@ -370,8 +370,11 @@ class PusaPipeline:
             raise ValueError(f"memory tier 'stream' reads the experts from a model folder's files; {name} is "
                              "built in memory (weights.wan_original.write_two_expert_folder writes it to one)")  # fmt: skip
         lora_mode = acceleration.pop("lora_mode", "fuse")
+        load_text_encoder = acceleration.pop("load_text_encoder", True)
         build = tiny_random_components if name == "tiny-random" else tiny_random_a14b_components
         components = build(seed)
+        if not load_text_encoder:
+            components["text_encoder"] = None
         if dtype != torch.float32:
             for part in ("transformer", "transformer_2", "text_encoder"):
                 if components.get(part) is not None:
@@ -397,6 +400,7 @@ class PusaPipeline:
         fp8_compute: str = "off",
         host_bytes: int | None = None,
         lora_mode: str = "fuse",
+        load_text_encoder: bool = True,
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -413,6 +417,8 @@ class PusaPipeline:
             fit (`runtime.memory.plan_expert_memory`; the record's acceleration says which and why).
         lora_mode: "fuse" (the stack fused into the weights) or "adapter" (unfused PEFT adapters: an expert
             read again from its files needs no re-fuse; full-tensor .diff LoRAs refused).
+        load_text_encoder: False: no text encoder (umT5-XXL, 11 GB in bf16, not read): a pipeline that is
+            handed the text embeddings, as a parallel group's follower ranks are (`pusa.parallel.launch`).
         """
         from .runtime.device import check_device
         from .runtime.kernels import check_attention_installed, validate_attention_backend
@@ -449,7 +455,8 @@ class PusaPipeline:
         load_device = device if memory in ("full", "stream") else "cpu"
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
         components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32,
-                                     read_transformer_2=not streamed)  # fmt: skip
+                                     read_transformer_2=not streamed,
+                                     read_text_encoder=load_text_encoder)  # fmt: skip
         pipe = cls(
             components.transformer,
             components.vae,
@@ -690,6 +697,11 @@ class PusaPipeline:
             )
             ids = tokens.input_ids.to(self.device)
             mask = tokens.attention_mask.to(self.device)
+            if self.text_encoder is None:
+                raise RuntimeError(
+                    "this pipeline was loaded without its text encoder (load_text_encoder=False): it runs "
+                    "on text embeddings it is handed and cannot encode a prompt"
+                )
             hidden = self.text_encoder(ids, attention_mask=mask).last_hidden_state
             embeddings = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).to(self.dtype)
             if len(self._text_cache) >= 16:

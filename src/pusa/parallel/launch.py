@@ -82,12 +82,13 @@ def _load(spec: LoadSpec, rank: int, keep_io: bool):
     device = spec.rank_device(rank)
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
+    # followers run the DiT only: rank 0 hands them the text embeddings (their umT5 is never read)
+    acceleration = dict(spec.acceleration) if keep_io else {**spec.acceleration, "load_text_encoder": False}
     pipe = PusaPipeline.from_model(
-        spec.model, lora=spec.lora, device=device, dtype=getattr(torch, spec.dtype), **spec.acceleration
+        spec.model, lora=spec.lora, device=device, dtype=getattr(torch, spec.dtype), **acceleration
     )
-    if not keep_io:  # followers run the DiT only
-        pipe.text_encoder = None
-        pipe.vae = None
+    if not keep_io:
+        pipe.vae = None  # (read for its configuration; small next to the text encoder)
     return pipe
 
 

@@ -435,6 +435,13 @@ def _find_text_encoder(candidates: list[Path]) -> tuple[Path, Path]:
     return encoder, tokenizer
 
 
+def _load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"cannot load the tokenizer from {tokenizer_dir}: {error}") from error
+
+
 def _load_text_encoder_dirs(
     encoder_dir: Path, tokenizer_dir: Path, dtype: torch.dtype, device: torch.device
 ) -> tuple[UMT5EncoderModel, PreTrainedTokenizerBase]:
@@ -443,7 +450,7 @@ def _load_text_encoder_dirs(
             encoder_dir, local_files_only=True, dtype=dtype, output_loading_info=True
         )
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise CheckpointError(
             f"cannot load the text encoder from {encoder_dir} / {tokenizer_dir}: {error}"
         ) from error

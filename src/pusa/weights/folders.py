@@ -24,6 +24,7 @@ from .checkpoints import (
     CheckpointError,
     _find_text_encoder,
     _load_text_encoder_dirs,
+    _load_tokenizer,
     _read_json,
     _safetensors_files,
     load_transformer,
@@ -205,13 +206,17 @@ def load_components(
     text_encoder_dir: str | Path | None = None,
     vae_dtype: torch.dtype | None = None,
     read_transformer_2: bool = True,
+    read_text_encoder: bool = True,
 ) -> Components:
     """All components of a model folder (see `find_layout`); the VAE uses `vae_dtype` if given.
     `read_transformer_2` False: the low-noise expert checked and built, its weights not read (placeholders,
-    for `runtime.expert_stream`)."""
+    for `runtime.expert_stream`). `read_text_encoder` False: no text encoder (None; the tokenizer is read)."""
     folder = find_layout(model_dir, text_encoder_dir)
     device = torch.device(device)
-    text_encoder, tokenizer = _load_text_encoder_dirs(folder.text_encoder, folder.tokenizer, dtype, device)
+    if read_text_encoder:
+        text_encoder, tokenizer = _load_text_encoder_dirs(folder.text_encoder, folder.tokenizer, dtype, device)
+    else:
+        text_encoder, tokenizer = None, _load_tokenizer(folder.tokenizer)
     return Components(
         transformer=load_transformer(folder.transformer, dtype, device),
         vae=load_vae(folder.vae, vae_dtype or dtype, device),
