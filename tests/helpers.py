@@ -55,16 +55,19 @@ def free_port() -> int:
 class Studio:
     """`python -m pusa.app` (what `pusa serve` runs) in a subprocess, on the default model."""
 
-    def __init__(self, outputs: Path, port: int, log: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, outputs: Path, port: int, log: Path, extra_args: tuple[str, ...] = (), env: dict | None = None
+    ) -> None:
         self.outputs, self.port, self.log = outputs, port, log
         self.extra_args = tuple(extra_args)  # more `pusa serve` flags, e.g. ("--workers", "2")
+        self.env = dict(env or {})  # more environment variables
         self.url = f"http://127.0.0.1:{port}/"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> float:
         """Start and wait until the page answers; returns the seconds that took."""
         started = time.perf_counter()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("PUSA_AUTH", None)
         with self.log.open("a") as log:
             self.process = subprocess.Popen(

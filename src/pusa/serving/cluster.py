@@ -107,12 +107,15 @@ class PusaWorker:
     def info(self) -> dict[str, Any]:
         import socket
 
+        import ray
+
         runner = self.runner
         return {
             "identity": self.pipe.identity,
             "limits": self.pipe.limits,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node": ray.get_runtime_context().get_node_id(),  # the Ray machine (node) it runs on
             # the processes of this worker: its own, then its parallel group's other ranks
             "ranks": [os.getpid()] + ([p.pid for p in runner._processes] if runner is not None else []),
             "parallel": None if runner is None else {"mode": runner.mode, "world_size": runner.world_size},
@@ -326,7 +329,9 @@ class RemotePipeline:
         _, frames, settings = outcome
         if originals:
             settings = _restore_paths(settings, _worker_paths(settings, originals, token))
-        return PusaOutput(frames=frames, settings=settings)
+        # which worker made it, on which machine (the history's record of a cluster's job)
+        worker = {key: self.info.get(key) for key in ("host", "node", "pid")}
+        return PusaOutput(frames=frames, settings={**settings, "worker": {"index": self.index, **worker}})
 
 
 def _worker_paths(settings: dict, originals: dict[str, str], token: str) -> dict[str, str]:

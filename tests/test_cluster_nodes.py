@@ -1,0 +1,86 @@
+"""`pusa serve --ray-address`: a studio joining a running Ray cluster of two machines, simulated by two Ray
+nodes on this machine (`ray.cluster_utils.Cluster`, both on 127.0.0.1, one CPU each): the README's
+two-machine set-up with the machines' addresses replaced by the loopback one.
+
+Ray turns a loopback cluster address into the machine's network address unless told it is a one-machine
+set-up (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`): the studio process gets that variable, and this process
+the same setting, so that everything stays on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    import ray
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # as LOOPBACK_ONLY does for the studio process
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        cluster.add_node(**node)
+        ray.init(address=cluster.address)
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        ray.shutdown()
+        assert len(nodes) == 2
+        yield cluster.address, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def test_a_studio_with_a_worker_on_each_machine(two_nodes, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    from helpers import Studio, free_port
+    from pusa.serving.history import History
+
+    address, nodes = two_nodes
+    flags = ("--ray-address", address, "--workers", "2")
+    studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log", flags, env=LOOPBACK_ONLY)
+    studio.start(timeout=120)
+    try:
+        client = gradio_client.Client(studio.url, verbose=False, download_files=False)
+        jobs = [
+            client.submit(f"a red circle {i}", seed=i, steps=4, api_name="/text_to_video") for i in range(6)
+        ]
+        for job in jobs:
+            job.result(timeout=300)
+        entries = History(tmp_path / "outputs").list()
+        assert sorted(e.seed for e in entries) == list(range(6))
+        assert all(e.video.is_file() for e in entries)
+        # each machine's worker made videos (one CPU each: one worker per machine)
+        assert {e.settings["worker"]["node"] for e in entries} == set(nodes)
+    finally:
+        studio.stop()
+    assert "closing server" in studio.log.read_text()
+
+
+def test_a_worker_no_machine_of_the_cluster_can_hold_is_refused_by_name(two_nodes):
+    """A 2-process worker needs 2 CPU shares on one machine; each machine here has 1."""
+    address, _ = two_nodes
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "pusa.app", "--port", "1", "--ray-address", address, "--workers", "1",
+         "--parallel", "2"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **LOOPBACK_ONLY},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert (
+        "pusa serve: error: a worker (2 processes: --parallel / --cfg-parallel) needs 2 CPU cores "
+        "(--worker-cpus 1 each) on one machine; the Ray cluster's largest machine has 1 CPU cores"
+    ) in run.stderr
+    assert time.monotonic() - started < 120
