@@ -214,7 +214,9 @@ def load_components(
     folder = find_layout(model_dir, text_encoder_dir)
     device = torch.device(device)
     if read_text_encoder:
-        text_encoder, tokenizer = _load_text_encoder_dirs(folder.text_encoder, folder.tokenizer, dtype, device)
+        text_encoder, tokenizer = _load_text_encoder_dirs(
+            folder.text_encoder, folder.tokenizer, dtype, device
+        )
     else:
         text_encoder, tokenizer = None, _load_tokenizer(folder.tokenizer)
     return Components(
