@@ -107,6 +107,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     model.add_argument(
+        "--text-vae-device", default=None, metavar="DEVICE",
+        help="run the text encoder and the VAE on this device, resident, and the transformer on --device: "
+        "e.g. --device cuda:0 --text-vae-device cuda:1 (two GPUs, no --parallel: the set-up of Pusa's "
+        "original demo), or cpu to keep them off the GPU (default: with the transformer)",
+    )  # fmt: skip
+    model.add_argument(
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
@@ -374,6 +380,8 @@ def load_pipeline(args: argparse.Namespace):
     )
     if getattr(args, "lora_mode", "fuse") != "fuse":  # the default is left out: every face's own default
         acceleration["lora_mode"] = args.lora_mode
+    if getattr(args, "text_vae_device", None) is not None:
+        acceleration["text_vae_device"] = args.text_vae_device
     if getattr(args, "parallel", 1) > 1 or getattr(args, "cfg_parallel", False):
         from .parallel.launch import start_ranks  # rank 0 is this process; the others follow its jobs
 
@@ -464,6 +472,11 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     check_parallel_flags(args.parallel, args.cfg_parallel, args.device)
     if args.device != "cpu":  # "cpu" is always there: no need to import torch to say so
         check_device(args.device)
+    if args.text_vae_device is not None:
+        from .parallel.flags import rank_layout
+        from .runtime.device import check_text_vae_device
+
+        check_text_vae_device(args.text_vae_device, rank_layout(args.parallel, args.cfg_parallel)[0])
     if args.attention != "auto":  # a kernel package that is not installed: said before any weights load
         from .runtime.kernels import check_attention_installed
 

@@ -124,6 +124,24 @@ def native_tokens(transformer: Any, vae: Any, defaults: ModelDefaults) -> int:
     return (frames // p_t) * (defaults.height // spatial // p_h) * (defaults.width // spatial // p_w)
 
 
+def _dit_only(components: Any) -> Any:
+    """The components a memory tier places when the text encoder and VAE live on their own device."""
+    if isinstance(components, dict):
+        return {**components, "text_encoder": None, "vae": None}
+    return replace(components, text_encoder=None, vae=None)
+
+
+def _place_text_vae(components: Any, device: torch.device, report: dict[str, Any]) -> None:
+    """`--text-vae-device`: the text encoder and VAE resident on `device` (the DiT's tier leaves them be)."""
+    placement = report.setdefault("placement", {})
+    for name in ("text_encoder", "vae"):
+        module = components.get(name) if isinstance(components, dict) else getattr(components, name)
+        if module is not None:
+            module.to(device)
+            placement[name] = f"resident on {device} (text_vae_device)"
+    report["text_vae_device"] = str(device)
+
+
 def _prepare(components: Any, device: str | torch.device, **options: Any) -> dict[str, Any]:
     """`runtime.prepare.prepare_for_device` for the model and, for a two-expert model, its low-noise expert:
     "auto" counts both experts; "swap" (or "auto" on a card that holds one expert but not two) keeps the
@@ -289,6 +307,7 @@ class PusaPipeline:
         dtype: torch.dtype = torch.float32,
         transformer_2: torch.nn.Module | None = None,
         lora_mode: str = "fuse",
+        text_vae_device: str | torch.device | None = None,
     ) -> None:
         if lora_mode not in LORA_MODES:
             raise ValueError(f"lora_mode={lora_mode!r} is not allowed; choose one of {', '.join(LORA_MODES)}")
@@ -310,6 +329,8 @@ class PusaPipeline:
         self.identity = identity
         self.defaults = defaults
         self.device = torch.device(device)
+        # where the text encoder and VAE run (default: the DiT's device); tensors cross between the two
+        self.text_vae_device = self.device if text_vae_device is None else torch.device(text_vae_device)
         self.dtype = dtype
         self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
         self._runs: list[dict[str, Any]] = []  # each sampling run's record (`sample_latents`)
@@ -371,6 +392,11 @@ class PusaPipeline:
                              "built in memory (weights.wan_original.write_two_expert_folder writes it to one)")  # fmt: skip
         lora_mode = acceleration.pop("lora_mode", "fuse")
         load_text_encoder = acceleration.pop("load_text_encoder", True)
+        text_vae_device = acceleration.pop("text_vae_device", None)
+        if text_vae_device is not None:
+            from .runtime.device import check_text_vae_device
+
+            text_vae_device = check_text_vae_device(text_vae_device)
         build = tiny_random_components if name == "tiny-random" else tiny_random_a14b_components
         components = build(seed)
         if not load_text_encoder:
@@ -379,8 +405,13 @@ class PusaPipeline:
             for part in ("transformer", "transformer_2", "text_encoder"):
                 if components.get(part) is not None:
                     components[part].to(dtype)
-        report = _prepare(components, device, compute_dtype=dtype, **acceleration)
-        pipe = cls(**components, device=device, dtype=dtype, lora_mode=lora_mode)
+        placed = components if text_vae_device is None else _dit_only(components)
+        report = _prepare(placed, device, compute_dtype=dtype, **acceleration)
+        if text_vae_device is not None:
+            _place_text_vae(components, text_vae_device, report)
+        pipe = cls(
+            **components, device=device, dtype=dtype, lora_mode=lora_mode, text_vae_device=text_vae_device
+        )
         pipe.acceleration = report
         return pipe
 
@@ -401,6 +432,7 @@ class PusaPipeline:
         host_bytes: int | None = None,
         lora_mode: str = "fuse",
         load_text_encoder: bool = True,
+        text_vae_device: str | torch.device | None = None,
     ) -> PusaPipeline:
         """Real weights from a local folder (diffusers layout or Wan's original layout), offline.
 
@@ -419,6 +451,9 @@ class PusaPipeline:
             read again from its files needs no re-fuse; full-tensor .diff LoRAs refused).
         load_text_encoder: False: no text encoder (umT5-XXL, 11 GB in bf16, not read): a pipeline that is
             handed the text embeddings, as a parallel group's follower ranks are (`pusa.parallel.launch`).
+        text_vae_device: where the text encoder and the VAE run, resident, apart from the DiT (default: with
+            it, placed by the memory tier): "cuda:1" with device "cuda:0" is the two-GPU set-up of Pusa's
+            original demo (the DiT's GPU keeps its memory for the DiT; the memory tier counts the DiT only).
         """
         from .runtime.device import check_device
         from .runtime.kernels import check_attention_installed, validate_attention_backend
@@ -430,6 +465,10 @@ class PusaPipeline:
 
         # Names are checked before a 14B load, not after.
         check_device(device)
+        if text_vae_device is not None:
+            from .runtime.device import check_text_vae_device
+
+            text_vae_device = check_text_vae_device(text_vae_device)
         validate_memory_tier(memory, allow_auto=True)
         validate_attention_backend(attention)
         if attention != "auto":
@@ -455,8 +494,8 @@ class PusaPipeline:
         load_device = device if memory in ("full", "stream") else "cpu"
         # The VAE stays in float32: its decode is a small share of the time and bf16 bands the colors.
         components = load_components(model_dir, dtype=dtype, device=load_device, vae_dtype=torch.float32,
-                                     read_transformer_2=not streamed,
-                                     read_text_encoder=load_text_encoder)  # fmt: skip
+                                     read_transformer_2=not streamed, read_text_encoder=load_text_encoder,
+                                     text_vae_device=text_vae_device)  # fmt: skip
         pipe = cls(
             components.transformer,
             components.vae,
@@ -469,11 +508,12 @@ class PusaPipeline:
             dtype=dtype,
             transformer_2=components.transformer_2,
             lora_mode=lora_mode,
+            text_vae_device=text_vae_device,
         )
         # Fused before fp8 could round the pristine copies (the stack's strengths: the model's own alpha).
         pipe.apply_loras(stack, defaults.lora_alpha)
         report = _prepare(
-            components,
+            components if text_vae_device is None else _dit_only(components),
             device,
             memory=memory,
             attention=attention,
@@ -485,6 +525,8 @@ class PusaPipeline:
             fp8_compute=fp8_compute,
             **({"stream_inactive": True} if plan is not None and plan.stream_inactive else {}),
         )
+        if text_vae_device is not None:
+            _place_text_vae(components, text_vae_device, report)
         if plan is not None:  # recorded: which tier, where the inactive expert lives, and why
             report.update(inactive_expert=plan.inactive_expert, memory_reason=plan.reason)
         pipe.acceleration = report
@@ -695,41 +737,43 @@ class PusaPipeline:
                 return_attention_mask=True,
                 return_tensors="pt",
             )
-            ids = tokens.input_ids.to(self.device)
-            mask = tokens.attention_mask.to(self.device)
+            ids = tokens.input_ids.to(self.text_vae_device)
+            mask = tokens.attention_mask.to(self.text_vae_device)
             if self.text_encoder is None:
                 raise RuntimeError(
                     "this pipeline was loaded without its text encoder (load_text_encoder=False): it runs "
                     "on text embeddings it is handed and cannot encode a prompt"
                 )
             hidden = self.text_encoder(ids, attention_mask=mask).last_hidden_state
-            embeddings = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).to(self.dtype)
+            embeddings = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).to(self.device, self.dtype)
             if len(self._text_cache) >= 16:
                 self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[key] = embeddings
         return self._text_cache[key]
 
     def _latents_mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's latent statistics, on the VAE's device."""
         config = self.vae.config
         shape = (1, config.z_dim, 1, 1, 1)
         mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape)
         std = torch.tensor(config.latents_std, dtype=torch.float32).view(shape)
-        return mean.to(self.device), std.to(self.device)
+        return mean.to(self.text_vae_device), std.to(self.text_vae_device)
 
     @torch.inference_mode()
     def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
         """`[F, H, W, 3]` uint8 (F = 4k+1) -> normalized latents `[1, 16, k+1, H/8, W/8]` (float32)."""
-        pixels = torch.from_numpy(np.array(frames, dtype=np.uint8, copy=True)).to(self.device)
+        pixels = torch.from_numpy(np.array(frames, dtype=np.uint8, copy=True)).to(self.text_vae_device)
         pixels = pixels.permute(3, 0, 1, 2).unsqueeze(0).to(self.vae.dtype) / 127.5 - 1.0  # [1, 3, F, H, W]
         latents = self.vae.encode(pixels).latent_dist.mode().float()
         mean, std = self._latents_mean_std()
-        return (latents - mean) / std
+        return ((latents - mean) / std).to(self.device)  # to the DiT's device
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Normalized latents `[1, 16, F_lat, h, w]` -> `[F, H, W, 3]` uint8."""
         mean, std = self._latents_mean_std()
-        pixels = self.vae.decode((latents.float() * std + mean).to(self.vae.dtype)).sample  # [1, 3, F, H, W]
+        latents = latents.to(self.text_vae_device).float()  # from the DiT's device
+        pixels = self.vae.decode((latents * std + mean).to(self.vae.dtype)).sample  # [1, 3, F, H, W]
         pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return pixels[0].permute(1, 2, 3, 0).cpu().numpy()
 

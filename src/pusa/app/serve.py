@@ -48,6 +48,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument(
+        "--text-vae-device", default=None, metavar="DEVICE",
+        help="run the text encoder and the VAE on this device, resident, and the transformer on --device: "
+        "e.g. --device cuda:0 --text-vae-device cuda:1 (two GPUs: the set-up of Pusa's original demo) "
+        "(default: with the transformer)",
+    )  # fmt: skip
+    parser.add_argument(
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
@@ -90,6 +96,10 @@ def cluster_spec(args: argparse.Namespace):
         raise ValueError(f"--workers={workers!r} is not allowed; must be a whole number in 0..256")
     if not workers and not address:
         return None
+    if getattr(args, "text_vae_device", None) is not None:
+        from ..runtime.device import check_text_vae_device
+
+        check_text_vae_device(args.text_vae_device, workers=workers or 2)
     if not 0 < args.worker_cpus <= 256:
         raise ValueError(f"--worker-cpus={args.worker_cpus!r} is not allowed; must be in (0, 256]")
     from ..parallel.flags import check_parallel_flags
@@ -195,6 +205,7 @@ def pipeline_loader(
     dtype: str | None = None,
     parallel: int = 1,
     cfg_parallel: bool = False,
+    text_vae_device: str | None = None,
 ) -> Callable:
     """Check the model arguments now; return a function that loads the pipeline (run in the worker).
     With `parallel` > 1 or `cfg_parallel` it starts the other ranks too (`pusa.parallel.launch`)."""
@@ -206,6 +217,13 @@ def pipeline_loader(
     check_parallel_flags(parallel, cfg_parallel, device)
     if device != "cpu":  # "cpu" is always there: importing torch to say so would delay the page
         check_device(device)
+    acceleration = {}
+    if text_vae_device is not None:
+        from ..parallel.flags import rank_layout
+        from ..runtime.device import check_text_vae_device
+
+        check_text_vae_device(text_vae_device, rank_layout(parallel, cfg_parallel)[0])
+        acceleration["text_vae_device"] = text_vae_device
 
     def load():
         import torch
@@ -217,7 +235,9 @@ def pipeline_loader(
             from ..parallel.launch import start_ranks
 
             return start_ranks(parallel, cfg_parallel, model, lora or "auto", device, torch_dtype, {}).pipe
-        return PusaPipeline.from_model(model, lora=lora or "auto", device=device, dtype=torch_dtype)
+        return PusaPipeline.from_model(
+            model, lora=lora or "auto", device=device, dtype=torch_dtype, **acceleration
+        )
 
     return load
 
@@ -233,8 +253,9 @@ def serve_main(args: argparse.Namespace) -> int:
         cluster = cluster_spec(args)
         if cluster is None:
             load = pipeline_loader(
-                args.model, args.lora, args.device, args.dtype, args.parallel, args.cfg_parallel
-            )
+                args.model, args.lora, args.device, args.dtype, args.parallel, args.cfg_parallel,
+                getattr(args, "text_vae_device", None),
+            )  # fmt: skip
         own = (str(Path(args.lora).resolve()),) if args.lora else own_loras(args.model)
         offered = tuple(dict.fromkeys((*own, *lora_files(args.model, getattr(args, "lora_dir", None)))))
     except ValueError as error:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEVICE_TYPES", "check_device"]
+__all__ = ["DEVICE_TYPES", "check_device", "check_text_vae_device"]
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -45,3 +45,25 @@ def check_device(device: Any, types: tuple[str, ...] = DEVICE_TYPES, what: str =
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise InputError("device", device, "use cpu", "is not available: MPS (Apple GPU) is not here")
     return parsed
+
+
+def check_text_vae_device(value: Any, ranks: int = 1, workers: int = 0) -> Any:
+    """`text_vae_device` (`--text-vae-device`: where the text encoder and the VAE run, apart from the
+    DiT) as a `torch.device` this machine has, or an error naming it: also when the set-up has no room for
+    it (several processes: rank 0 keeps them on its GPU; Ray workers: each holds the whole model)."""
+    from ..params import InputError
+
+    if ranks > 1:
+        raise InputError(
+            "text_vae_device", value, "give one of the two (rank 0 keeps the text encoder and VAE on its GPU)",
+            "cannot be used with --parallel / --cfg-parallel",
+        )  # fmt: skip
+    if workers:
+        raise InputError(
+            "text_vae_device", value, "give one of the two (each worker runs the whole model on its own GPU)",
+            "cannot be used with --workers / --ray-address",
+        )  # fmt: skip
+    try:
+        return check_device(value, what="the text encoder and VAE")
+    except InputError as error:
+        raise InputError("text_vae_device", value, error.allowed, error.problem) from None

@@ -207,21 +207,24 @@ def load_components(
     vae_dtype: torch.dtype | None = None,
     read_transformer_2: bool = True,
     read_text_encoder: bool = True,
+    text_vae_device: str | torch.device | None = None,
 ) -> Components:
     """All components of a model folder (see `find_layout`); the VAE uses `vae_dtype` if given.
     `read_transformer_2` False: the low-noise expert checked and built, its weights not read (placeholders,
-    for `runtime.expert_stream`). `read_text_encoder` False: no text encoder (None; the tokenizer is read)."""
+    for `runtime.expert_stream`). `read_text_encoder` False: no text encoder (None; the tokenizer is read).
+    `text_vae_device`: where the text encoder and VAE are read to (default: `device`)."""
     folder = find_layout(model_dir, text_encoder_dir)
     device = torch.device(device)
+    io_device = device if text_vae_device is None else torch.device(text_vae_device)
     if read_text_encoder:
         text_encoder, tokenizer = _load_text_encoder_dirs(
-            folder.text_encoder, folder.tokenizer, dtype, device
+            folder.text_encoder, folder.tokenizer, dtype, io_device
         )
     else:
         text_encoder, tokenizer = None, _load_tokenizer(folder.tokenizer)
     return Components(
         transformer=load_transformer(folder.transformer, dtype, device),
-        vae=load_vae(folder.vae, vae_dtype or dtype, device),
+        vae=load_vae(folder.vae, vae_dtype or dtype, io_device),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         identity=folder.identity,
