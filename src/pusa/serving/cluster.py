@@ -417,6 +417,7 @@ class ClusterQueue(JobQueue):
         self._load_failures = 0
         self.ran_on: dict[str, list[int]] = {}  # job id -> the workers that started it, in order
         self.rejoined: list[int] = []  # workers that came back after their process died
+        self.gone: list[int] = []  # workers that did not come back (Ray's restarts used up)
 
     def start(self) -> ClusterQueue:
         """Connects to (or starts) Ray here, in the calling thread: Ray's set-up and shutdown belong to the
@@ -502,8 +503,30 @@ class ClusterQueue(JobQueue):
                     label += f" of {self.spec.ranks} processes each"
                 self._status = ModelStatus(READY, label, round(time.perf_counter() - started, 3))
                 self._changed.notify_all()
-        with contextlib.suppress(_WorkerGone):
+        try:
             self._serve(remote)
+        except _WorkerGone as gone:
+            self._worker_gone(remote, gone.__cause__)
+
+    def _worker_gone(self, remote: RemotePipeline, error: BaseException | None) -> None:
+        """A worker that Ray could not bring back: the status says how many are left; with none left the
+        studio says so (its waiting jobs stay stored: the next start runs them)."""
+        with self._changed:
+            if self._closing:
+                return
+            self.gone.append(remote.index)
+            left = len(self.remotes) - len(self.gone) - self._load_failures
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if error else "gone"
+            if left <= 0:
+                message = (
+                    f"all {len(self.remotes)} Ray workers are gone (worker {remote.index}: {reason}); the "
+                    "waiting jobs are kept and run when the studio starts again"
+                )
+                self._status = ModelStatus(FAILED, message)
+            else:
+                label = f"{remote.identity} on {left} of {len(self.remotes)} worker(s)"
+                self._status = ModelStatus(READY, label, self._status.load_s)
+            self._changed.notify_all()
 
     def _run(self, pipeline: Any, job: Any) -> None:
         pipeline.job_id = job.id
