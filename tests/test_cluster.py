@@ -139,6 +139,13 @@ def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path, fl
         assert len(entries) == 1 and entries[0].video.is_file() and entries[0].seed == 3
         parallel = entries[0].settings["acceleration"].get("parallel")
         assert (parallel or {}).get("world_size", 1) == (2 if "--parallel" in flags else 1)
+        # the studio's history says which worker made it (and how, for a group)
+        from pusa.app.views import history_summary_html, made_on
+
+        summary = history_summary_html(entries[0])
+        assert f"worker {entries[0].settings['worker']['index']} on " in summary
+        assert ("2 processes (context parallel)" in summary) == ("--parallel" in flags)
+        assert made_on({"seed": 3, "acceleration": {}}) == ""  # the embedded worker's videos: nothing
     finally:
         studio.stop()
     assert studio.process.returncode is not None

@@ -61,6 +61,19 @@ def waiting_for_model_html() -> str:
     return _progress("loading", "Waiting for the model", "loading model... the job starts once it is ready")
 
 
+def made_on(settings: dict) -> str:
+    """Where a video was made, when not by the embedded worker: "worker 1 on gpu-b" (a Ray worker), and
+    ", 2 processes" for a parallel group ("" for this process alone)."""
+    worker = settings.get("worker") or {}
+    parallel = (settings.get("acceleration") or {}).get("parallel") or {}
+    parts = []
+    if worker:
+        parts.append(f"worker {worker.get('index')} on {worker.get('host') or 'a Ray machine'}")
+    if parallel.get("world_size", 1) > 1:
+        parts.append(f"{parallel['world_size']} processes ({parallel.get('mode')} parallel)")
+    return ", ".join(parts)
+
+
 def _progress_parts(view: JobView) -> tuple[str, str, str, float | None, bool]:
     """(state, title, detail, fraction done, show a bar) of a job, in plain words."""
     seed = f"seed {view.seed}" if view.seed is not None else ""
@@ -76,10 +89,11 @@ def _progress_parts(view: JobView) -> tuple[str, str, str, float | None, bool]:
     if view.state == DONE and view.entry is not None:
         entry = view.entry
         warnings = "".join(f" · warning: {note}" for note in entry.settings.get("warnings") or ())
+        where = made_on(entry.settings)
         return (
             "done",
             f"Done in {_seconds(entry.elapsed_s)}",
-            f"{seed} · {entry.video.name}{warnings}",
+            f"{seed} · {entry.video.name}{' · ' + where if where else ''}{warnings}",
             1.0,
             False,
         )
@@ -248,9 +262,11 @@ def history_choice(entry: HistoryEntry) -> tuple[str, str]:
 
 def history_summary_html(entry: HistoryEntry) -> str:
     missing = "" if entry.video.is_file() else " · <b>the mp4 is missing</b>"
+    where = made_on(entry.settings)
+    where = f" · {escape(where)}" if where else ""
     return (
         f'<div style="font-size: 13px;">{escape(history_choice(entry)[0])} · made in '
-        f"{_seconds(entry.elapsed_s)} · <code>{escape(entry.video.name)}</code>{missing}</div>"
+        f"{_seconds(entry.elapsed_s)}{where} · <code>{escape(entry.video.name)}</code>{missing}</div>"
     )
 
 
