@@ -79,3 +79,27 @@ def test_tiny_speed_part_runs_every_option_and_estimates_the_cache(gpu_bench, tm
     expected_ms = 7 * combo["ms_cfg_step_cache_computed"] + 3 * combo["ms_cfg_step_cache_skipped"]
     assert abs(cached["denoise_s"] * 1e3 - expected_ms) < 1e-6
     assert set(estimates) >= expected
+
+
+def test_the_parallel_overhead_benchmark_runs_its_rows_at_tiny_size(tmp_path):
+    """benchmarks/parallel_overhead.py (the N = 1 cost of the context-parallel path, for a GPU) at tiny size
+    on the CPU, in its own process (it holds a 1-rank default process group): every strategy's row, the
+    outputs the plain forward's."""
+    import os
+    import subprocess
+
+    out = tmp_path / "overhead.json"
+    script = BENCH.parent / "parallel_overhead.py"
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parents[1] / "src")}
+    run = subprocess.run([sys.executable, str(script), "--tiny", "--repeats", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["path"] for row in rows[:4]] == [
+        "plain (today's)",
+        "context parallel, 1 rank (ulysses)",
+        "context parallel, 1 rank (ring)",
+        "context parallel, 1 rank (allgather)",
+    ]
+    assert len(rows) == 8 and all(row["ms"] > 0 and row["max_abs_diff"] < 1e-4 for row in rows)
+    assert "| tiny 3x8x12 | context parallel, 1 rank (ring) |" in run.stdout
