@@ -299,3 +299,46 @@ def run_flow(pages: list, context, studio: Studio, inputs: dict[str, str]) -> No
     )
     page.wait_for_selector("#i2v-image img", timeout=UI_TIMEOUT)  # the kept upload came back
     shot(page, "use-these-settings")
+
+
+def test_the_page_shows_a_remote_workers_progress(tmp_path):
+    """`pusa serve --workers 1 --parallel 2`: a Ray worker that is a 2-process group runs the job; the page
+    shows its steps as they happen (not only the end) and says which worker made the video."""
+    pytest.importorskip("ray")
+    from playwright.sync_api import sync_playwright
+
+    flags = ("--workers", "1", "--parallel", "2")
+    studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log", flags)
+    try:
+        studio.start(timeout=120)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            try:
+                page.goto(studio.url)
+                open_tab(page, "Text-to-Video")
+                wait_enabled(page, "#t2v-generate")  # the worker's model is loaded
+                page.locator("#t2v-prompt textarea").fill("a red circle slides to the left")
+                page.locator("#t2v-steps input[type=number]").fill("50")
+                page.locator("#t2v-prompt textarea").click()
+                page.locator("#t2v-generate").click()
+                # a step part-way, streamed back from the worker while it runs
+                page.wait_for_function(
+                    """() => { const t = document.querySelector('#t2v-progress').innerText;
+                               const m = t.match(/Step (\\d+)\\/50/); return m && +m[1] < 50; }""",
+                    timeout=JOB_TIMEOUT,
+                )
+                page.wait_for_function(
+                    "() => document.querySelector('#t2v-progress').innerText.includes('Done in')",
+                    timeout=JOB_TIMEOUT,
+                )
+                status = page.locator("#t2v-progress").inner_text()
+                assert "worker 0 on " in status and "2 processes (context parallel)" in status, status
+                shot(page, "remote-worker")
+            except Exception:
+                shot(page, "remote-worker-failure")
+                raise
+            browser.close()
+    finally:
+        studio.stop()
+    assert len(History(tmp_path / "outputs").list()) == 1
