@@ -135,7 +135,7 @@ def main() -> None:
         queue = ClusterQueue(ClusterSpec(workers=workers, parallel=2), History(outputs / f"group{workers}"))
         started = time.perf_counter()
         assert queue.start().wait_ready(300).state == READY
-        while not all(remote.info for remote in queue.remotes):
+        while len(queue.ready) < workers:
             time.sleep(0.2)
         load = time.perf_counter() - started
         name = f"{workers} Ray worker(s) of 2 processes (--parallel 2), 1 core each (ready in {load:.0f} s)"

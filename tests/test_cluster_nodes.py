@@ -84,3 +84,52 @@ def test_a_worker_no_machine_of_the_cluster_can_hold_is_refused_by_name(two_node
         "(--worker-cpus 1 each) on one machine; the Ray cluster's largest machine has 1 CPU cores"
     ) in run.stderr
     assert time.monotonic() - started < 120
+
+
+def test_a_machine_that_joins_later_starts_the_workers_that_waited_for_it(tmp_path):
+    """`--workers 2` on a cluster of one 1-CPU machine: one worker serves at once ("on 1 of 2"), the other
+    waits for room; a second machine joins and the waiting worker starts there and takes jobs."""
+    import ray
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    from pusa.request import GenerationRequest
+    from pusa.serving.cluster import ClusterQueue, ClusterSpec
+    from pusa.serving.history import History, JobSpec
+    from pusa.serving.queue import DONE, READY
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    queue = ClusterQueue(ClusterSpec(workers=2, address=cluster.address), History(tmp_path / "outputs"))
+    try:
+        queue.start()
+        assert queue.wait_ready(300).state == READY
+        assert "on 1 of 2 worker(s)" in queue.status.message
+        first = [queue.submit(JobSpec(GenerationRequest(task="t2v", prompt="x", seed=i, num_inference_steps=2)))
+                 for i in range(2)]  # fmt: skip
+        joined = cluster.add_node(**node)
+        deadline = time.monotonic() + 300
+        while len(queue.ready) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(queue.ready) == 2 and "on 2 worker(s)" in queue.status.message
+        late = next(remote for remote in queue.remotes if remote.index == queue.ready[1])
+        assert late.info["node"] == joined.node_id
+        jobs = first + [
+            queue.submit(JobSpec(GenerationRequest(task="t2v", prompt="y", seed=i, num_inference_steps=20)))
+            for i in range(4)
+        ]
+        views = []
+        for job in jobs:
+            view = queue.view(job.id)
+            while not view.done and time.monotonic() < deadline + 300:
+                view = queue.wait(job.id, view.version, timeout=5)
+            views.append(view)
+        assert all(view.state == DONE for view in views), [view.error for view in views]
+        assert late.index in {index for job in jobs for index in queue.ran_on[job.id]}
+    finally:
+        queue.close(timeout=30)
+        ray.shutdown()
+        cluster.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved

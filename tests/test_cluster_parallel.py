@@ -49,7 +49,7 @@ def cluster(tmp_path_factory):
     try:
         assert queue.wait_ready(400).state == READY  # the first worker is up
         deadline = time.monotonic() + 400
-        while not all(remote.info for remote in queue.remotes) and time.monotonic() < deadline:
+        while len(queue.ready) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)  # ...and the second
         yield queue
     finally:

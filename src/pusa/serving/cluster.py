@@ -418,6 +418,8 @@ class ClusterQueue(JobQueue):
         self.ran_on: dict[str, list[int]] = {}  # job id -> the workers that started it, in order
         self.rejoined: list[int] = []  # workers that came back after their process died
         self.gone: list[int] = []  # workers that did not come back (Ray's restarts used up)
+        self.ready: list[int] = []  # workers whose model is loaded, in the order they became ready
+        self._load_s: float | None = None
 
     def start(self) -> ClusterQueue:
         """Connects to (or starts) Ray here, in the calling thread: Ray's set-up and shutdown belong to the
@@ -496,13 +498,12 @@ class ClusterQueue(JobQueue):
                     self._changed.notify_all()
             return
         with self._changed:
+            self.ready.append(remote.index)
             if self._status.state != READY:
                 self._pipeline = remote
-                label = f"{remote.identity} on {len(self.remotes)} worker(s)"
-                if self.spec.ranks > 1:
-                    label += f" of {self.spec.ranks} processes each"
-                self._status = ModelStatus(READY, label, round(time.perf_counter() - started, 3))
-                self._changed.notify_all()
+                self._load_s = round(time.perf_counter() - started, 3)
+            self._status = ModelStatus(READY, self._label(remote), self._load_s)
+            self._changed.notify_all()
         try:
             self._serve(remote)
         except _WorkerGone as gone:
@@ -524,9 +525,16 @@ class ClusterQueue(JobQueue):
                 )
                 self._status = ModelStatus(FAILED, message)
             else:
-                label = f"{remote.identity} on {left} of {len(self.remotes)} worker(s)"
-                self._status = ModelStatus(READY, label, self._status.load_s)
+                self._status = ModelStatus(READY, self._label(remote), self._status.load_s)
             self._changed.notify_all()
+
+    def _label(self, remote: RemotePipeline) -> str:
+        """ "pusa-tiny on 2 worker(s)", or "on 1 of 2 worker(s)" while the others load, wait for a machine
+        that can hold them (one that joins the cluster later) or are gone."""
+        up = len([i for i in self.ready if i not in self.gone])
+        count = f"{up} of {len(self.remotes)}" if up < len(self.remotes) else f"{up}"
+        label = f"{remote.identity} on {count} worker(s)"
+        return label + (f" of {self.spec.ranks} processes each" if self.spec.ranks > 1 else "")
 
     def _run(self, pipeline: Any, job: Any) -> None:
         pipeline.job_id = job.id
