@@ -49,7 +49,7 @@ def test_a_studio_with_a_worker_on_each_machine(two_nodes, tmp_path):
     from pusa.serving.history import History
 
     address, nodes = two_nodes
-    flags = ("--ray-address", address, "--workers", "2")
+    flags = ("--ray-address", address)  # --workers auto: one per machine here (one CPU each)
     studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log", flags, env=LOOPBACK_ONLY)
     studio.start(timeout=120)
     try:
@@ -133,3 +133,29 @@ def test_a_machine_that_joins_later_starts_the_workers_that_waited_for_it(tmp_pa
         ray.shutdown()
         cluster.shutdown()
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def test_workers_auto_counts_what_each_machine_holds():
+    """`--workers auto`: every worker on one machine, by its GPUs (with cuda) and its cores."""
+    import argparse
+
+    from pusa.app.serve import add_serve_arguments, cluster_spec
+    from pusa.serving.cluster import ClusterSpec, fit_workers
+
+    machines = [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 4.0, "GPU": 2.0}, {"CPU": 64.0}]
+    assert fit_workers(ClusterSpec(device="cuda"), machines) == 8 + 2 + 0
+    assert fit_workers(ClusterSpec(device="cuda", parallel=2), machines) == 4 + 1 + 0
+    assert fit_workers(ClusterSpec(device="cuda", parallel=4, cpus_per_worker=2.0), machines) == 2 + 0 + 0
+    assert fit_workers(ClusterSpec(parallel=2, cpus_per_worker=2.0), machines) == 4 + 1 + 16
+    parser = add_serve_arguments(argparse.ArgumentParser())
+    cores = os.cpu_count() or 1
+    assert cluster_spec(parser.parse_args(["--workers", "auto"])).workers == cores  # this machine, local
+    assert cluster_spec(parser.parse_args(["--workers", "auto", "--parallel", "2"])).workers == max(
+        1, cores // 2
+    )
+    assert (
+        cluster_spec(parser.parse_args(["--ray-address", "10.0.0.1:6379"])).workers == "auto"
+    )  # counted there
+    assert cluster_spec(parser.parse_args(["--workers", "3"])).workers == 3
+    with pytest.raises(ValueError, match=r"--workers='many' is not allowed; .* or auto"):
+        cluster_spec(parser.parse_args(["--workers", "many"]))

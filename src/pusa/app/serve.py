@@ -8,6 +8,7 @@ module is cheap; gradio is imported only when the studio starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import sys
@@ -69,16 +70,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )  # fmt: skip
     cluster = parser.add_argument_group('workers (Ray; pip install -e ".[cluster]")')
     cluster.add_argument(
-        "--workers", type=int, default=0, metavar="N",
+        "--workers", default="0", metavar="N|auto",
         help="run jobs on N Ray workers, each loading the model once: one process (one GPU with --device "
         "cuda), or with --parallel M / --cfg-parallel a group of M processes on one machine that splits "
         "each of its jobs; a local Ray cluster on 127.0.0.1 unless --ray-address (default: 0, the embedded "
-        "worker)",
+        "worker; auto: as many as the machines hold, by their GPUs with --device cuda, else their cores)",
     )  # fmt: skip
     cluster.add_argument(
         "--ray-address", default=None, metavar="HOST:PORT",
         help="join a running Ray cluster (`ray start --head` on one machine, `ray start --address` on the "
-        "others); its workers may be on any machine of it (default: 2 workers with this flag alone)",
+        "others); its workers may be on any machine of it (with this flag alone: --workers auto)",
     )  # fmt: skip
     cluster.add_argument(
         "--worker-cpus", type=float, default=1.0, metavar="N",
@@ -92,23 +93,28 @@ def cluster_spec(args: argparse.Namespace):
     """The Ray workers `--workers` / `--ray-address` ask for, or None for the embedded worker."""
     workers = getattr(args, "workers", 0)
     address = getattr(args, "ray_address", None)
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
-        raise ValueError(f"--workers={workers!r} is not allowed; must be a whole number in 0..256")
+    if isinstance(workers, str) and workers != "auto":
+        with contextlib.suppress(ValueError):
+            workers = int(workers)
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256
+    ):
+        raise ValueError(f"--workers={workers!r} is not allowed; must be a whole number in 0..256, or auto")
     if not workers and not address:
         return None
     if getattr(args, "text_vae_device", None) is not None:
         from ..runtime.device import check_text_vae_device
 
-        check_text_vae_device(args.text_vae_device, workers=workers or 2)
+        check_text_vae_device(args.text_vae_device, workers=1)
     if not 0 < args.worker_cpus <= 256:
         raise ValueError(f"--worker-cpus={args.worker_cpus!r} is not allowed; must be in (0, 256]")
     from ..parallel.flags import check_parallel_flags
-    from ..serving.cluster import ClusterSpec
+    from ..serving.cluster import ClusterSpec, resolve_local_workers
     from ..weights.registry import resolve_model
 
     parallel, cfg_parallel = getattr(args, "parallel", 1), getattr(args, "cfg_parallel", False)
     spec = ClusterSpec(
-        workers=workers or 2, address=address, model=args.model, lora=args.lora, device=args.device,
+        workers=workers or "auto", address=address, model=args.model, lora=args.lora, device=args.device,
         dtype=args.dtype, cpus_per_worker=args.worker_cpus, parallel=parallel, cfg_parallel=cfg_parallel,
     )  # fmt: skip
     resolve_model(args.model, args.lora, prefix="--")
@@ -116,9 +122,13 @@ def cluster_spec(args: argparse.Namespace):
         raise ValueError(
             f"--device={args.device!r} with --workers: give plain cuda (Ray gives each worker its own GPUs)"
         )
-    # A local cluster's GPUs are this machine's: all of them are checked here. Those of a cluster joined
-    # with --ray-address may be on other machines: `check_cluster` looks at Ray's machines once it is up.
-    gpus_here = spec.workers * spec.ranks if address is None else 0
+    # A local cluster's GPUs are this machine's: all of them are checked here (with auto: enough for one
+    # worker). Those of a cluster joined with --ray-address may be on other machines: `check_cluster` looks
+    # at Ray's machines once it is up.
+    gpus_here = 0
+    if address is None:
+        spec = resolve_local_workers(spec)  # auto: as many as this machine holds (at least one)
+        gpus_here = spec.workers * spec.ranks
     check_parallel_flags(parallel, cfg_parallel, args.device, gpus_here=gpus_here)
     return spec
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 class ClusterSpec:
     """Where the workers run and what each loads."""
 
-    workers: int = 2
+    workers: int | str = 2  # or "auto": as many as the machines hold (`fit_workers`)
     address: str | None = None  # None: start a local Ray cluster on 127.0.0.1
     model: str = "pusa-tiny"
     lora: str | None = None
@@ -354,6 +354,13 @@ def _worker_paths(settings: dict, originals: dict[str, str], token: str) -> dict
     return mapping
 
 
+def _machines() -> list[dict[str, float]]:
+    """The resources of each live machine (node) of the Ray cluster this process is connected to."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
 def start_ray(spec: ClusterSpec) -> None:
     """Connect to `spec.address`, or start a small local Ray cluster on 127.0.0.1 (no dashboard).
     `ClusterQueue.start` calls it in the calling thread (the studio's main thread); `ClusterQueue.close`
@@ -379,13 +386,41 @@ def start_ray(spec: ClusterSpec) -> None:
     ray.put(None)
 
 
+def worker_needs(spec: ClusterSpec) -> dict[str, float]:
+    """What one worker reserves on its machine: its processes' cores, and GPUs with cuda."""
+    return {"CPU": spec.ranks * spec.cpus_per_worker, "GPU": spec.ranks if spec.cuda else 0}
+
+
+def fit_workers(spec: ClusterSpec, machines: list[dict[str, float]]) -> int:
+    """How many workers `machines` (each a Ray node's resources: {"CPU": 8, "GPU": 2, ...}) hold, every
+    worker on one machine: what `--workers auto` starts. Pure."""
+    needs = {k: v for k, v in worker_needs(spec).items() if v > 0}
+    return sum(int(min(machine.get(k, 0) // v for k, v in needs.items())) for machine in machines)
+
+
+def local_machine(spec: ClusterSpec) -> dict[str, float]:
+    """This machine's resources, as a local Ray cluster would count them."""
+    machine = {"CPU": float(os.cpu_count() or 1)}
+    if spec.cuda:
+        import torch
+
+        machine["GPU"] = float(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return machine
+
+
+def resolve_local_workers(spec: ClusterSpec) -> ClusterSpec:
+    """`--workers auto` without --ray-address: as many workers as this machine holds (at least one)."""
+    if spec.workers != "auto":
+        return spec
+    return replace(spec, workers=max(1, fit_workers(spec, [local_machine(spec)])))
+
+
 def check_cluster(spec: ClusterSpec) -> None:
     """A ValueError naming the flags when no machine of the Ray cluster can hold one worker (its processes
     all run on one machine: a parallel group's ranks talk over 127.0.0.1): Ray would wait for it forever."""
-    import ray
 
-    needs = {"CPU": spec.ranks * spec.cpus_per_worker, "GPU": spec.ranks if spec.cuda else 0}
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    needs = worker_needs(spec)
+    nodes = _machines()
     if any(all(node.get(k, 0) >= v for k, v in needs.items()) for node in nodes):
         return
     largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in needs}
@@ -428,6 +463,7 @@ class ClusterQueue(JobQueue):
         import ray
 
         if not ray.is_initialized():
+            self.spec = resolve_local_workers(self.spec) if self.spec.address is None else self.spec
             start_ray(self.spec)
             self._started_ray = True
         try:
@@ -436,6 +472,9 @@ class ClusterQueue(JobQueue):
             if self._started_ray:
                 ray.shutdown()
             raise
+        if self.spec.workers == "auto":  # as many as the cluster's machines hold now
+            self.spec = replace(self.spec, workers=fit_workers(self.spec, _machines()))
+            log.info("--workers auto: %d worker(s) on %d machine(s)", self.spec.workers, len(_machines()))
         return super().start()
 
     @staticmethod
@@ -573,4 +612,12 @@ class ClusterQueue(JobQueue):
                 ray.shutdown()
 
 
-__all__ = ["ClusterQueue", "ClusterSpec", "PusaWorker", "RemotePipeline", "check_cluster", "start_ray"]
+__all__ = [
+    "ClusterQueue",
+    "ClusterSpec",
+    "PusaWorker",
+    "RemotePipeline",
+    "check_cluster",
+    "fit_workers",
+    "start_ray",
+]
