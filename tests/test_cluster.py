@@ -117,7 +117,9 @@ def test_a_worker_killed_mid_job_has_its_job_completed_by_the_other(cluster):
 
 
 @pytest.mark.parametrize(
-    "flags", [("--workers", "2"), ("--workers", "1", "--parallel", "2")], ids=["2-workers", "1-group-of-2"]
+    "flags",
+    [("--workers", "2"), ("--workers", "1", "--parallel", "2"), ("--workers", "1", "--cfg-parallel")],
+    ids=["2-workers", "1-group-of-2", "1-cfg-group"],
 )
 def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path, flags):
     """`pusa serve --workers 2` (and one worker that is a 2-process context-parallel group): a client's
@@ -137,14 +139,19 @@ def test_studio_with_ray_workers_streams_progress_and_stops_cleanly(tmp_path, fl
         assert steps_seen, statuses  # the remote worker's progress reached the client before the end
         entries = History(tmp_path / "outputs").list()
         assert len(entries) == 1 and entries[0].video.is_file() and entries[0].seed == 3
-        parallel = entries[0].settings["acceleration"].get("parallel")
-        assert (parallel or {}).get("world_size", 1) == (2 if "--parallel" in flags else 1)
+        parallel = entries[0].settings["acceleration"].get("parallel") or {}
+        grouped = "--parallel" in flags or "--cfg-parallel" in flags
+        assert parallel.get("world_size", 1) == (2 if grouped else 1)
+        assert parallel.get("mode") == (
+            "cfg" if "--cfg-parallel" in flags else "context" if grouped else None
+        )
         # the studio's history says which worker made it (and how, for a group)
         from pusa.app.views import history_summary_html, made_on
 
         summary = history_summary_html(entries[0])
         assert f"worker {entries[0].settings['worker']['index']} on " in summary
         assert ("2 processes (context parallel)" in summary) == ("--parallel" in flags)
+        assert ("2 processes (CFG-parallel)" in summary) == ("--cfg-parallel" in flags)
         assert made_on({"seed": 3, "acceleration": {}}) == ""  # the embedded worker's videos: nothing
     finally:
         studio.stop()

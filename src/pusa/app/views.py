@@ -70,7 +70,8 @@ def made_on(settings: dict) -> str:
     if worker:
         parts.append(f"worker {worker.get('index')} on {worker.get('host') or 'a Ray machine'}")
     if parallel.get("world_size", 1) > 1:
-        parts.append(f"{parallel['world_size']} processes ({parallel.get('mode')} parallel)")
+        how = "CFG-parallel" if parallel.get("mode") == "cfg" else "context parallel"
+        parts.append(f"{parallel['world_size']} processes ({how})")
     return ", ".join(parts)
 
 
