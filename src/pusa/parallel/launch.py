@@ -194,7 +194,7 @@ def _follower_main(rank: int, world_size: int, port: int, spec: LoadSpec, parent
     pipe = _load(spec, rank, keep_io=False)
     device = pipe.device
     modes = _Modes(_transformers(pipe), rank, world_size, halves)
-    swap = pipe.acceleration.get("expert_swap")  # a two-expert model's swap / stream tier, or None
+    swap = pipe.expert_switch  # a two-expert model's swap / stream tier, or None
     dist.barrier()  # loaded: rank 0 may start
     contexts: list[torch.Tensor] = []
     mode = "context"

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .expert_swap import _point
+from .expert_swap import point_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ class ExpertStream:
             remove_group_offloading(self.experts[name])
         for owner, key, _ in self._names[name]:
             current = owner._parameters[key]
-            _point(owner, key, placeholder(current.shape, current.dtype))
+            point_tensor(owner, key, placeholder(current.shape, current.dtype))
 
     def _load(self, name: str) -> None:
         from ..weights.sources import file_weights
@@ -87,7 +87,7 @@ class ExpertStream:
         target = self.device if self.place is None else "cpu"  # offloaded: read to the host, placed after
         tensors = file_weights(module).read_many([state for _, _, state in self._names[name]], target)
         for owner, key, state in self._names[name]:
-            _point(owner, key, tensors.pop(state))
+            point_tensor(owner, key, tensors.pop(state))
         module.to(target)  # its buffers (rope tables)
 
     def activate(self, name: str) -> float:

@@ -13,25 +13,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from .memory import choose_expert_tier  # re-exported: its old home
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["ExpertSwap", "choose_expert_tier"]
-
-
-def choose_expert_tier(
-    free_bytes: int, model_bytes: dict[str, int], expert_bytes: int, working_bytes: int
-) -> str:
-    """`memory.choose_memory_tier` for a two-expert model: "full" if both experts fit resident, "swap" if
-    one does, else what one expert's streaming needs ("balanced" / "low"). Pure."""
-    from .memory import choose_memory_tier
-
-    both = choose_memory_tier(free_bytes, {**model_bytes, "transformer": 2 * expert_bytes}, working_bytes)
-    if both == "full":
-        return "full"
-    one = choose_memory_tier(free_bytes, {**model_bytes, "transformer": expert_bytes}, working_bytes)
-    return "swap" if one == "full" else one
+__all__ = ["ExpertSwap", "choose_expert_tier", "point_tensor"]
 
 
 class ExpertSwap:
@@ -55,7 +43,7 @@ class ExpertSwap:
                             continue
                         host = tensor.detach().to("cpu", copy=True)
                         host = host.pin_memory() if pin else host
-                        _point(owner, key, host)  # start on the host; the original is freed at once
+                        point_tensor(owner, key, host)  # start on the host; the original is freed at once
                         entries.append((owner, key, host))
             self._host[name] = entries
         self.active: str | None = None
@@ -98,9 +86,9 @@ class ExpertSwap:
                     current = _get(owner, key)
                     if current.device != host.device or current.data_ptr() != host.data_ptr():
                         host.copy_(current, non_blocking=True)  # what changed on the device comes back
-                    _point(owner, key, host)
+                    point_tensor(owner, key, host)
             for owner, key, host in self._host[name]:
-                _point(owner, key, host.to(self.device, non_blocking=True))
+                point_tensor(owner, key, host.to(self.device, non_blocking=True))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
@@ -117,7 +105,7 @@ def _get(owner: Any, key: str) -> Any:
     return owner._parameters[key] if key in owner._parameters else owner._buffers[key]
 
 
-def _point(owner: Any, key: str, tensor: Any) -> None:
+def point_tensor(owner: Any, key: str, tensor: Any) -> None:
     """Make `owner.key` hold `tensor`'s storage, keeping the same Parameter object (LoRA fusers and
     optimizers hold references to it)."""
     if key in owner._parameters:

@@ -28,8 +28,10 @@ __all__ = [
     "ExpertMemoryPlan",
     "apply_memory_tier",
     "available_host_bytes",
+    "choose_expert_tier",
     "choose_memory_tier",
     "component_bytes",
+    "component_of",
     "free_device_bytes",
     "host_bytes_needed",
     "module_bytes",
@@ -99,6 +101,18 @@ def choose_memory_tier(
     if math.ceil(BALANCED_RESIDENT_FRACTION * transformer) + vae + transient <= free_bytes:
         return "balanced"
     return "low"
+
+
+def choose_expert_tier(
+    free_bytes: int, model_bytes: dict[str, int], expert_bytes: int, working_bytes: int
+) -> str:
+    """`choose_memory_tier` for a two-expert model: "full" if both experts fit resident, "swap" if
+    one does, else what one expert's streaming needs ("balanced" / "low"). Pure."""
+    both = choose_memory_tier(free_bytes, {**model_bytes, "transformer": 2 * expert_bytes}, working_bytes)
+    if both == "full":
+        return "full"
+    one = choose_memory_tier(free_bytes, {**model_bytes, "transformer": expert_bytes}, working_bytes)
+    return "swap" if one == "full" else one
 
 
 # Host RAM beyond the weights: the process itself (torch and the imports), the LoRA files read, a tensor in
@@ -171,14 +185,12 @@ def plan_expert_memory(
     `free_bytes`: free device memory (None: a CPU run, where the device is host RAM); `host_bytes`: the
     host RAM available (None: unknown, nothing is refused for it). Pure.
 
-    "auto": the device decides first (`expert_swap.choose_expert_tier`: both experts resident, one, or
+    "auto": the device decides first (`choose_expert_tier`: both experts resident, one, or
     layer streaming); then host RAM, with `margin_bytes` kept free: where pinning both experts would not
     fit, "swap" becomes "stream" (the inactive expert read from its files at the boundary) and
     "balanced" / "low" stream the inactive expert the same way; on a CPU run "full" (both experts in RAM)
     becomes "stream". An explicit "balanced" / "low" streams its inactive expert only when host RAM cannot
     pin both; other explicit tiers are taken as asked."""
-    from .expert_swap import choose_expert_tier
-
     requested = validate_memory_tier(requested, allow_auto=True)
     on_device = free_bytes is not None
     room = None if host_bytes is None else host_bytes - margin_bytes
@@ -275,7 +287,7 @@ def module_bytes(module: nn.Module | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _component(components: Any, name: str) -> nn.Module | None:
+def component_of(components: Any, name: str) -> nn.Module | None:
     if isinstance(components, Mapping):
         return components.get(name)
     return getattr(components, name, None)
@@ -285,7 +297,7 @@ def component_bytes(components: Any) -> dict[str, int]:
     """`{"transformer", "text_encoder", "vae"}` -> bytes, for a pipeline, `weights.folders.Components` or
     a dict."""
     return {
-        name: module_bytes(_component(components, name)) for name in ("transformer", "text_encoder", "vae")
+        name: module_bytes(component_of(components, name)) for name in ("transformer", "text_encoder", "vae")
     }
 
 
@@ -325,7 +337,7 @@ def resolve_memory_tier(
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     resident = sum(
-        _bytes_on(_component(components, name), device) for name in ("transformer", "text_encoder", "vae")
+        _bytes_on(component_of(components, name), device) for name in ("transformer", "text_encoder", "vae")
     )
     return choose_memory_tier(free + resident, component_bytes(components), working_bytes)
 
@@ -360,9 +372,9 @@ def apply_memory_tier(
     device = torch.device(device)
     offload_device = torch.device(offload_device)
     stream = _streams_available(device)
-    transformer = _component(components, "transformer")
-    text_encoder = _component(components, "text_encoder")
-    vae = _component(components, "vae")
+    transformer = component_of(components, "transformer")
+    text_encoder = component_of(components, "text_encoder")
+    vae = component_of(components, "vae")
     for name, module in (("transformer", transformer), ("text_encoder", text_encoder)):
         if module is not None and _is_group_offload_enabled(module):
             raise ValueError(f"{name} is already group-offloaded; apply a memory tier only once")

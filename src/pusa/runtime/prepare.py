@@ -21,7 +21,7 @@ from .kernels import (
     enable_fp8_weights,
     validate_attention_backend,
 )
-from .memory import _component, apply_memory_tier, resolve_memory_tier, validate_memory_tier
+from .memory import apply_memory_tier, component_of, resolve_memory_tier, validate_memory_tier
 
 __all__ = [
     "CFG_BATCH_CHOICES",
@@ -84,7 +84,7 @@ def prepare_for_device(
     validate_attention_backend(attention)
     validate_cfg_batch(cfg_batch)
     validate_fp8_compute(fp8_compute)
-    transformer = _component(components, "transformer")
+    transformer = component_of(components, "transformer")
     if transformer is None:
         raise ValueError("components have no transformer")
     report: dict[str, Any] = {"fp8": fp8, "compiled": compile}
