@@ -9,10 +9,7 @@ raises the page's error message.
 
 from __future__ import annotations
 
-import base64
-import functools
 import inspect
-import io
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +28,9 @@ from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
 from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, READY, JobQueue, JobView
 from . import forms, views
+from .events import Update, settings_text
 from .forms import DEFAULT_LIMITS, FormError, UploadLimits
+from .thumbnails import thumbnail
 from .timeline import error_html, long_timeline_html, timeline_html
 
 NOISE_MULTIPLIER = PARAMS["noise_multiplier"].default
@@ -68,19 +67,6 @@ WAITING_LABEL = "Generate (loading model...)"
 
 
 @dataclass
-class Update:
-    """One step of a generation stream; `None` video/settings mean "leave as they are"."""
-
-    progress: str | None  # None: leave as it is
-    video: str | None = None
-    settings: str | None = None  # JSON text: a dict would reach gradio_client with its paths rewritten
-    job_id: str | None = None
-    error: str | None = None
-    clear: bool = False  # empty the video and settings (a new job started)
-    text: str | None = None  # the progress in plain text, for API clients (None: as `progress` says)
-
-
-@dataclass
 class TabWidgets:
     """The components of one task tab. `fields` maps form keys to input components, in API order."""
 
@@ -99,81 +85,6 @@ class TabWidgets:
     @property
     def inputs(self) -> list:
         return list(self.fields.values())
-
-
-@functools.lru_cache(maxsize=256)
-def _thumbnail_cached(path: str, mtime_ns: int, size: int) -> str | None:
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except (OSError, Image.DecompressionBombError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def settings_text(settings: dict) -> str:
-    return json.dumps(settings, indent=2, sort_keys=True)
-
-
-def thumbnail(path: Any, size: int = 96) -> str | None:
-    """A small `data:` URI of an image file (the timeline embeds it; nothing is fetched)."""
-    if not isinstance(path, (str, Path)) or not Path(path).is_file():
-        return None
-    return _thumbnail_cached(str(path), Path(path).stat().st_mtime_ns, size)
-
-
-def _api(stream_method: Callable[..., Iterator[Update]], queue: JobQueue) -> Callable:
-    """A named endpoint: streams (video, settings, status); a failure raises the page's message.
-
-    A client that cancels (gradio_client's `job.cancel()`) makes gradio close this stream: the job
-    is cancelled with it, so nobody is left waiting behind a video that nobody will fetch.
-    """
-
-    @functools.wraps(stream_method)
-    def endpoint(*args, **kwargs):
-        job_id = None
-        try:
-            for update in stream_method(*args, **kwargs):
-                job_id = update.job_id or job_id
-                if update.error is not None:
-                    raise gr.Error(update.error, print_exception=False)
-                yield (
-                    update.video if update.video is not None else gr.skip(),
-                    update.settings if update.settings is not None else gr.skip(),
-                    update.text if update.text is not None else gr.skip(),  # plain text, not the page's HTML
-                )
-        except GeneratorExit:
-            if job_id is not None:
-                queue.cancel(job_id)
-            raise
-
-    return endpoint
-
-
-def _ui(stream_method: Callable[..., Iterator[Update]], until_queued: bool = False) -> Callable:
-    """The Generate button: like the endpoint, but errors stay in the page and the job id is kept.
-
-    until_queued: stop once the job is queued (or refused). The browser stores an event's last job id
-    when the event ends, so the button's event ends there and `Studio.follow` streams the rest: a page
-    reloaded meanwhile finds its job again.
-    """
-
-    @functools.wraps(stream_method)
-    def handler(*args, **kwargs):
-        for update in stream_method(*args, **kwargs):
-            video = None if update.clear else (update.video if update.video is not None else gr.skip())
-            settings = (
-                None if update.clear else (update.settings if update.settings is not None else gr.skip())
-            )
-            progress = update.progress if update.progress is not None else gr.skip()
-            yield video, settings, progress, update.job_id
-            if until_queued and (update.job_id is not None or update.error is not None):
-                return
-
-    return handler
 
 
 class Studio:
