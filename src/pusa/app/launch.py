@@ -11,8 +11,8 @@ from typing import Any
 import gradio as gr
 
 from ..serving.history import History
-from .forms import DEFAULT_LIMITS, UploadLimits
 from .gradio_cache import CACHE, sweep_while_served
+from .uploads import DEFAULT_LIMITS, UploadLimits
 
 CSS = """
 #pusa-title h1 { margin-bottom: 0; }

@@ -18,12 +18,12 @@ from ..lora_specs import STRENGTH_MAX, STRENGTH_MIN
 from ..params import PARAMS, RECIPES, label_of
 from ..request import ModelDefaults, ModelLimits
 from ..serving.queue import READY, JobQueue
-from . import forms, views, widgets
+from . import form_fields, views, widgets
 from .events import api_endpoint, ui_handler
-from .forms import DEFAULT_LIMITS, UploadLimits
 from .gradio_cache import CACHE
 from .launch import launch_app
 from .studio import GENERATE_LABEL, NOISE_MULTIPLIER, WAITING_LABEL, Studio, TabWidgets
+from .uploads import DEFAULT_LIMITS, UploadLimits
 
 
 class StudioPage(Studio):
@@ -60,7 +60,7 @@ class StudioPage(Studio):
                 tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
 
     def _lora_panel(self, tab: TabWidgets) -> None:
-        """The LoRA panel: `forms.LORA_ROWS` rows of file, strength and expert (the expert for two-expert
+        """The LoRA panel: `form_fields.LORA_ROWS` rows of file, strength and expert (the expert for two-expert
         models only), then a text field for more entries in the CLI's syntax (the API's `loras`). The rows
         are their own fields (`lora_file_N`, `lora_strength_N`, `lora_expert_N`, the API's too); they go
         last in the tab's fields (`build`), so the API's earlier parameters keep their order."""
@@ -73,8 +73,8 @@ class StudioPage(Studio):
                 "blank = LoRA Alpha" + ("; Expert: the DiT it goes on" if experts > 1 else "")
                 + f". Rows and text all empty: the model's own LoRAs ({own}).",
             )  # fmt: skip
-            for row in range(1, forms.LORA_ROWS + 1):
-                file_key, strength_key, expert_key = forms.lora_row_keys(row)
+            for row in range(1, form_fields.LORA_ROWS + 1):
+                file_key, strength_key, expert_key = form_fields.lora_row_keys(row)
                 with gr.Row(equal_height=True, elem_classes="pusa-compact"):
                     tab.lora_rows[file_key] = widgets.DropdownInput(
                         choices=files, value=None, allow_custom_value=True, filterable=True, label=f"LoRA {row}",
@@ -97,7 +97,7 @@ class StudioPage(Studio):
                 "two-expert model",
             )  # fmt: skip
             clear = gr.Button("Clear LoRAs", size="sm", elem_id=f"{tab.tab}-lora-clear")
-        cleared = [forms.lora_row_blank(key) for key in tab.lora_rows]
+        cleared = [form_fields.lora_row_blank(key) for key in tab.lora_rows]
         clear.click(
             lambda: (*cleared, ""), None, [*tab.lora_rows.values(), tab.fields["loras"]],
             queue=False, show_progress="hidden", api_visibility="private",
@@ -179,7 +179,7 @@ class StudioPage(Studio):
                         info=f"latent frame of each image, comma-separated (0..{last} here)",
                     )  # fmt: skip
                     tab.fields["noise_multipliers"] = gr.Textbox(
-                        value=forms.format_list(recipes.keyframe_multipliers(2)), label="Noise Multipliers",
+                        value=form_fields.format_list(recipes.keyframe_multipliers(2)), label="Noise Multipliers",
                         elem_id="frames-multipliers", info="one per image, 0.0-1.0, comma-separated",
                     )  # fmt: skip
                 first = self.preview_frames([], f"0,{last}", tab.fields["noise_multipliers"].value, None)
@@ -194,7 +194,7 @@ class StudioPage(Studio):
 
     def _v2v_tab(self) -> TabWidgets:
         tab = TabWidgets("v2v")
-        positions, multipliers = forms.recipe_fields("extension", self.defaults.num_frames)
+        positions, multipliers = form_fields.recipe_fields("extension", self.defaults.num_frames)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 tab.fields["video"] = gr.Video(
@@ -217,7 +217,7 @@ class StudioPage(Studio):
                 )  # fmt: skip
                 # It opens on the extension recipe, whose numbers fill the fields: what Generate will do.
                 tab.fields["recipe"] = widgets.RadioInput(
-                    list(forms.FORM_RECIPES), value="extension", label="Recipe", elem_id="v2v-recipe",
+                    list(form_fields.FORM_RECIPES), value="extension", label="Recipe", elem_id="v2v-recipe",
                     info="custom: keep the source's frames at the positions; the buttons above fill in a recipe",
                 )  # fmt: skip
                 with gr.Row(visible=False) as self.end_video_row:

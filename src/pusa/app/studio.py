@@ -27,11 +27,12 @@ from ..params import MODEL_OWN, PARAMS
 from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
 from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, READY, JobQueue, JobView
-from . import forms, views
+from . import form_fields, forms, long_form, uploads, views
 from .events import Update, settings_text
-from .forms import DEFAULT_LIMITS, FormError, UploadLimits
+from .form_fields import FormError
 from .thumbnails import thumbnail
 from .timeline import error_html, long_timeline_html, timeline_html
+from .uploads import DEFAULT_LIMITS, UploadLimits
 
 NOISE_MULTIPLIER = PARAMS["noise_multiplier"].default
 API_NAMES = {
@@ -172,7 +173,10 @@ class Studio:
 
     def generate(self, task: str, values: Mapping[str, Any]) -> Iterator[Update]:
         """One tab's Generate, or its API endpoint: the form's values by their keys (`TabWidgets.fields`)."""
-        keys = (*forms.COMMON_KEYS, *forms.LORA_KEYS)  # the LoRA panel's rows compose into `loras`
+        keys = (
+            *form_fields.COMMON_KEYS,
+            *form_fields.LORA_KEYS,
+        )  # the LoRA panel's rows compose into `loras`
         common = {key: values[key] for key in keys if key in values}
         d, limits = self.defaults, self.limits
         builders = {
@@ -190,8 +194,8 @@ class Studio:
             "t2v": lambda keep: forms.text_to_video(common, d),
         }  # fmt: skip
         build = builders[task]
-        if task in forms.LONG_TABS:  # its Long video controls: the same inputs, chained to the total
-            return self._stream(lambda keep: forms.as_long(build(keep), values))
+        if task in long_form.LONG_TABS:  # its Long video controls: the same inputs, chained to the total
+            return self._stream(lambda keep: long_form.as_long(build(keep), values))
         return self._stream(build)
 
     def endpoint(self, task: str) -> Callable[..., Iterator[Update]]:
@@ -300,14 +304,14 @@ class Studio:
         try:
             if field == "images":
                 for path in value:
-                    forms.check_image(path, field, self.limits)
+                    uploads.check_image(path, field, self.limits)
                 text = f"{len(value)} image{'s' if len(value) != 1 else ''}"
             elif field == "image":
-                forms.check_image(value, field, self.limits)
+                uploads.check_image(value, field, self.limits)
                 with Image.open(value) as image:
                     text = f"{Path(value).name}, {image.width}x{image.height}"
             else:
-                info = forms.check_video(value, field, self.limits)
+                info = uploads.check_video(value, field, self.limits)
                 text = (
                     f"{Path(value).name}: {info.frames} frames, {info.seconds:.1f} s at {info.fps:g} fps, "
                     f"{info.width}x{info.height}"
@@ -318,7 +322,7 @@ class Studio:
 
     # ================================================================== timelines
     def _frames_count(self, num_frames: Any) -> int:
-        return forms.check_num_frames(num_frames, self.defaults)
+        return form_fields.check_num_frames(num_frames, self.defaults)
 
     def preview_i2v(self, image: Any, noise_multiplier: Any, num_frames: Any) -> str:
         try:
@@ -352,7 +356,7 @@ class Studio:
     def preview_long(self, long_frames: Any, context_latents: Any, chain: Any, num_frames: Any) -> str:
         """The Long video controls' chunks and overlaps (nothing at 0: one clip)."""
         try:
-            plan = forms.long_plan(long_frames, context_latents, chain, self._frames_count(num_frames))
+            plan = long_form.long_plan(long_frames, context_latents, chain, self._frames_count(num_frames))
         except FormError as error:
             return error_html(str(error))
         return "" if plan is None else long_timeline_html(plan)
@@ -360,7 +364,7 @@ class Studio:
     def fill_recipe(self, recipe: str, num_frames: Any) -> tuple:
         """(recipe, positions, multipliers, second clip's visibility) for a chosen recipe."""
         try:
-            fields = forms.recipe_fields(recipe, self._frames_count(num_frames))
+            fields = form_fields.recipe_fields(recipe, self._frames_count(num_frames))
         except FormError:
             fields = None
         second_clip = gr.update(visible=recipe == "transition")
@@ -429,7 +433,7 @@ class Studio:
                     continue
                 updates[component] = value
             elif key in widgets.lora_rows:  # a job from before the panel, or from the API's `loras` alone
-                updates[component] = forms.lora_row_blank(key)
+                updates[component] = form_fields.lora_row_blank(key)
         if widgets.tab == "v2v":
             updates[self.end_video_row] = gr.update(visible=entry.form.get("recipe") == "transition")
         return updates
