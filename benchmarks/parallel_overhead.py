@@ -29,7 +29,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bench import build_dit, dit_inputs, forward_fn, measure, peak_gib, real_spec, reset_peak, tiny_spec
+from gpu_bench_parts.models import build_dit, dit_inputs, forward_fn
+from gpu_bench_parts.specs import real_spec, tiny_spec
+from gpu_bench_parts.timing import measure, peak_gib, reset_peak
 from pusa.model import PusaTransformer3DModel
 from pusa.parallel.context import enable_context_parallel
 from pusa.parallel.launch import free_port

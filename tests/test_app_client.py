@@ -396,7 +396,8 @@ def test_gradios_copies_of_videos_are_deleted_once_old(tmp_path):
     """gradio copies every video it sends into its cache folder (and does not track those copies): the
     studio deletes the copies of its own videos once older than its cache age (an hour; 3 s here), so
     the folder stops growing by one file per video. Only copies of our videos are touched."""
-    from pusa.app.page import build_app, cached_copies, launch_app
+    from pusa.app.gradio_cache import cached_copies
+    from pusa.app.page import build_app, launch_app
 
     sweepers = lambda: sum(t.name == "pusa-cache-sweep" for t in threading.enumerate())  # noqa: E731
     before = sweepers()

@@ -1,19 +1,14 @@
 """The studio's page: its layout (the four task tabs, History, the queue panel, the status line), the wiring
-of every event to `Studio`'s handlers, and serving it. The widgets come from the parameter declarations
-(`app.widgets`); what the handlers do is in `app.studio`.
+of every event to `Studio`'s handlers, and `build_app`, which `app.serve` calls. The widgets come from the
+parameter declarations (`app.widgets`); what the handlers do is in `app.studio`; serving the page is
+`app.launch`'s (`launch_app`, also importable from here).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import re
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 
@@ -22,48 +17,13 @@ from ..experts import ALL, LORA_TARGETS
 from ..lora_specs import STRENGTH_MAX, STRENGTH_MIN
 from ..params import PARAMS, RECIPES, label_of
 from ..request import ModelDefaults, ModelLimits
-from ..serving.history import History
 from ..serving.queue import READY, JobQueue
-from . import forms, views, widgets
-from .forms import DEFAULT_LIMITS, UploadLimits
-from .studio import GENERATE_LABEL, NOISE_MULTIPLIER, WAITING_LABEL, Studio, TabWidgets, _api, _ui
-
-CACHE = (600, 3600)  # seconds: check every 10 minutes, delete gradio's copies older than an hour
-CSS = """
-#pusa-title h1 { margin-bottom: 0; }
-.pusa-compact { gap: 8px !important; }
-input.pusa-out-of-range { outline: 2px solid var(--error-border-color, #ef4444); color: var(--error-text-color, #b91c1c); }
-"""
-
-# gradio's slider clamps a number typed into its box to the range when the box loses focus, so a typed
-# 500 steps silently ran as 100. This stops that one blur handler (capture phase, before gradio's) for
-# an out-of-range value: the box keeps what the user typed, says it is outside the range, and Generate
-# sends it to our validation, which refuses it naming the field. Nothing is fetched; it runs on load.
-SLIDER_JS = """
-() => {
-  const check = (box) => {
-    const value = box.valueAsNumber, low = parseFloat(box.min), high = parseFloat(box.max);
-    const outside = Number.isFinite(value) && (value < low || value > high);
-    box.classList.toggle('pusa-out-of-range', outside);
-    box.title = outside ? `${value} is outside ${low}..${high}: Generate will refuse it` : '';
-    return outside;
-  };
-  const sliderBox = (target) => {  // the number box of a gradio slider, from its box or its range
-    if (!(target instanceof HTMLInputElement)) return null;
-    const wrap = target.closest('.wrap');
-    if (!wrap?.querySelector('.slider_input_container')) return null;
-    return wrap.querySelector('input[type=number]');
-  };
-  window.addEventListener('blur', (event) => {
-    const box = sliderBox(event.target);
-    if (box === event.target && check(box)) event.stopPropagation();
-  }, true);
-  window.addEventListener('input', (event) => {
-    const box = sliderBox(event.target);
-    if (box) setTimeout(() => check(box), 0);
-  }, true);
-}
-"""
+from . import form_fields, views, widgets
+from .events import api_endpoint, ui_handler
+from .gradio_cache import CACHE
+from .launch import launch_app
+from .studio import GENERATE_LABEL, NOISE_MULTIPLIER, WAITING_LABEL, Studio, TabWidgets
+from .uploads import DEFAULT_LIMITS, UploadLimits
 
 
 class StudioPage(Studio):
@@ -100,7 +60,7 @@ class StudioPage(Studio):
                 tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
 
     def _lora_panel(self, tab: TabWidgets) -> None:
-        """The LoRA panel: `forms.LORA_ROWS` rows of file, strength and expert (the expert for two-expert
+        """The LoRA panel: `form_fields.LORA_ROWS` rows of file, strength and expert (the expert for two-expert
         models only), then a text field for more entries in the CLI's syntax (the API's `loras`). The rows
         are their own fields (`lora_file_N`, `lora_strength_N`, `lora_expert_N`, the API's too); they go
         last in the tab's fields (`build`), so the API's earlier parameters keep their order."""
@@ -113,8 +73,8 @@ class StudioPage(Studio):
                 "blank = LoRA Alpha" + ("; Expert: the DiT it goes on" if experts > 1 else "")
                 + f". Rows and text all empty: the model's own LoRAs ({own}).",
             )  # fmt: skip
-            for row in range(1, forms.LORA_ROWS + 1):
-                file_key, strength_key, expert_key = forms.lora_row_keys(row)
+            for row in range(1, form_fields.LORA_ROWS + 1):
+                file_key, strength_key, expert_key = form_fields.lora_row_keys(row)
                 with gr.Row(equal_height=True, elem_classes="pusa-compact"):
                     tab.lora_rows[file_key] = widgets.DropdownInput(
                         choices=files, value=None, allow_custom_value=True, filterable=True, label=f"LoRA {row}",
@@ -137,7 +97,7 @@ class StudioPage(Studio):
                 "two-expert model",
             )  # fmt: skip
             clear = gr.Button("Clear LoRAs", size="sm", elem_id=f"{tab.tab}-lora-clear")
-        cleared = [forms.lora_row_blank(key) for key in tab.lora_rows]
+        cleared = [form_fields.lora_row_blank(key) for key in tab.lora_rows]
         clear.click(
             lambda: (*cleared, ""), None, [*tab.lora_rows.values(), tab.fields["loras"]],
             queue=False, show_progress="hidden", api_visibility="private",
@@ -219,7 +179,7 @@ class StudioPage(Studio):
                         info=f"latent frame of each image, comma-separated (0..{last} here)",
                     )  # fmt: skip
                     tab.fields["noise_multipliers"] = gr.Textbox(
-                        value=forms.format_list(recipes.keyframe_multipliers(2)), label="Noise Multipliers",
+                        value=form_fields.format_list(recipes.keyframe_multipliers(2)), label="Noise Multipliers",
                         elem_id="frames-multipliers", info="one per image, 0.0-1.0, comma-separated",
                     )  # fmt: skip
                 first = self.preview_frames([], f"0,{last}", tab.fields["noise_multipliers"].value, None)
@@ -234,7 +194,7 @@ class StudioPage(Studio):
 
     def _v2v_tab(self) -> TabWidgets:
         tab = TabWidgets("v2v")
-        positions, multipliers = forms.recipe_fields("extension", self.defaults.num_frames)
+        positions, multipliers = form_fields.recipe_fields("extension", self.defaults.num_frames)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 tab.fields["video"] = gr.Video(
@@ -257,7 +217,7 @@ class StudioPage(Studio):
                 )  # fmt: skip
                 # It opens on the extension recipe, whose numbers fill the fields: what Generate will do.
                 tab.fields["recipe"] = widgets.RadioInput(
-                    list(forms.FORM_RECIPES), value="extension", label="Recipe", elem_id="v2v-recipe",
+                    list(form_fields.FORM_RECIPES), value="extension", label="Recipe", elem_id="v2v-recipe",
                     info="custom: keep the source's frames at the positions; the buttons above fill in a recipe",
                 )  # fmt: skip
                 with gr.Row(visible=False) as self.end_video_row:
@@ -446,11 +406,11 @@ class StudioPage(Studio):
             for name, tab in self.tabs.items():
                 outputs = [tab.video, tab.settings, tab.progress]
                 follow = dict(
-                    fn=_ui(self.follow), inputs=tab.job, outputs=[*outputs, tab.job],
+                    fn=ui_handler(self.follow), inputs=tab.job, outputs=[*outputs, tab.job],
                     concurrency_limit=None, show_progress="hidden", api_visibility="private",
                 )  # fmt: skip
                 tab.generate_event = tab.generate.click(
-                    _ui(methods[name], until_queued=True), tab.inputs, [*outputs, tab.job],
+                    ui_handler(methods[name], until_queued=True), tab.inputs, [*outputs, tab.job],
                     concurrency_limit=None, show_progress="hidden", api_visibility="private",
                     api_name=f"ui_{methods[name].__name__}",
                 ).then(**follow)  # fmt: skip
@@ -459,7 +419,7 @@ class StudioPage(Studio):
                 # The endpoint for gradio_client: same inputs and code, errors raised instead of shown.
                 endpoint = gr.Button(visible=False)
                 endpoint.click(
-                    _api(methods[name], self.queue), tab.inputs, outputs, api_name=methods[name].__name__,
+                    api_endpoint(methods[name], self.queue), tab.inputs, outputs, api_name=methods[name].__name__,
                     concurrency_limit=None, show_progress="hidden",
                 )  # fmt: skip
             self.videos_made = gr.State(self.queue.videos_made)
@@ -502,108 +462,5 @@ def build_app(
     return page.build(cache)
 
 
-# How `History.add` names a video: <stamp>-<task or recipe>-<seed>-<job id>.mp4
-OUR_VIDEO = re.compile(r"\d{8}-\d{6}-[a-z0-9]+-\d+-[0-9a-f]{12}\.mp4")
-
-
-def cached_copies(cache_dir: str | Path) -> list[Path]:
-    """The mp4 files one level down in gradio's cache folder (`<cache>/<hash>/<name>.mp4`). Folders that
-    vanish meanwhile (other servers share the folder) are skipped, not an error."""
-    try:
-        folders = [entry.path for entry in os.scandir(cache_dir) if entry.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-    copies = []
-    for folder in folders:
-        try:
-            copies += [Path(entry.path) for entry in os.scandir(folder) if entry.name.endswith(".mp4")]
-        except OSError:
-            continue
-    return copies
-
-
-def sweep_cached_copies(cache_dir: str | Path, age_s: float) -> int:
-    """Delete gradio's copies of our videos older than `age_s`; returns how many.
-
-    gradio copies every file an event returns into its cache folder (`<cache>/<hash>/<name>`) and, unlike
-    uploads, does not track these copies for `delete_cache`: the folder grew by one file per video. Only
-    files named like a video of ours (`OUR_VIDEO`, also those since deleted from History) are touched,
-    and only inside the cache folder."""
-    deleted, now = 0, time.time()
-    for copy in cached_copies(cache_dir):
-        try:
-            # ctime: gradio's copy keeps the source's mtime (copy2), so an old video's fresh copy
-            # would look old; its ctime is when the copy was made.
-            if OUR_VIDEO.fullmatch(copy.name) and now - copy.stat().st_ctime > age_s:
-                copy.unlink()
-                deleted += 1
-                if not any(copy.parent.iterdir()):
-                    copy.parent.rmdir()
-        except OSError:  # gone meanwhile, or in use: the next sweep tries again
-            continue
-    return deleted
-
-
-def _sweep_while_served(demo: gr.Blocks, every_s: float, age_s: float) -> None:
-    """Sweep every `every_s` until the page is closed (a sweeper left running after its server closed
-    went on deleting copies that other servers sharing the cache folder still served)."""
-    served = False
-    while True:
-        running = demo.is_running
-        if served and not running:
-            return
-        served = served or running
-        with contextlib.suppress(OSError):  # the outputs folder itself gone: try again later
-            sweep_cached_copies(demo.GRADIO_CACHE, age_s)
-        time.sleep(every_s)
-
-
-def theme() -> gr.themes.Base:
-    """gradio's default look with system fonts: the page loads no web fonts at all."""
-    return gr.themes.Default(
-        primary_hue="blue",
-        font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
-        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
-    )
-
-
-def launch_app(
-    demo: gr.Blocks,
-    history: History,
-    host: str = "127.0.0.1",
-    port: int = 7860,
-    auth: tuple[str, str] | None = None,
-    limits: UploadLimits = DEFAULT_LIMITS,
-    block: bool = True,
-    quiet: bool = False,
-) -> Any:
-    """Serve the page. Local-only by default; no share link, analytics, run history or monitoring."""
-    demo.queue()
-    every_s, age_s = demo.delete_cache or CACHE
-    threading.Thread(
-        target=_sweep_while_served, args=(demo, every_s, age_s), daemon=True,
-        name="pusa-cache-sweep",
-    ).start()  # fmt: skip
-    return demo.launch(
-        server_name=host,
-        server_port=port,
-        auth=auth,
-        auth_message="Pusa Studio: sign in with the user and password given to --auth / PUSA_AUTH.",
-        share=False,
-        prevent_thread_lock=not block,
-        show_error=True,
-        quiet=quiet,
-        # The page may show finished videos and their inputs; nothing else of the outputs folder.
-        allowed_paths=[str(history.videos_dir), str(history.inputs_dir)],
-        blocked_paths=[str(history.database)],
-        max_file_size=f"{int(max(limits.image_mb, limits.video_mb))}mb",
-        footer_links=["api", "settings"],
-        run_history=False,
-        enable_monitoring=False,
-        mcp_server=False,
-        ssr_mode=False,
-        pwa=False,
-        theme=theme(),
-        css=CSS,
-        js=SLIDER_JS,
-    )
+# `launch_app` is `app.launch`'s; `app.serve` and the tests import it from here.
+__all__ = ["StudioPage", "build_app", "launch_app"]

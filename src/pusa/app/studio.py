@@ -9,10 +9,7 @@ raises the page's error message.
 
 from __future__ import annotations
 
-import base64
-import functools
 import inspect
-import io
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -30,9 +27,12 @@ from ..params import MODEL_OWN, PARAMS
 from ..request import ModelDefaults, ModelLimits
 from ..serving.history import History
 from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, READY, JobQueue, JobView
-from . import forms, views
-from .forms import DEFAULT_LIMITS, FormError, UploadLimits
+from . import form_fields, forms, long_form, uploads, views
+from .events import Update, settings_text
+from .form_fields import FormError
+from .thumbnails import thumbnail
 from .timeline import error_html, long_timeline_html, timeline_html
+from .uploads import DEFAULT_LIMITS, UploadLimits
 
 NOISE_MULTIPLIER = PARAMS["noise_multiplier"].default
 API_NAMES = {
@@ -68,19 +68,6 @@ WAITING_LABEL = "Generate (loading model...)"
 
 
 @dataclass
-class Update:
-    """One step of a generation stream; `None` video/settings mean "leave as they are"."""
-
-    progress: str | None  # None: leave as it is
-    video: str | None = None
-    settings: str | None = None  # JSON text: a dict would reach gradio_client with its paths rewritten
-    job_id: str | None = None
-    error: str | None = None
-    clear: bool = False  # empty the video and settings (a new job started)
-    text: str | None = None  # the progress in plain text, for API clients (None: as `progress` says)
-
-
-@dataclass
 class TabWidgets:
     """The components of one task tab. `fields` maps form keys to input components, in API order."""
 
@@ -99,81 +86,6 @@ class TabWidgets:
     @property
     def inputs(self) -> list:
         return list(self.fields.values())
-
-
-@functools.lru_cache(maxsize=256)
-def _thumbnail_cached(path: str, mtime_ns: int, size: int) -> str | None:
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except (OSError, Image.DecompressionBombError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def settings_text(settings: dict) -> str:
-    return json.dumps(settings, indent=2, sort_keys=True)
-
-
-def thumbnail(path: Any, size: int = 96) -> str | None:
-    """A small `data:` URI of an image file (the timeline embeds it; nothing is fetched)."""
-    if not isinstance(path, (str, Path)) or not Path(path).is_file():
-        return None
-    return _thumbnail_cached(str(path), Path(path).stat().st_mtime_ns, size)
-
-
-def _api(stream_method: Callable[..., Iterator[Update]], queue: JobQueue) -> Callable:
-    """A named endpoint: streams (video, settings, status); a failure raises the page's message.
-
-    A client that cancels (gradio_client's `job.cancel()`) makes gradio close this stream: the job
-    is cancelled with it, so nobody is left waiting behind a video that nobody will fetch.
-    """
-
-    @functools.wraps(stream_method)
-    def endpoint(*args, **kwargs):
-        job_id = None
-        try:
-            for update in stream_method(*args, **kwargs):
-                job_id = update.job_id or job_id
-                if update.error is not None:
-                    raise gr.Error(update.error, print_exception=False)
-                yield (
-                    update.video if update.video is not None else gr.skip(),
-                    update.settings if update.settings is not None else gr.skip(),
-                    update.text if update.text is not None else gr.skip(),  # plain text, not the page's HTML
-                )
-        except GeneratorExit:
-            if job_id is not None:
-                queue.cancel(job_id)
-            raise
-
-    return endpoint
-
-
-def _ui(stream_method: Callable[..., Iterator[Update]], until_queued: bool = False) -> Callable:
-    """The Generate button: like the endpoint, but errors stay in the page and the job id is kept.
-
-    until_queued: stop once the job is queued (or refused). The browser stores an event's last job id
-    when the event ends, so the button's event ends there and `Studio.follow` streams the rest: a page
-    reloaded meanwhile finds its job again.
-    """
-
-    @functools.wraps(stream_method)
-    def handler(*args, **kwargs):
-        for update in stream_method(*args, **kwargs):
-            video = None if update.clear else (update.video if update.video is not None else gr.skip())
-            settings = (
-                None if update.clear else (update.settings if update.settings is not None else gr.skip())
-            )
-            progress = update.progress if update.progress is not None else gr.skip()
-            yield video, settings, progress, update.job_id
-            if until_queued and (update.job_id is not None or update.error is not None):
-                return
-
-    return handler
 
 
 class Studio:
@@ -261,7 +173,10 @@ class Studio:
 
     def generate(self, task: str, values: Mapping[str, Any]) -> Iterator[Update]:
         """One tab's Generate, or its API endpoint: the form's values by their keys (`TabWidgets.fields`)."""
-        keys = (*forms.COMMON_KEYS, *forms.LORA_KEYS)  # the LoRA panel's rows compose into `loras`
+        keys = (
+            *form_fields.COMMON_KEYS,
+            *form_fields.LORA_KEYS,
+        )  # the LoRA panel's rows compose into `loras`
         common = {key: values[key] for key in keys if key in values}
         d, limits = self.defaults, self.limits
         builders = {
@@ -279,8 +194,8 @@ class Studio:
             "t2v": lambda keep: forms.text_to_video(common, d),
         }  # fmt: skip
         build = builders[task]
-        if task in forms.LONG_TABS:  # its Long video controls: the same inputs, chained to the total
-            return self._stream(lambda keep: forms.as_long(build(keep), values))
+        if task in long_form.LONG_TABS:  # its Long video controls: the same inputs, chained to the total
+            return self._stream(lambda keep: long_form.as_long(build(keep), values))
         return self._stream(build)
 
     def endpoint(self, task: str) -> Callable[..., Iterator[Update]]:
@@ -389,14 +304,14 @@ class Studio:
         try:
             if field == "images":
                 for path in value:
-                    forms.check_image(path, field, self.limits)
+                    uploads.check_image(path, field, self.limits)
                 text = f"{len(value)} image{'s' if len(value) != 1 else ''}"
             elif field == "image":
-                forms.check_image(value, field, self.limits)
+                uploads.check_image(value, field, self.limits)
                 with Image.open(value) as image:
                     text = f"{Path(value).name}, {image.width}x{image.height}"
             else:
-                info = forms.check_video(value, field, self.limits)
+                info = uploads.check_video(value, field, self.limits)
                 text = (
                     f"{Path(value).name}: {info.frames} frames, {info.seconds:.1f} s at {info.fps:g} fps, "
                     f"{info.width}x{info.height}"
@@ -407,7 +322,7 @@ class Studio:
 
     # ================================================================== timelines
     def _frames_count(self, num_frames: Any) -> int:
-        return forms.check_num_frames(num_frames, self.defaults)
+        return form_fields.check_num_frames(num_frames, self.defaults)
 
     def preview_i2v(self, image: Any, noise_multiplier: Any, num_frames: Any) -> str:
         try:
@@ -441,7 +356,7 @@ class Studio:
     def preview_long(self, long_frames: Any, context_latents: Any, chain: Any, num_frames: Any) -> str:
         """The Long video controls' chunks and overlaps (nothing at 0: one clip)."""
         try:
-            plan = forms.long_plan(long_frames, context_latents, chain, self._frames_count(num_frames))
+            plan = long_form.long_plan(long_frames, context_latents, chain, self._frames_count(num_frames))
         except FormError as error:
             return error_html(str(error))
         return "" if plan is None else long_timeline_html(plan)
@@ -449,7 +364,7 @@ class Studio:
     def fill_recipe(self, recipe: str, num_frames: Any) -> tuple:
         """(recipe, positions, multipliers, second clip's visibility) for a chosen recipe."""
         try:
-            fields = forms.recipe_fields(recipe, self._frames_count(num_frames))
+            fields = form_fields.recipe_fields(recipe, self._frames_count(num_frames))
         except FormError:
             fields = None
         second_clip = gr.update(visible=recipe == "transition")
@@ -518,7 +433,7 @@ class Studio:
                     continue
                 updates[component] = value
             elif key in widgets.lora_rows:  # a job from before the panel, or from the API's `loras` alone
-                updates[component] = forms.lora_row_blank(key)
+                updates[component] = form_fields.lora_row_blank(key)
         if widgets.tab == "v2v":
             updates[self.end_video_row] = gr.update(visible=entry.form.get("recipe") == "transition")
         return updates

@@ -7,7 +7,7 @@ from html import escape
 
 from ..serving.history import FailedJob, HistoryEntry
 from ..serving.queue import CANCELLED, DONE, FAILED, LOADING, QUEUED, RUNNING, JobView, ModelStatus
-from .forms import TABS
+from .form_fields import TABS
 from .timeline import error_html
 
 _BOX = "font-size: 13px; line-height: 1.45; padding: 8px 10px; border-radius: 6px;"

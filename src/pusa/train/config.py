@@ -49,10 +49,8 @@ class TokenizerConfig:
 
 @dataclass
 class VaeConfig:
-    # AutoencoderKLWan: 4x spatial (2 downsamples), 4x causal temporal, 4 latent channels. Wan's own VAE is 8x
-    # spatial with 16 channels; at 64x64 with objects of 8-16 px that loses their outline (every shape decoded
-    # as a round blob: the detector read 23% of shapes right, chance), 4x keeps it (56-81%).
-    # base_dim 8 trains at ~1 s/step on 2 CPU cores and reaches ~30 dB on the world.
+    # AutoencoderKLWan: 4x spatial (2 downsamples), 4x causal temporal, 4 latent channels. Not Wan's own 8x
+    # spatial: at 64x64 it loses the outline of objects of 8-16 px, 4x keeps it.
     base_dim: int = 8
     # One spatial 2x downsample between consecutive entries; the last two also halve time (4x temporal, as
     # Wan). (1, 2, 4, 4) gives Wan's 8x spatial: pair it with dit.patch_size (1, 2, 2).
@@ -82,7 +80,7 @@ class VaeConfig:
 class DecoderConfig:
     # Stage "decoder": the VAE's decoder (encoder frozen, so latents do not change) fine-tuned on whole clips.
     # The VAE stage trains on short windows (cheap), which leaves the causal decoder drifting on the latent
-    # frames it never reached (measured: frames 12-16 of a 17-frame clip at 17-22 dB vs 28 dB for frames 0-8).
+    # frames it never reached.
     steps: int = 1200
     batch_size: int = 4
     lr: float = 5e-4
@@ -90,8 +88,7 @@ class DecoderConfig:
     latent_noise: float = 0.05
     # Pixels of the object (far from their row's background) weigh 1 + object_weight in the loss. The object
     # covers ~3% of a frame, so an unweighted loss buys PSNR with the background and leaves the object's
-    # colour and outline blurred (measured before this: red decoded as orange, cyan and purple as blue, every
-    # shape as a round blob, while the clip PSNR read 28 dB).
+    # colour and outline blurred.
     object_weight: float = 10.0
     eval_every: int = 200
     eval_clips: int = 16
@@ -130,24 +127,20 @@ class DitConfig:
 
 @dataclass
 class BaseConfig:
-    # 13000 steps, ~80 min on 2 cores. Direction is learned last: the shipped base's direction gap
-    # (`caption_sensitivity`) stayed ~0 for 4500 steps, while colour's was already 0.16.
+    # Many steps: the motion's direction is learned last, long after colour (`caption_sensitivity`).
     steps: int = 13000
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
     # Training sigmas: u ~ U(0, 1) through the shift map. 8 puts most samples at the high noise where the
-    # layout, and so the motion's direction, forms: resumed from the same checkpoint with the same batches,
-    # shift 8 grew the direction gap about twice as fast as shift 3 (0.023 vs 0.014 after 1300 steps).
+    # layout, and so the motion's direction, forms.
     shift: float = 8.0
     caption_dropout: float = 0.1  # -> "" or the default negative prompt, so classifier-free guidance works
     ema_decay: float = 0.998
     # Latent cells the object touches weigh 1 + this in the flow-matching loss (as the decoder's object_weight
     # does for pixels): the object is ~7% of the cells, so an unweighted loss spends the model on the
-    # background. Needs a pool of world clips (the masks are rendered from its seeds). The shipped base ran
-    # 10000 steps at 0, then 3000 at 10: caption gaps colour 0.18 -> 0.28, shape 0.022 -> 0.040, direction
-    # 0.074 -> 0.15; T2V on 44 held-out clips shape 34% -> 41%, direction 38% -> 81%.
+    # background. Needs a pool of world clips (the masks are rendered from its seeds).
     object_weight: float = 10.0
     minutes: float | None = None  # wall-clock budget (see VaeConfig.minutes); None: run all `steps`
     eval_every: int = 500  # log `caption_sensitivity` (a few seconds) every this many steps; 0: never
@@ -169,13 +162,10 @@ class VtaConfig:
     image_latent_fraction: float = 0.5
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
-    # The exported model's default LoRA strength. Chosen by `pusa eval demo --alphas 0.6,1.0,1.4` on the
-    # shipped LoRA: 0.6 gave the best T2V and start-end/keyframe frames; 1.4 (Pusa V1's) moved objects off
-    # their keyframes (2.0 px vs 1.1) and lost colour (55% vs 100%). The same held for the LoRA before it.
+    # The exported model's default LoRA strength: the best of `pusa eval demo --alphas` (stronger ones, such as
+    # Pusa V1's 1.4, move objects off their keyframes and lose colour).
     alpha: float = 0.6
-    # 30 min on 2 cores (the shipped LoRA: 4946 steps). An earlier LoRA on an older base, 20 min (2500 steps)
-    # vs 65 (9926), alpha 1.0 / 1.4: T2V direction 12% / 6% -> 31% / 31%, I2V motion 55% / 45% -> 59% / 59%.
-    minutes: float | None = 30  # wall-clock budget (see VaeConfig.minutes)
+    minutes: float | None = 30  # wall-clock budget (see VaeConfig.minutes); longer runs learn motion better
 
 
 @dataclass
