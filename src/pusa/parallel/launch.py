@@ -259,6 +259,11 @@ class ParallelRunner:
         self._broken: str | None = None  # why the group cannot run jobs any more
         self._start()
 
+    @property
+    def follower_pids(self) -> list[int]:
+        """The process ids of ranks 1..N-1 (this process is rank 0)."""
+        return [process.pid for process in self._processes]
+
     def _start(self) -> None:
         import torch.multiprocessing as mp
 

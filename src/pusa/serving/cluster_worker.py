@@ -64,7 +64,7 @@ class PusaWorker:
             "host": socket.gethostname(),
             "node": ray.get_runtime_context().get_node_id(),  # the Ray machine (node) it runs on
             # the processes of this worker: its own, then its parallel group's other ranks
-            "ranks": [os.getpid()] + ([p.pid for p in runner._processes] if runner is not None else []),
+            "ranks": [os.getpid()] + (runner.follower_pids if runner is not None else []),
             "parallel": None if runner is None else {"mode": runner.mode, "world_size": runner.world_size},
         }
 
