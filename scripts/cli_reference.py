@@ -52,7 +52,9 @@ def _flag_rows(parser: argparse.ArgumentParser) -> list[str]:
     for action in parser._actions:
         if isinstance(action, (argparse._SubParsersAction, argparse._HelpAction)):
             continue
-        names = ", ".join(f"`{name}`" for name in action.option_strings) or f"`{action.metavar or action.dest}`"
+        names = (
+            ", ".join(f"`{name}`" for name in action.option_strings) or f"`{action.metavar or action.dest}`"
+        )
         if action.option_strings and action.nargs != 0:
             metavar = action.metavar or action.dest.upper()
             names += f" `{metavar}`"

@@ -12,12 +12,13 @@ recorded and must stay on this machine. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from helpers import Studio, free_port
 from pusa.pipeline import GenerationRequest
@@ -351,8 +352,6 @@ DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 def docs_shot(target, name: str) -> Path:
     """A viewport (or element) screenshot for the docs; returns where it went."""
-    import os
-
     folder = DOCS_IMAGES if os.environ.get("PUSA_DOCS_SCREENSHOTS") == "1" else ARTIFACTS / "docs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
@@ -364,8 +363,6 @@ def test_docs_screenshots_of_the_studio(tmp_path):
     """The studio after a text-to-video job, the Multi-Frames timeline and the History tab, as the docs
     show them; each picture is a real PNG of the viewport's size."""
     from playwright.sync_api import sync_playwright
-
-    from PIL import ImageDraw
 
     # Two frames of pusa-tiny's world (a red circle on dark blue, left then right) as keyframes.
     keyframes = []
