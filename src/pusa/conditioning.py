@@ -1,4 +1,4 @@
-"""Per-frame conditioning (pusa-algorithm.md sections 5 and 6). Pure: imports only torch.
+"""Per-frame conditioning (docs/algorithm.md, "Conditioning"). Pure: imports only torch.
 
 A `Conditioning` says, for every latent frame, how strongly its noise level is scaled
 (`sigma_scale`: 1 for a free frame, the noise multiplier `m` for a conditioning frame) and which

@@ -1,4 +1,4 @@
-"""Which DiT runs a sampling step: Wan2.2's two experts (pusa-algorithm.md section 8). Pure (no torch).
+"""Which DiT runs a sampling step: Wan2.2's two experts (docs/algorithm.md, "Two experts (Wan2.2)"). Pure (no torch).
 
 A two-expert model (Wan2.2-T2V-A14B) has a high-noise and a low-noise DiT of the same shape, sharing the
 text encoder, the VAE and the schedule. Step i runs the high-noise expert while its base timestep

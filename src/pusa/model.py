@@ -1,4 +1,4 @@
-"""Wan2.1 DiT with a per-frame timestep (pusa-algorithm.md section 2).
+"""Wan2.1 DiT with a per-frame timestep (docs/algorithm.md, "The network").
 
 `PusaTransformer3DModel` is diffusers' `WanTransformer3DModel` with the same parameter names and
 config; only the forward pass changes. The timestep may be `[B]` (stock Wan) or `[B, F_lat]` (Pusa),

@@ -1,4 +1,4 @@
-"""Euler sampling with per-frame sigmas and classifier-free guidance (pusa-algorithm.md section 5).
+"""Euler sampling with per-frame sigmas and classifier-free guidance (docs/algorithm.md, "The sampler").
 
 Pure: imports only torch. The denoiser is any callable `velocity(x, timestep, text) -> v` where
 `x` is `[B, C, F, h, w]` and `timestep` is `[B, F]` on the 0..1000 scale. Randomness is passed in.

@@ -1,4 +1,4 @@
-"""Shifted flow-matching noise schedule (pusa-algorithm.md section 4). Pure: imports only torch (and the
+"""Shifted flow-matching noise schedule (docs/algorithm.md, "The schedule"). Pure: imports only torch (and the
 parameter declarations, for the default shift)."""
 
 from __future__ import annotations

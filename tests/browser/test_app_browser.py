@@ -12,12 +12,13 @@ recorded and must stay on this machine. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from helpers import Studio, free_port
 from pusa.pipeline import GenerationRequest
@@ -342,3 +343,75 @@ def test_the_page_shows_a_remote_workers_progress(tmp_path):
     finally:
         studio.stop()
     assert len(History(tmp_path / "outputs").list()) == 1
+
+
+# The docs' pictures (docs/images/) come from this test: `PUSA_DOCS_SCREENSHOTS=1` writes them there;
+# otherwise they go to test-artifacts/, so a CI run never changes a tracked file.
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+def docs_shot(target, name: str) -> Path:
+    """A viewport (or element) screenshot for the docs; returns where it went."""
+    folder = DOCS_IMAGES if os.environ.get("PUSA_DOCS_SCREENSHOTS") == "1" else ARTIFACTS / "docs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    target.screenshot(path=str(path))
+    return path
+
+
+def test_docs_screenshots_of_the_studio(tmp_path):
+    """The studio after a text-to-video job, the Multi-Frames timeline and the History tab, as the docs
+    show them; each picture is a real PNG of the viewport's size."""
+    from playwright.sync_api import sync_playwright
+
+    # Two frames of pusa-tiny's world (a red circle on dark blue, left then right) as keyframes.
+    keyframes = []
+    for name, x in (("start", 44), ("end", 20)):
+        image = Image.new("RGB", (64, 64), (20, 30, 90))
+        ImageDraw.Draw(image).ellipse((x - 7, 25, x + 7, 39), fill=(220, 40, 40))
+        keyframes.append(str(tmp_path / f"{name}.png"))
+        image.save(keyframes[-1])
+
+    studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log")
+    written: list[Path] = []
+    try:
+        studio.start()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            try:
+                page.goto(studio.url)
+                open_tab(page, "Text-to-Video")
+                page.locator("#t2v-prompt textarea").fill(
+                    "a red circle slides to the left over a dark blue background"
+                )
+                status = generate(page, "t2v")
+                assert "Done in" in status, status
+                wait_video_plays(page, "#t2v-video")
+                written.append(docs_shot(page, "studio"))
+
+                open_tab(page, "Multi-Frames to Video")
+                page.locator("#frames-images input[type=file]").set_input_files(keyframes)
+                page.locator("#frames-positions textarea").fill("0,4")
+                page.wait_for_selector("#frames-timeline .pusa-timeline img", timeout=UI_TIMEOUT)
+                assert page.locator("#frames-timeline .pusa-timeline-cell").count() == 5
+                written.append(docs_shot(page.locator("#frames-timeline"), "timeline"))
+
+                open_tab(page, "History")
+                page.wait_for_function(
+                    "() => (document.querySelector('#history-table')?.innerText || '').includes('Text-to-Video')",
+                    timeout=UI_TIMEOUT,
+                )
+                wait_video_plays(page, "#history-video")
+                written.append(docs_shot(page, "history"))
+            except Exception:
+                shot(page, "docs-failure")
+                raise
+            browser.close()
+    finally:
+        studio.stop()
+    for path in written:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG" and picture.width > 0, path
+    with Image.open(written[0]) as picture:
+        assert picture.size == (1280, 800), picture.size

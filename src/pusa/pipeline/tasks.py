@@ -3,7 +3,7 @@
 
 Every task takes its own inputs as named arguments and the options all tasks share as keywords typed by
 `CommonOptions` (steps, size, seed, guidance, LoRAs, ...), so that a type checker and an editor know each
-one; `docs/api.md` lists them. A test checks that `CommonOptions` names exactly the request's shared fields.
+one; `docs/reference/api.md` lists them. A test checks that `CommonOptions` names exactly the request's shared fields.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Pusa training recipe in miniature (pusa-algorithm.md section 7), and the `pusa-tiny` demo model.
+"""The Pusa training recipe in miniature (docs/algorithm.md, "Training"), and the `pusa-tiny` demo model.
 
 Stages, each resumable from `<run_dir>/<stage>/checkpoint.pt`:
 
@@ -16,7 +16,7 @@ Run everything (`pusa train demo --run-dir runs/pusa-tiny`), or one stage (`--st
 a tqdm bar and to `<run_dir>/log.jsonl`. The VTA stage also runs on a real Wan folder with a folder of
 pre-encoded latents (`pusa train vta --model DIR --latents DIR`): see `train_vta_on_folder`.
 
-The flow-matching conventions are the sampler's (pusa-algorithm.md section 4): `x_s = (1 - s) x0 + s eps`,
+The flow-matching conventions are the sampler's (docs/algorithm.md, "The schedule"): `x_s = (1 - s) x0 + s eps`,
 the network predicts `v = eps - x0` at timestep `1000 s`.
 
 This module is the driver (`run_recipe`, `pusa train demo|vta`). The pieces: `config` (settings),

@@ -3,7 +3,7 @@ timestep per clip) and vta (Pusa's vectorized-timestep adaptation: a LoRA on the
 timestep per latent frame), with what they share: `TextEncoding`, caption dropout, sigma sampling,
 `flow_matching_loss`, `caption_sensitivity`, and `load_base` / `load_vta_lora` for their checkpoints.
 
-The flow-matching conventions are the sampler's (pusa-algorithm.md section 4): `x_s = (1 - s) x0 + s eps`,
+The flow-matching conventions are the sampler's (docs/algorithm.md, "The schedule"): `x_s = (1 - s) x0 + s eps`,
 the network predicts `v = eps - x0` at timestep `1000 s`.
 """
 

@@ -5,7 +5,7 @@
   without `diffusion_model.` and `.default`, as in `pusa_v1.pt`), kohya/LightX2V's (`.lora_down.weight` /
   `.lora_up.weight`, with an optional `.alpha`) or diffusers' naming (`blocks.0.attn1.to_q.lora_A.weight`);
   full-tensor deltas `.diff` / `.diff_b` too. Wan's original module names are read as diffusers'.
-- `LoraFuser`: fused into the Linear weights with exact alpha (pusa-algorithm.md section 3),
+- `LoraFuser`: fused into the Linear weights with exact alpha (docs/algorithm.md, "LoRA formats and strength"),
   `W' = W + alpha * (up @ down)`, always recomputed from the pristine `W` (read again from the DiT's
   safetensors files when it was loaded from them, else a copy), so a change of alpha never
   accumulates (upstream's demo does accumulate).

@@ -1,4 +1,4 @@
-"""Fusing a LoRA into the DiT's Linear weights with exact alpha (`LoraFuser`, pusa-algorithm.md section 3):
+"""Fusing a LoRA into the DiT's Linear weights with exact alpha (`LoraFuser`, docs/algorithm.md, "LoRA formats and strength"):
 `W' = W + alpha * (up @ down)`, always from the pristine `W`; the checks that a LoRA fits a model
 (`check_lora_fits`), its per-parameter delta (`lora_delta`, which `weights.stack` sums) and the user's
 alpha range (`validate_lora_alpha`).
