@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pusa.train.config import RunConfig
-from pusa.train.loop import RunLog, _atomic_save, checkpoint_path
+from pusa.train.loop import RunLog, atomic_save, checkpoint_path
 
 PARTS = ("tokenizer", "vae", "transformer", "text_encoder")
 
@@ -72,7 +72,7 @@ def init_vae(run_dir: Path, cfg: RunConfig, folder: Path, log: RunLog) -> None:
     state = {"stage": "vae", "step": 0, "steps": 0, "finished": True, "elapsed_s": 0.0, "init": str(folder),
              "modules": {"vae": vae.state_dict()}, "optimizer": None, "ema": None,
              "torch_rng": torch.get_rng_state()}  # fmt: skip
-    _atomic_save(state, path)
+    atomic_save(state, path)
     log.write(stage="vae", event="init", folder=str(folder), **stats)
 
 
