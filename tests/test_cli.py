@@ -255,9 +255,7 @@ def test_every_command_names_a_device_it_cannot_use(capsys):
     assert (
         main(["train", "vta", "--model", "m", "--latents", "l", "--run-dir", "r", "--device", "xla:0"]) == 2
     )
-    assert (
-        "--device='xla:0' cannot be used; the recipe runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
-    )
+    assert "--device='xla:0' cannot be used; training runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="device='cuda'"):
         PusaPipeline.from_preset("tiny-random", device="cuda")
 

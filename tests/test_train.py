@@ -1,4 +1,4 @@
-"""The training recipe (pusa.train.recipe, pusa.train.data): every stage lowers its loss, checkpoints resume
+"""The training run (pusa.train.run, pusa.train.data): every stage lowers its loss, checkpoints resume
 exactly, the LoRA exports in pusa_v1.pt's style and fuses to the trained model, the latents folder reads."""
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ def test_latent_pool_round_trips_and_draws_fresh_captions(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_model(tmp_path, capsys):
+def test_train_demo_command_runs_every_stage_end_to_end_and_exports_a_loadable_model(tmp_path, capsys):
     from pusa.cli import main
     from pusa.pipeline import PusaPipeline
 
@@ -388,7 +388,7 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     # The same VTA loop on "a real model folder" with pre-encoded latents (here the exported tiny model).
     latents = tmp_path / "latents"
     for i in range(3):
-        channels = pipe.transformer.config.in_channels  # the tiny recipe's vae.z_dim
+        channels = pipe.transformer.config.in_channels  # the tiny config's vae.z_dim
         save_latent_clip(
             latents / f"{i}.safetensors", torch.randn(channels, 3, 4, 4), caption_text=f"clip {i}"
         )
@@ -410,7 +410,7 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     assert "pusa train vta takes vta.*" in capsys.readouterr().err
 
 
-def test_recipe_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
+def test_training_run_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
     """vae.dim_mult with 2 downsamples gives 4x spatial (still 4x temporal); dit.patch_size (1, 4, 4) keeps the
     token count. The exported model generates at its native size and the pipeline reads the new factors."""
     from pusa.cli import main
@@ -470,7 +470,7 @@ def test_train_demo_names_a_device_it_cannot_use(tmp_path, capsys):
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "gpu0"]) == 2
     assert "--device='gpu0' is not a torch device; use cpu or cuda (cuda:N)" in capsys.readouterr().err
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "meta"]) == 2
-    assert "the recipe runs on cpu or cuda" in capsys.readouterr().err
+    assert "training runs on cpu or cuda" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

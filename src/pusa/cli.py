@@ -91,13 +91,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     # Only import-light modules here: `pusa --help` must not pay for torch and diffusers.
     from .params import COMMON
     from .runtime.memory import MEMORY_TIER_CHOICES
-    from .weights.registry import DEFAULT_MODEL, PRESETS
+    from .weights.registry import BUILTIN_MODELS, DEFAULT_MODEL
 
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model", default=DEFAULT_MODEL, metavar="DIR|NAME",
         help="a local model folder (diffusers layout or Wan's original layout) or a built-in model: "
-        f"{', '.join(PRESETS)} (default: {DEFAULT_MODEL}, the shipped demo model; its frame count, size "
+        f"{', '.join(BUILTIN_MODELS)} (default: {DEFAULT_MODEL}, the shipped demo model; its frame count, size "
         "and steps are the defaults below)",
     )  # fmt: skip
     model.add_argument(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..params import cli_message
-from ..weights.registry import DEFAULT_MODEL, PRESETS
+from ..weights.registry import BUILTIN_MODELS, DEFAULT_MODEL
 
 AUTH_ENV = "PUSA_AUTH"
 
@@ -28,7 +28,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, metavar="DIR|NAME",
-        help=f"a local model folder or a built-in model: {', '.join(PRESETS)} (default: {DEFAULT_MODEL})",
+        help=f"a local model folder or a built-in model: {', '.join(BUILTIN_MODELS)} (default: {DEFAULT_MODEL})",
     )  # fmt: skip
     parser.add_argument(
         "--lora", metavar="FILE",
@@ -183,10 +183,10 @@ LORA_DIR_MAX = 500  # files listed from --lora-dir (the panel's fields take any 
 
 def own_loras(model: str) -> tuple[str, ...]:
     """The LoRA files of a model's own stack (its folder's manifest; none for the tiny-random models)."""
-    from ..weights.registry import TINY_RANDOM_PRESETS, folder_loras, resolve_model
+    from ..weights.registry import TINY_RANDOM_MODELS, folder_loras, resolve_model
 
     resolved = resolve_model(model, prefix="--")
-    return () if resolved in TINY_RANDOM_PRESETS else tuple(spec.path for spec in folder_loras(resolved))
+    return () if resolved in TINY_RANDOM_MODELS else tuple(spec.path for spec in folder_loras(resolved))
 
 
 def lora_files(model: str, lora_dir: str | None = None) -> tuple[str, ...]:

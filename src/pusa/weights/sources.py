@@ -7,7 +7,7 @@ loader and the re-reader share it without importing each other). Re-reading a te
 (`read`) runs the same memory-mapped read (`safe_open`) and the same cast, so it gives bit for bit the
 value a fresh load gives. The LoRA fusers (`weights.stack.StackFuser`, `weights.lora.LoraFuser`) use it as
 their pristine source instead of a copy in RAM; `runtime.expert_stream` uses it to load an expert at the
-boundary. Components built in memory (presets) carry none and keep RAM copies.
+boundary. Components built in memory (the tiny-random built-in models) carry none and keep RAM copies.
 """
 
 from __future__ import annotations
