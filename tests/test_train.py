@@ -349,7 +349,7 @@ def test_latent_pool_round_trips_and_draws_fresh_captions(tmp_path):
 
 @pytest.mark.slow
 def test_train_demo_command_runs_every_stage_end_to_end_and_exports_a_loadable_model(tmp_path, capsys):
-    from pusa.cli import main
+    from pusa.main import main
     from pusa.pipeline import PusaPipeline
 
     run, model = tmp_path / "run", tmp_path / "model"
@@ -413,7 +413,7 @@ def test_train_demo_command_runs_every_stage_end_to_end_and_exports_a_loadable_m
 def test_training_run_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
     """vae.dim_mult with 2 downsamples gives 4x spatial (still 4x temporal); dit.patch_size (1, 4, 4) keeps the
     token count. The exported model generates at its native size and the pipeline reads the new factors."""
-    from pusa.cli import main
+    from pusa.main import main
     from pusa.pipeline import PusaPipeline
 
     run, model = tmp_path / "run", tmp_path / "model"
@@ -432,7 +432,7 @@ def test_training_run_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path
 def test_a_dit_narrower_than_its_token_values_is_refused_before_training(tmp_path, capsys):
     """4x4 patches of 16 latent channels are 256 values per token: a 128-wide DiT can only predict a 128-dim
     part of them, so its samples keep noise forever (what the s4 run showed). Refused before any stage runs."""
-    from pusa.cli import main
+    from pusa.main import main
 
     run = tmp_path / "run"
     args = ["train", "demo", "--tiny", "--run-dir", str(run), "--set", "vae.z_dim=16"]
@@ -462,7 +462,7 @@ def test_vae_needs_two_downsamples_for_4x_temporal():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no GPU is")
 def test_train_demo_names_a_device_it_cannot_use(tmp_path, capsys):
-    from pusa.cli import main
+    from pusa.main import main
 
     run = str(tmp_path / "run")
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "cuda"]) == 2
@@ -481,7 +481,7 @@ def test_a_run_started_from_a_model_folder_fine_tunes_it_on_several_clip_lengths
     latents normalized by the folder's statistics, and the export declares the lengths it trained on."""
     from safetensors.torch import load_file
 
-    from pusa.cli import main
+    from pusa.main import main
     from pusa.pipeline import PusaPipeline
 
     first, model = tmp_path / "first", tmp_path / "model"

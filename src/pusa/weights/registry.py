@@ -21,6 +21,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+# The built-in models' names are declared with the other flag values (`--model`'s help reads them there).
+from ..params import BUILTIN_MODELS, TINY_RANDOM_MODELS
+from ..params import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: callers read it here
 from ..presets import preset_from_manifest
 from ..request import WAN_DEFAULTS, ModelDefaults, ModelLimits
 
@@ -28,13 +31,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_tokenizer"
 PUSA_TINY_DIR = ASSETS / "pusa-tiny"
 MODEL_MANIFEST = "pusa_model.json"  # in a model folder: native clip settings, the LoRA file it ships with
-# The names `--model` takes besides a folder.
-BUILTIN_MODELS = ("pusa-tiny", "tiny-random", "tiny-random-a14b")
-TINY_RANDOM_MODELS = ("tiny-random", "tiny-random-a14b")  # seeded random models, built in memory
 # Deprecated names, kept for callers of the old API: "preset" now means a speed preset only (`--preset`).
 PRESETS = BUILTIN_MODELS
 TINY_RANDOM_PRESETS = TINY_RANDOM_MODELS
-DEFAULT_MODEL = "pusa-tiny"
 
 TINY_DEFAULTS = ModelDefaults(
     num_frames=17, width=64, height=64, num_inference_steps=4, fps=8.0, max_sequence_length=32
