@@ -18,7 +18,6 @@ from . import EVAL_TASKS, STAGES
 
 def add_commands(commands: Any) -> None:
     """Add `pusa train demo|vta` and `pusa eval demo` to `commands` (the subparsers of `pusa`)."""
-
     train = commands.add_parser(
         "train", help="train the pusa-tiny demo model, or a VTA LoRA on a real model",
         description="Pusa's training: VAE, then a text-to-video base with one timestep per clip, then the VTA "
