@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import save_image
-from pusa.cli import build_parser, main
+from pusa.main import build_parser, main
 from pusa.pipeline import PusaPipeline
 from pusa.video import read_video, read_video_metadata
 
@@ -221,7 +221,7 @@ def test_help_imports_no_torch_and_attention_is_checked_when_named(capsys):
     # `pusa --help` and the argument checks must stay instant: no torch, diffusers or gradio behind them.
     code = (
         "import sys\n"
-        "from pusa.cli import build_parser\n"
+        "from pusa.main import build_parser\n"
         "parser = build_parser()\n"
         "args = parser.parse_args(['generate', 't2v', '-p', 'x'])\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules)\n"
@@ -230,7 +230,7 @@ def test_help_imports_no_torch_and_attention_is_checked_when_named(capsys):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "heavy: [] auto 3.0 None 5.0" in result.stdout
-    from pusa.cli import build_parser
+    from pusa.main import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "t2v", "--attention", "nope"])
@@ -255,9 +255,7 @@ def test_every_command_names_a_device_it_cannot_use(capsys):
     assert (
         main(["train", "vta", "--model", "m", "--latents", "l", "--run-dir", "r", "--device", "xla:0"]) == 2
     )
-    assert (
-        "--device='xla:0' cannot be used; the recipe runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
-    )
+    assert "--device='xla:0' cannot be used; training runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="device='cuda'"):
         PusaPipeline.from_preset("tiny-random", device="cuda")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -83,11 +84,12 @@ def test_evaluation_on_two_clips_fills_every_column(pipe):
 @needs_demo
 def test_cli_and_studio_default_to_the_shipped_model(tmp_path):
     from pusa.app import serve
-    from pusa.cli import main
+    from pusa.main import main
     from pusa.video import read_video
 
     defaults = model_defaults("pusa-tiny")
-    assert serve.defaults_for(serve.DEFAULT_MODEL) == defaults
+    studio_model = serve.add_serve_arguments(argparse.ArgumentParser()).parse_args([]).model
+    assert serve.defaults_for(studio_model) == defaults
     out = tmp_path / "t2v.mp4"
     assert (
         main(
@@ -140,7 +142,7 @@ def test_a_folder_without_lora_is_scored_as_a_base_model(tmp_path):
 
 @needs_demo
 def test_eval_demo_command_prints_the_table_and_writes_what_it_used(tmp_path, capsys):
-    from pusa.cli import main
+    from pusa.main import main
 
     out = tmp_path / "eval.json"
     args = [
@@ -193,7 +195,7 @@ def test_the_transition_and_long_video_rows_run_on_a_small_subset(pipe):
 
 @needs_demo
 def test_eval_scores_other_clip_lengths_in_their_own_columns(capsys, tmp_path):
-    from pusa.cli import main
+    from pusa.main import main
 
     args = [
         "eval",

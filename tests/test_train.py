@@ -1,4 +1,4 @@
-"""The training recipe (pusa.train.recipe, pusa.train.data): every stage lowers its loss, checkpoints resume
+"""The training run (pusa.train.run, pusa.train.data): every stage lowers its loss, checkpoints resume
 exactly, the LoRA exports in pusa_v1.pt's style and fuses to the trained model, the latents folder reads."""
 
 from __future__ import annotations
@@ -348,8 +348,8 @@ def test_latent_pool_round_trips_and_draws_fresh_captions(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_model(tmp_path, capsys):
-    from pusa.cli import main
+def test_train_demo_command_runs_every_stage_end_to_end_and_exports_a_loadable_model(tmp_path, capsys):
+    from pusa.main import main
     from pusa.pipeline import PusaPipeline
 
     run, model = tmp_path / "run", tmp_path / "model"
@@ -388,7 +388,7 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     # The same VTA loop on "a real model folder" with pre-encoded latents (here the exported tiny model).
     latents = tmp_path / "latents"
     for i in range(3):
-        channels = pipe.transformer.config.in_channels  # the tiny recipe's vae.z_dim
+        channels = pipe.transformer.config.in_channels  # the tiny config's vae.z_dim
         save_latent_clip(
             latents / f"{i}.safetensors", torch.randn(channels, 3, 4, 4), caption_text=f"clip {i}"
         )
@@ -410,10 +410,10 @@ def test_train_demo_command_runs_the_recipe_end_to_end_and_exports_a_loadable_mo
     assert "pusa train vta takes vta.*" in capsys.readouterr().err
 
 
-def test_recipe_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
+def test_training_run_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
     """vae.dim_mult with 2 downsamples gives 4x spatial (still 4x temporal); dit.patch_size (1, 4, 4) keeps the
     token count. The exported model generates at its native size and the pipeline reads the new factors."""
-    from pusa.cli import main
+    from pusa.main import main
     from pusa.pipeline import PusaPipeline
 
     run, model = tmp_path / "run", tmp_path / "model"
@@ -432,7 +432,7 @@ def test_recipe_trains_a_4x_spatial_vae_with_a_matching_dit_patch(tmp_path):
 def test_a_dit_narrower_than_its_token_values_is_refused_before_training(tmp_path, capsys):
     """4x4 patches of 16 latent channels are 256 values per token: a 128-wide DiT can only predict a 128-dim
     part of them, so its samples keep noise forever (what the s4 run showed). Refused before any stage runs."""
-    from pusa.cli import main
+    from pusa.main import main
 
     run = tmp_path / "run"
     args = ["train", "demo", "--tiny", "--run-dir", str(run), "--set", "vae.z_dim=16"]
@@ -462,7 +462,7 @@ def test_vae_needs_two_downsamples_for_4x_temporal():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no GPU is")
 def test_train_demo_names_a_device_it_cannot_use(tmp_path, capsys):
-    from pusa.cli import main
+    from pusa.main import main
 
     run = str(tmp_path / "run")
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "cuda"]) == 2
@@ -470,7 +470,7 @@ def test_train_demo_names_a_device_it_cannot_use(tmp_path, capsys):
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "gpu0"]) == 2
     assert "--device='gpu0' is not a torch device; use cpu or cuda (cuda:N)" in capsys.readouterr().err
     assert main(["train", "demo", "--tiny", "--run-dir", run, "--device", "meta"]) == 2
-    assert "the recipe runs on cpu or cuda" in capsys.readouterr().err
+    assert "training runs on cpu or cuda" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
@@ -481,7 +481,7 @@ def test_a_run_started_from_a_model_folder_fine_tunes_it_on_several_clip_lengths
     latents normalized by the folder's statistics, and the export declares the lengths it trained on."""
     from safetensors.torch import load_file
 
-    from pusa.cli import main
+    from pusa.main import main
     from pusa.pipeline import PusaPipeline
 
     first, model = tmp_path / "first", tmp_path / "model"

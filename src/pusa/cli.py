@@ -1,15 +1,19 @@
-"""`pusa` command line: `pusa generate t2v|i2v|frames|v2v ...`."""
+"""`pusa` command line: `pusa generate t2v|i2v|frames|v2v|long ...` and `pusa serve`.
+
+The training commands (`pusa train`, `pusa eval`) are `pusa.train.cli`, a layer above this one: `pusa.main`
+(the console script) adds them to this parser, so nothing here imports `pusa.train`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
-from .params import cli_message
+from .params import add_load_options, cli_message
 
 TASK_HELP = {
     "t2v": "text-to-video",
@@ -91,31 +95,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     # Only import-light modules here: `pusa --help` must not pay for torch and diffusers.
     from .params import COMMON
     from .runtime.memory import MEMORY_TIER_CHOICES
-    from .weights.registry import DEFAULT_MODEL, PRESETS
 
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="DIR|NAME",
-        help="a local model folder (diffusers layout or Wan's original layout) or a built-in model: "
-        f"{', '.join(PRESETS)} (default: {DEFAULT_MODEL}, the shipped demo model; its frame count, size "
-        "and steps are the defaults below)",
-    )  # fmt: skip
+    add_load_options(model, "model")
     model.add_argument(
         "--no-lora",
         action="store_true",
         help="run without any LoRA (pusa-tiny: its base text-to-video model)",
     )
-    model.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    model.add_argument(
-        "--text-vae-device", default=None, metavar="DEVICE",
-        help="run the text encoder and the VAE on this device, resident, and the transformer on --device: "
-        "e.g. --device cuda:0 --text-vae-device cuda:1 (two GPUs, no --parallel: the set-up of Pusa's "
-        "original demo), or cpu to keep them off the GPU (default: with the transformer)",
-    )  # fmt: skip
-    model.add_argument(
-        "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-        help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
-    )  # fmt: skip
+    add_load_options(model, "device", "text_vae_device", "dtype")
     model.add_argument(
         "--memory", default="auto", choices=MEMORY_TIER_CHOICES,
         help="GPU memory tier: full (all on the GPU), balanced (fits 24 GB), low (fits 12 GB), swap (two-expert "
@@ -150,17 +138,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="run the transformer blocks' matrix products in float8 with per-row (token x channel) or "
         "per-tensor scales (torch._scaled_mm; a GPU of compute capability 8.9+, or the CPU) (default: off)",
     )  # fmt: skip
-    model.add_argument(
-        "--parallel", type=int, default=1, metavar="N",
-        help="split each video's transformer over N processes (context parallel): cuda:0..N-1 with --device "
-        "cuda, else N CPU processes; this process keeps the text encoder, VAE and files (default: 1)",
-    )  # fmt: skip
-    model.add_argument(
-        "--cfg-parallel", action="store_true",
-        help="the positive and the negative guidance pass of each step at the same time: on 2 processes "
-        "(cuda:0 and cuda:1 with --device cuda), or with --parallel N (even) on two groups of N/2 processes "
-        "that each split their pass by tokens",
-    )  # fmt: skip
+    add_load_options(model, "parallel", "cfg_parallel")
 
     gen = parser.add_argument_group("generation")
     for name in COMMON:
@@ -186,7 +164,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*more_commands: Callable[[argparse._SubParsersAction], None]) -> argparse.ArgumentParser:
+    """The parser of `pusa generate` and `pusa serve`; each of `more_commands` adds its own subcommands
+    (listed between those two), e.g. `pusa.train.cli.add_commands`."""
     parser = argparse.ArgumentParser(
         prog="pusa",
         description="Pusa V1 video generation: one model, every task, by giving every frame its own noise level.",
@@ -230,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
             extra = defaults_help.get(name, {}).get(task, "")
             add_param(sub, name, required=name in required and task != "long", help=PARAMS[name].help + extra)
         _add_common(sub)
-    _add_train_commands(commands)
+    for add_commands in more_commands:
+        add_commands(commands)
     from .app.serve import add_serve_arguments  # light: imports no gradio
 
     serve = commands.add_parser(
@@ -240,128 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_arguments(serve)
     return parser
-
-
-def _add_train_commands(commands) -> None:
-    """`pusa train demo|vta` and `pusa eval demo` (the recipe and evaluation import torch only when run)."""
-    from .train import EVAL_TASKS, STAGES
-
-    train = commands.add_parser(
-        "train", help="train the pusa-tiny demo model, or a VTA LoRA on a real model",
-        description="Pusa's recipe: VAE, then a text-to-video base with one timestep per clip, then the VTA "
-        "LoRA with a timestep per frame. Every stage checkpoints and resumes; progress goes to a bar and to "
-        "RUN/log.jsonl.",
-    )  # fmt: skip
-    kinds = train.add_subparsers(dest="train_kind", required=True, metavar="{demo,vta}")
-    demo = kinds.add_parser(
-        "demo", help="the whole pusa-tiny recipe on the procedural world (about 4 hours on 2 CPU cores)",
-        description="Train pusa-tiny end to end (tokenizer, vae, decoder, pool, base, vta, export). Run it again to "
-        "resume; finished stages are skipped.",
-    )  # fmt: skip
-    demo.add_argument(
-        "--run-dir", default="runs/pusa-tiny", help="config, checkpoints, log (default: %(default)s)"
-    )
-    demo.add_argument(
-        "--stages",
-        default=",".join(STAGES),
-        help=f"comma list of {', '.join(STAGES)} (default: all)",
-    )
-    demo.add_argument("--export-dir", default=None, help="where the model folder goes (default: RUN/export)")
-    demo.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-        help="change a config value, e.g. --set base.steps=2000 --set base.minutes=60 (saved in RUN/config.json)",
-    )  # fmt: skip
-    demo.add_argument("--tiny", action="store_true", help="the seconds-long toy config (a smoke test)")
-    demo.add_argument(
-        "--device", default="cpu",
-        help="torch device of the pool, base and vta stages, e.g. cuda (default: cpu; the others run on the CPU)",
-    )  # fmt: skip
-    vta = kinds.add_parser(
-        "vta", help="VTA-fine-tune a LoRA on a real model folder from pre-encoded latents",
-        description="The recipe's VTA stage on any model folder (a Wan2.1 folder on GPUs): a LoRA with a "
-        "timestep per latent frame, trained on a folder of latent clips (*.safetensors with 'latents' "
-        "[16, F, h, w], and 'prompt_embeds' or a caption; see pusa.train.data.save_latent_clip). "
-        "Writes RUN/pusa_lora.safetensors in pusa_v1.pt's key style.",
-    )  # fmt: skip
-    vta.add_argument("--model", required=True, metavar="DIR", help="model folder (diffusers or Wan layout)")
-    vta.add_argument("--latents", required=True, metavar="DIR", help="folder of pre-encoded latent clips")
-    vta.add_argument("--run-dir", required=True, help="checkpoints, log and the LoRA go here")
-    vta.add_argument(
-        "--set", action="append", default=[], metavar="VTA.FIELD=VALUE",
-        help="e.g. --set vta.rank=512 --set vta.steps=1000 --set vta.lr=1e-5",
-    )  # fmt: skip
-    vta.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    vta.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="default: float32 on CPU")
-
-    evaluate = commands.add_parser(
-        "eval", help="evaluate the demo model: base vs VTA, every task, scored from the pixels",
-        description="Print a table (base model without LoRA vs the VTA model) over held-out prompts/seeds of "
-        "the procedural world: T2V colour/shape/direction accuracy, I2V and start-end PSNR, keyframe and "
-        "extension continuity, flicker.",
-    )  # fmt: skip
-    ekinds = evaluate.add_subparsers(dest="eval_kind", required=True, metavar="{demo}")
-    edemo = ekinds.add_parser("demo", help="the evaluation table of pusa-tiny (or a model trained like it)")
-    edemo.add_argument(
-        "--model", default="pusa-tiny", help="pusa-tiny or an exported folder (default: %(default)s)"
-    )
-    edemo.add_argument(
-        "--num-clips", type=int, default=22, help="held-out clips, two per motion (default: %(default)s)"
-    )
-    edemo.add_argument("--eval-seed", type=int, default=0, help="which held-out set (default: %(default)s)")
-    edemo.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    edemo.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: %(default)s)")
-    edemo.add_argument("--shift", type=float, default=None, help="sigma shift (default: the pipeline's)")
-    edemo.add_argument(
-        "--alphas", default=None, help="comma list of LoRA alphas to score (default: the model's own)"
-    )
-    edemo.add_argument("--no-base", action="store_true", help="skip the base model column")
-    edemo.add_argument("--tasks", default=",".join(EVAL_TASKS), help=f"comma list of {', '.join(EVAL_TASKS)}")
-    edemo.add_argument("--json", default=None, metavar="FILE", help="also write every result, per clip, here")
-    edemo.add_argument(
-        "--frames", default=None, metavar="N[,N...]",
-        help="clip lengths to score every task at, one column each (default: the model's own)",
-    )  # fmt: skip
-
-
-def run_train(args: argparse.Namespace) -> None:
-    from .train import recipe
-
-    if args.train_kind == "demo":
-        stages = [s for s in args.stages.split(",") if s]
-        recipe.run_recipe_cli(args.run_dir, stages, args.set, args.tiny, args.export_dir, args.device)
-    else:
-        path = recipe.train_vta_on_folder(
-            args.model, args.latents, args.run_dir, args.set, device=args.device, dtype=args.dtype
-        )
-        print(f"LoRA written to {path}")
-
-
-def run_eval(args: argparse.Namespace) -> None:
-    from .train import EVAL_TASKS
-    from .train.evaluate import EvalSettings, evaluate_demo, format_table
-
-    tasks = tuple(t for t in args.tasks.split(",") if t)
-    unknown = [t for t in tasks if t not in EVAL_TASKS]
-    if unknown:
-        raise ValueError(
-            f"--tasks={args.tasks!r}: {unknown} are not tasks; choose from {', '.join(EVAL_TASKS)}"
-        )
-    if args.num_clips < 1:
-        raise ValueError(f"--num-clips={args.num_clips}: must be 1 or more")
-    alphas = parse_float_list(args.alphas, "alphas") if args.alphas is not None else None
-    settings = EvalSettings(args.num_clips, args.eval_seed, args.steps, args.cfg, args.shift, tasks=tasks)
-    lengths = parse_int_list(args.frames, "frames") if args.frames else [None]
-    bad = [n for n in lengths if n is not None and (n < 5 or (n - 1) % 4)]
-    if bad:
-        raise ValueError(
-            f"--frames={args.frames!r}: {bad} are not clip lengths; give 4k+1 values of 5 or more"
-        )
-    results = evaluate_demo(args.model, settings, alphas, include_base=not args.no_base, lengths=lengths)
-    print(format_table({name: r["metrics"] for name, r in results.items()}))
-    if args.json:
-        import json
-
-        Path(args.json).write_text(json.dumps(results, indent=1, default=float) + "\n")
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -557,9 +416,14 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    runners: Mapping[str, Callable[[argparse.Namespace], object]] | None = None,
+) -> int:
+    """Run one `pusa` command; the exit status. `parser` and `runners` (command -> its function) add
+    commands of the layers above (`pusa.main`); without them, `generate` and `serve`."""
+    args = (parser or build_parser()).parse_args(argv)
     try:
         if args.command == "serve":
             from .app.serve import serve_main
@@ -567,10 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_main(args)
         if args.command == "generate":
             run_generate(args)
-        if args.command == "train":
-            run_train(args)
-        if args.command == "eval":
-            run_eval(args)
+        elif runners and args.command in runners:
+            runners[args.command](args)
     except ValueError as error:  # bad input: the message names the parameter, the value and what is allowed
         print(f"pusa: error: {cli_message(error)}", file=sys.stderr)
         return 2

@@ -7,6 +7,9 @@ slider step and info line, the CLI's flag and help. The CLI builds its flags fro
 (`cli.add_param`), the studio its widgets (`app.widgets`), the one validation (`request.validate`) its
 checks and messages. Adding a parameter means one declaration here plus the code that uses it.
 
+`LoadOption` declares the options of the model load (model, device, dtype, ...): set once for a process,
+not per request, they are flags of both `pusa generate` and `pusa serve`, built from `LOAD_OPTIONS`.
+
 `InputError` is the one error type for bad input: it carries the parameter's name, the value and what
 is allowed, so each face names the parameter its own way (`--steps`, "Inference Steps",
 `num_inference_steps`) without parsing any text.
@@ -190,6 +193,10 @@ LONG_MAX_FRAMES = 4 * 256 + 1
 CHAINS = ("latent", "anchored", "pixel", "pixel-matched")
 RECIPES = ("extension", "completion", "transition")
 SPEED_PRESETS = ("4-step",)  # pusa.presets: steps, cfg, shift and the speed LoRA of a model folder
+# The models `--model` names besides a folder (`weights.registry` builds or finds them); not speed presets.
+BUILTIN_MODELS = ("pusa-tiny", "tiny-random", "tiny-random-a14b")
+TINY_RANDOM_MODELS = ("tiny-random", "tiny-random-a14b")  # seeded random models, built in memory
+DEFAULT_MODEL = "pusa-tiny"
 
 _PARAMS = (
     # inputs
@@ -380,3 +387,80 @@ def cli_message(error: BaseException) -> str:
     if isinstance(error, InputError):
         return error.message(flag_of(error.param))
     return str(error)
+
+
+# ------------------------------------------------------------------------------------- load options
+@dataclass(frozen=True)
+class LoadOption:
+    """An option of the model load, the same flag for `pusa generate` and `pusa serve`.
+
+    name:    the argparse destination (`text_vae_device`)
+    flag:    the CLI flag (`--text-vae-device`)
+    help:    one help text, for every command that takes the flag
+    default: the value without the flag (a switch: False)
+    kind:    "text", "int" or "switch" (a flag without a value)
+    choices: the allowed values, when they are few
+    metavar: how the help shows the value
+    """
+
+    name: str
+    flag: str
+    help: str
+    default: Any = None
+    kind: str = TEXT
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    def argparse_options(self) -> dict[str, Any]:
+        """The keywords of `add_argument(self.flag, **...)` (argparse is not imported here)."""
+        if self.kind == "switch":
+            return dict(dest=self.name, action="store_true", help=self.help)
+        options: dict[str, Any] = dict(dest=self.name, default=self.default, help=self.help)
+        if self.kind == INT:
+            options["type"] = int
+        if self.choices:
+            options["choices"] = self.choices
+        if self.metavar:
+            options["metavar"] = self.metavar
+        return options
+
+
+_LOAD_OPTIONS = (
+    LoadOption(
+        "model", "--model", default=DEFAULT_MODEL, metavar="DIR|NAME",
+        help="a local model folder (diffusers layout or Wan's original layout) or a built-in model: "
+        f"{', '.join(BUILTIN_MODELS)} (default: {DEFAULT_MODEL}, the shipped demo model; its frame count, size "
+        "and steps are the default generation settings)",
+    ),
+    LoadOption("device", "--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)"),
+    LoadOption(
+        "text_vae_device", "--text-vae-device", metavar="DEVICE",
+        help="run the text encoder and the VAE on this device, resident, and the transformer on --device: "
+        "e.g. --device cuda:0 --text-vae-device cuda:1 (two GPUs, no --parallel: the set-up of Pusa's "
+        "original demo), or cpu to keep them off the GPU (default: with the transformer)",
+    ),
+    LoadOption(
+        "dtype", "--dtype", choices=("float32", "bfloat16", "float16"),
+        help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
+    ),
+    LoadOption(
+        "parallel", "--parallel", default=1, kind=INT, metavar="N",
+        help="split each video's transformer over N processes (context parallel): cuda:0..N-1 with --device "
+        "cuda, else N CPU processes; this process keeps the text encoder, VAE and files, the others follow "
+        "each of its videos (default: 1)",
+    ),
+    LoadOption(
+        "cfg_parallel", "--cfg-parallel", kind="switch",
+        help="the positive and the negative guidance pass of each step at the same time: on 2 processes "
+        "(cuda:0 and cuda:1 with --device cuda), or with --parallel N (even) on two groups of N/2 processes "
+        "that each split their pass by tokens",
+    ),
+)  # fmt: skip
+LOAD_OPTIONS: Mapping[str, LoadOption] = {option.name: option for option in _LOAD_OPTIONS}
+
+
+def add_load_options(group: Any, *names: str) -> None:
+    """Add the flags of `LOAD_OPTIONS[name]` for `names`, in that order, to an argparse parser or group."""
+    for name in names:
+        option = LOAD_OPTIONS[name]
+        group.add_argument(option.flag, **option.argparse_options())

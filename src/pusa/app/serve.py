@@ -15,8 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..params import cli_message
-from ..weights.registry import DEFAULT_MODEL, PRESETS
+from ..params import add_load_options, cli_message
 
 AUTH_ENV = "PUSA_AUTH"
 
@@ -26,10 +25,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)"
     )
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="DIR|NAME",
-        help=f"a local model folder or a built-in model: {', '.join(PRESETS)} (default: {DEFAULT_MODEL})",
-    )  # fmt: skip
+    add_load_options(parser, "model")
     parser.add_argument(
         "--lora", metavar="FILE",
         help="Pusa LoRA file (pusa_v1.pt or .safetensors) (default: the one the model folder ships with)",
@@ -47,27 +43,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--auth", default=None, metavar="USER:PASSWORD",
         help=f"require this login (default: the {AUTH_ENV} environment variable, else none)",
     )  # fmt: skip
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument(
-        "--text-vae-device", default=None, metavar="DEVICE",
-        help="run the text encoder and the VAE on this device, resident, and the transformer on --device: "
-        "e.g. --device cuda:0 --text-vae-device cuda:1 (two GPUs: the set-up of Pusa's original demo) "
-        "(default: with the transformer)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-        help="weights precision (default: float32 on CPU, bfloat16 on GPU)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--parallel", type=int, default=1, metavar="N",
-        help="split each job's transformer over N processes (context parallel; cuda:0..N-1 with --device "
-        "cuda); the studio is rank 0, the others follow each job (default: 1)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--cfg-parallel", action="store_true",
-        help="the positive and negative guidance pass of each step side by side: 2 processes, or with "
-        "--parallel N (even) two groups of N/2 that each split their pass by tokens",
-    )  # fmt: skip
+    # the model load: the same flags, defaults and help as `pusa generate` (declared in `pusa.params`)
+    add_load_options(parser, "device", "text_vae_device", "dtype", "parallel", "cfg_parallel")
     cluster = parser.add_argument_group('workers (Ray; pip install -e ".[cluster]")')
     cluster.add_argument(
         "--workers", default="0", metavar="N|auto",
@@ -183,10 +160,10 @@ LORA_DIR_MAX = 500  # files listed from --lora-dir (the panel's fields take any 
 
 def own_loras(model: str) -> tuple[str, ...]:
     """The LoRA files of a model's own stack (its folder's manifest; none for the tiny-random models)."""
-    from ..weights.registry import TINY_RANDOM_PRESETS, folder_loras, resolve_model
+    from ..weights.registry import TINY_RANDOM_MODELS, folder_loras, resolve_model
 
     resolved = resolve_model(model, prefix="--")
-    return () if resolved in TINY_RANDOM_PRESETS else tuple(spec.path for spec in folder_loras(resolved))
+    return () if resolved in TINY_RANDOM_MODELS else tuple(spec.path for spec in folder_loras(resolved))
 
 
 def lora_files(model: str, lora_dir: str | None = None) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from ..runtime.placement import ModelParts, place_model, plan_folder_experts
 from ..runtime.prepare import validate_cfg_batch, validate_fp8_compute
 from ..weights.folders import load_components
 from ..weights.registry import (
-    PRESETS as BUILTIN_MODELS,
+    BUILTIN_MODELS,
 )
 from ..weights.registry import (
     PUSA_TINY_DIR,

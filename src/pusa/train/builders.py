@@ -1,4 +1,4 @@
-"""Builders of the recipe's models from their configs: the Wan VAE, the umT5 text encoder, the Pusa DiT
+"""Builders of the training run's models from their configs: the Wan VAE, the umT5 text encoder, the Pusa DiT
 (with `check_dit_width`, its width check), and `load_tokenizer` for a saved tokenizer folder."""
 
 from __future__ import annotations

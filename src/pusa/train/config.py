@@ -1,4 +1,4 @@
-"""The recipe's settings: one dataclass per stage (their commented defaults are the shipped pusa-tiny's),
+"""The training run's settings: one dataclass per stage (their commented defaults are the shipped pusa-tiny's),
 `RunConfig` that holds them all, `tiny_test_config` (the seconds-long version for tests) and
 `load_run_config` (a run folder's saved `config.json`).
 
@@ -203,7 +203,7 @@ class RunConfig:
 
 
 def tiny_test_config() -> RunConfig:
-    """A seconds-long version of the recipe for tests: the same code at toy sizes."""
+    """A seconds-long version of the training run for tests: the same code at toy sizes."""
     return RunConfig(
         clip=ClipConfig(num_frames=9, width=32, height=32),
         tokenizer=TokenizerConfig(vocab_size=120, num_captions=1500, max_sequence_length=24),

@@ -1,4 +1,4 @@
-"""Training data sources for the recipe (`pusa.train.recipe`).
+"""Training data sources for the training run (`pusa.train.run`).
 
 Three sources, one batch format for the DiT stages: `LatentBatch(latents [B, 16, F_lat, h, w] normalized,
 captions list[str] | None, prompt_embeds [B, L, D] | None, image_latents ...)`.
@@ -9,7 +9,7 @@ captions list[str] | None, prompt_embeds [B, L, D] | None, image_latents ...)`.
 - `LatentFolder`: a folder of pre-encoded clips, `*.safetensors` files each holding `latents [16, F, h, w]`
   (normalized with the VAE's latents_mean/std) and either `prompt_embeds [L, D]` (zero past the prompt, as
   `PusaPipeline.encode_prompt` makes them) or a `caption` in the file's metadata. This is how a full-size
-  run feeds the recipe: encode the videos once with the real Wan VAE and umT5, then train the LoRA on GPUs.
+  run feeds the training: encode the videos once with the real Wan VAE and umT5, then train the LoRA on GPUs.
 """
 
 from __future__ import annotations

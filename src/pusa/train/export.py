@@ -1,4 +1,4 @@
-"""The recipe's last stage: `export_demo_model` writes a finished run as the pusa-tiny model folder
+"""The training run's last stage: `export_demo_model` writes a finished run as the pusa-tiny model folder
 (diffusers layout, the VTA LoRA in pusa_v1.pt's key style, `pusa_model.json`, `training_config.json`)."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def export_demo_model(run_dir: str | Path, out_dir: str | Path) -> Path:
             "base": load_checkpoint(run_dir, "base")["step"],
             "vta": lora_steps,
         },
-        "recipe": "pusa train demo (pusa.train.recipe)",
+        "trained_by": "pusa train demo (pusa.train.run)",
         # What the studio bounds its clip fields by (registry.folder_defaults): every length it trained on.
         "trained": {
             "num_frames": sorted(clip_lengths(cfg.clip)),

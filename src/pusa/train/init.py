@@ -1,4 +1,4 @@
-"""Starting a recipe run from a trained model folder (`RunConfig.init`) instead of random weights.
+"""Starting a training run from a trained model folder (`RunConfig.init`) instead of random weights.
 
 The tokenizer and the VAE are copied (the VAE stage is written as finished at step 0, with the folder's
 latents_mean/std as the run's latent statistics, so every latent keeps the meaning the folder's DiT learned);
@@ -18,24 +18,24 @@ import torch
 from torch import nn
 
 from pusa.train.config import RunConfig
-from pusa.train.loop import RunLog, _atomic_save, checkpoint_path
+from pusa.train.loop import RunLog, atomic_save, checkpoint_path
 
 PARTS = ("tokenizer", "vae", "transformer", "text_encoder")
 
 
 def resolve_init(init: str) -> Path:
-    """`init` ("pusa-tiny" or a folder of the recipe's export layout) as a folder, or a ValueError naming it."""
+    """`init` ("pusa-tiny" or a folder of the training run's export layout) as a folder, or a ValueError naming it."""
     from pusa.weights.registry import PUSA_TINY_DIR
 
     folder = PUSA_TINY_DIR if init == "pusa-tiny" else Path(init).expanduser()
     if not folder.is_dir():
         raise ValueError(
-            f"init={init!r}: no such folder (give a model folder exported by the recipe, or pusa-tiny)"
+            f"init={init!r}: no such folder (give a model folder exported by pusa train demo, or pusa-tiny)"
         )
     missing = [part for part in PARTS if not (folder / part).is_dir()]
     if missing:
         raise ValueError(
-            f"init={init!r}: {folder} lacks {', '.join(f'{m}/' for m in missing)}; a recipe export has "
+            f"init={init!r}: {folder} lacks {', '.join(f'{m}/' for m in missing)}; an exported model has "
             f"{', '.join(f'{p}/' for p in PARTS)}"
         )
     return folder
@@ -72,7 +72,7 @@ def init_vae(run_dir: Path, cfg: RunConfig, folder: Path, log: RunLog) -> None:
     state = {"stage": "vae", "step": 0, "steps": 0, "finished": True, "elapsed_s": 0.0, "init": str(folder),
              "modules": {"vae": vae.state_dict()}, "optimizer": None, "ema": None,
              "torch_rng": torch.get_rng_state()}  # fmt: skip
-    _atomic_save(state, path)
+    atomic_save(state, path)
     log.write(stage="vae", event="init", folder=str(folder), **stats)
 
 

@@ -36,7 +36,7 @@ class RunLog:
             handle.write(json.dumps(record) + "\n")
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
@@ -132,7 +132,7 @@ def train_stage(stage: Stage, run_dir: Path, log: RunLog, checkpoint_every: int,
             "ema": ema,
             "torch_rng": torch.get_rng_state(),
         }
-        _atomic_save(state, path)
+        atomic_save(state, path)
         return state
 
     for module in stage.modules.values():

@@ -1,4 +1,4 @@
-"""The recipe's DiT stages: base (text-to-video DiT + umT5 trained together with flow matching, one shared
+"""The training run's DiT stages: base (text-to-video DiT + umT5 trained together with flow matching, one shared
 timestep per clip) and vta (Pusa's vectorized-timestep adaptation: a LoRA on the frozen base, an independent
 timestep per latent frame), with what they share: `TextEncoding`, caption dropout, sigma sampling,
 `flow_matching_loss`, `caption_sensitivity`, and `load_base` / `load_vta_lora` for their checkpoints.
@@ -191,7 +191,7 @@ def train_base(
     b = cfg.base
     if b.object_weight and source is not None and not isinstance(source, LatentPool | LengthMix):
         raise ValueError(
-            f"base.object_weight={b.object_weight}: object masks are rendered from the seeds of the recipe's "
+            f"base.object_weight={b.object_weight}: object masks are rendered from the seeds of the training run's "
             "pool of world clips; a folder of latents has none (use 0)"
         )
     source = source or load_pools(run_dir, cfg)
@@ -270,7 +270,7 @@ def vta_sigmas(
 ) -> tuple[torch.Tensor, list[list[int]]]:
     """Per-frame sigmas `[B, F]` and, per sample, the frames treated as conditioning (possibly none).
 
-    Independent samples: every frame its own `shift(u)` (upstream's recipe). Task-shaped samples: one sigma
+    Independent samples: every frame its own `shift(u)` (as upstream trains). Task-shaped samples: one sigma
     for the clip and `m * sigma` (m in [0, 0.6], a quarter of them exactly 0) at the conditioning frames,
     which are a prefix (extension), the first (I2V), first + last, or a random subset (keyframes).
     """

@@ -1,4 +1,4 @@
-"""The recipe's stages before the DiT: tokenizer (a sentencepiece vocabulary for the world's captions), vae
+"""The training run's stages before the DiT: tokenizer (a sentencepiece vocabulary for the world's captions), vae
 (train a small Wan VAE), decoder (fine-tune its decoder on whole clips) and pool (encode world clips once
 with the frozen VAE), with their reconstruction losses, object masks, `psnr` / `vae_psnr` and `load_vae`."""
 

@@ -39,11 +39,19 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderMode
 
 from pusa.model import PusaTransformer3DModel
 
+from .sources import FileWeights, loader_cast, placeholder, record_file_weights
+
 __all__ = [
     "CheckpointError",
+    "find_text_encoder",
     "load_text_encoder",
+    "load_text_encoder_dirs",
+    "load_tokenizer",
     "load_transformer",
     "load_vae",
+    "read_headers",
+    "read_json",
+    "safetensors_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,7 +87,7 @@ def _listed(items: list[str]) -> str:
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -98,11 +106,11 @@ def _init_kwargs(config: dict[str, Any], reference: type, source: Path) -> dict[
     return {k: v for k, v in config.items() if k in accepted}
 
 
-def _safetensors_files(folder: Path) -> list[Path]:
+def safetensors_files(folder: Path) -> list[Path]:
     """The weight files of a folder: an index's shards, a single file, or a complete set of shards."""
     index = folder / WEIGHTS_INDEX_NAME
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no weight_map")
         files = [folder / name for name in sorted(set(weight_map.values()))]
@@ -137,7 +145,7 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return shards
 
 
-def _read_headers(files: list[Path]) -> dict[str, tuple[tuple[int, ...], Path]]:
+def read_headers(files: list[Path]) -> dict[str, tuple[tuple[int, ...], Path]]:
     """key -> (shape, file), from the safetensors headers only (no tensor is read)."""
     headers: dict[str, tuple[tuple[int, ...], Path]] = {}
     for file in files:
@@ -184,18 +192,9 @@ def _check_fit(
     raise CheckpointError("\n".join(lines))
 
 
-def _cast(name: str, tensor: torch.Tensor, dtype: torch.dtype, keep_in_fp32: list[str]) -> torch.Tensor:
-    # The same rule as diffusers' from_pretrained, so both layouts give bit-identical models.
-    if not torch.is_floating_point(tensor):
-        return tensor
-    if any(module in name.split(".") for module in keep_in_fp32):
-        return tensor.to(torch.float32)
-    return tensor.to(dtype)
-
-
 def _assign(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     keep_in_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-    cast = {name: _cast(name, tensor, dtype, keep_in_fp32) for name, tensor in state.items()}
+    cast = {name: loader_cast(name, tensor, dtype, keep_in_fp32) for name, tensor in state.items()}
     model.load_state_dict(cast, strict=False, assign=True)
 
 
@@ -211,8 +210,8 @@ def _load_safetensors_folder(
     """Check every header against the empty model, then read and assign one shard at a time (`read`
     False: nothing is read, every parameter points at a placeholder, `sources.placeholder`). Returns
     where each state name is: (file, key in the file)."""
-    files = _safetensors_files(folder)
-    headers = _read_headers(files)
+    files = safetensors_files(folder)
+    headers = read_headers(files)
     rename = rename or {}
     found: dict[str, tuple[tuple[int, ...], str]] = {}
     for key, (shape, file) in headers.items():
@@ -222,12 +221,10 @@ def _load_safetensors_folder(
     _check_fit(model, found, folder, hint)
     where = {rename.get(key, key): (file, key) for key, (_, file) in headers.items()}
     if not read:
-        from .sources import placeholder
-
         keep_in_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
         for name, param in list(model.named_parameters()):
             owner, _, key = name.rpartition(".")
-            dtype_of = _cast(name, torch.empty(0, dtype=param.dtype), dtype, keep_in_fp32).dtype
+            dtype_of = loader_cast(name, torch.empty(0, dtype=param.dtype), dtype, keep_in_fp32).dtype
             shaped = placeholder(param.shape, dtype_of)
             model.get_submodule(owner)._parameters[key] = nn.Parameter(shaped, requires_grad=False)
         return where
@@ -298,14 +295,14 @@ def load_transformer(
     if not config_path.is_file():
         nested = " (did you mean its transformer/ subfolder?)" if (folder / "transformer").is_dir() else ""
         raise CheckpointError(f"no config.json in {folder}{nested}: {_LAYOUTS_HELP}")
-    config = _read_json(config_path)
+    config = read_json(config_path)
 
     if "num_attention_heads" in config:
         kwargs = _init_kwargs(config, WanTransformer3DModel, config_path)
         rename: dict[str, str] = {}
         hint = ""
     elif "dim" in config:
-        headers = _read_headers(_safetensors_files(folder))
+        headers = read_headers(safetensors_files(folder))
         kwargs = _diffusers_config_from_wan(config, headers, config_path)
         # The converter renames by substring; it is fed the key names alone to learn the renaming.
         converted = convert_wan_transformer_to_diffusers({key: key for key in headers})
@@ -320,8 +317,6 @@ def load_transformer(
 
     with init_empty_weights():  # parameters on meta; buffers (rope tables) real
         model = PusaTransformer3DModel(**kwargs)
-    from .sources import FileWeights, record_file_weights
-
     where = _load_safetensors_folder(model, folder, dtype, device, rename, hint, read=read)
     keep_in_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     record_file_weights(model, FileWeights(where, dtype, keep_in_fp32))
@@ -340,7 +335,7 @@ def _is_vae_config(config: dict[str, Any]) -> bool:
 def _wan_vae_config(pth: Path) -> tuple[dict[str, Any], Path | None]:
     for candidate in (pth.parent / WAN_VAE_CONFIG_NAME, pth.parent / "config.json"):
         if candidate.is_file():
-            config = _read_json(candidate)
+            config = read_json(candidate)
             if _is_vae_config(config):
                 return _init_kwargs(config, AutoencoderKLWan, candidate), candidate
     return {}, None
@@ -353,14 +348,10 @@ def load_vae(
     folder), loaded strictly."""
     path = Path(path).expanduser()
     device = torch.device(device)
-    if (
-        path.is_dir()
-        and (path / "config.json").is_file()
-        and _is_vae_config(_read_json(path / "config.json"))
-    ):
+    if path.is_dir() and (path / "config.json").is_file() and _is_vae_config(read_json(path / "config.json")):
         config_path = path / "config.json"
         with init_empty_weights():
-            model = AutoencoderKLWan(**_init_kwargs(_read_json(config_path), AutoencoderKLWan, config_path))
+            model = AutoencoderKLWan(**_init_kwargs(read_json(config_path), AutoencoderKLWan, config_path))
         _load_safetensors_folder(model, path, dtype, device)
         return model.to(device).eval()
 
@@ -402,7 +393,7 @@ def load_vae(
 
 def _is_text_encoder_dir(folder: Path) -> bool:
     config = folder / "config.json"
-    if not config.is_file() or "d_model" not in _read_json(config):
+    if not config.is_file() or "d_model" not in read_json(config):
         return False
     return any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
 
@@ -411,7 +402,7 @@ def _is_tokenizer_dir(folder: Path) -> bool:
     return (folder / "spiece.model").is_file() or (folder / "tokenizer.json").is_file()
 
 
-def _find_text_encoder(candidates: list[Path]) -> tuple[Path, Path]:
+def find_text_encoder(candidates: list[Path]) -> tuple[Path, Path]:
     """(encoder folder, tokenizer folder): each candidate may hold `text_encoder/` + `tokenizer/`, or be a
     `google/umt5-xxl`-style folder with both in it."""
     encoder_dirs = [d for c in candidates for d in (c / "text_encoder", c)]
@@ -435,14 +426,14 @@ def _find_text_encoder(candidates: list[Path]) -> tuple[Path, Path]:
     return encoder, tokenizer
 
 
-def _load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"cannot load the tokenizer from {tokenizer_dir}: {error}") from error
 
 
-def _load_text_encoder_dirs(
+def load_text_encoder_dirs(
     encoder_dir: Path, tokenizer_dir: Path, dtype: torch.dtype, device: torch.device
 ) -> tuple[UMT5EncoderModel, PreTrainedTokenizerBase]:
     try:
@@ -477,5 +468,5 @@ def load_text_encoder(
             f"text encoder folder {folder} does not exist: expected text_encoder/ + tokenizer/ subfolders "
             "or a google/umt5-xxl-style folder"
         )
-    encoder_dir, tokenizer_dir = _find_text_encoder([folder])
-    return _load_text_encoder_dirs(encoder_dir, tokenizer_dir, dtype, torch.device(device))
+    encoder_dir, tokenizer_dir = find_text_encoder([folder])
+    return load_text_encoder_dirs(encoder_dir, tokenizer_dir, dtype, torch.device(device))

@@ -22,13 +22,13 @@ from pusa.model import PusaTransformer3DModel
 from .checkpoints import (
     WAN_VAE_NAME,
     CheckpointError,
-    _find_text_encoder,
-    _load_text_encoder_dirs,
-    _load_tokenizer,
-    _read_json,
-    _safetensors_files,
+    find_text_encoder,
+    load_text_encoder_dirs,
+    load_tokenizer,
     load_transformer,
     load_vae,
+    read_json,
+    safetensors_files,
 )
 
 __all__ = ["Components", "ModelFolder", "find_layout", "folder_bytes", "load_components"]
@@ -58,7 +58,7 @@ def _weights_problem(folder: Path) -> str | None:
     if not (folder / "config.json").is_file():
         return f"{folder / 'config.json'}"
     try:
-        _safetensors_files(folder)
+        safetensors_files(folder)
     except CheckpointError:
         return f"{folder}/diffusion_pytorch_model*.safetensors"
     return None
@@ -82,7 +82,7 @@ def find_layout(model_dir: str | Path, text_encoder_dir: str | Path | None = Non
         text_candidates = [*overrides, root]
         vae_problem = _weights_problem(vae)
         index = root / "model_index.json"
-        named = index.is_file() and bool(_read_json(index).get("transformer_2"))
+        named = index.is_file() and bool(read_json(index).get("transformer_2"))
         if named or (root / "transformer_2").is_dir():
             transformer_2 = root / "transformer_2"
             problem = _weights_problem(transformer_2)
@@ -125,7 +125,7 @@ def find_layout(model_dir: str | Path, text_encoder_dir: str | Path | None = Non
     problems = [p for p in (first, vae_problem) if p is not None] + expert_problems
     text_encoder = tokenizer = None
     try:
-        text_encoder, tokenizer = _find_text_encoder(text_candidates)
+        text_encoder, tokenizer = find_text_encoder(text_candidates)
     except CheckpointError as error:
         problems.append(str(error))
     if problems:
@@ -146,7 +146,7 @@ _SHAPE_KEYS = (
 def check_experts_match(high: Path, low: Path) -> None:
     """Both experts have the same shape (from their config files, before any weight is read); else a
     `CheckpointError` naming both files and what differs."""
-    a, b = _read_json(high), _read_json(low)
+    a, b = read_json(high), read_json(low)
     differ = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in _SHAPE_KEYS if a.get(k) != b.get(k)]
     if differ:
         raise CheckpointError(
@@ -217,11 +217,11 @@ def load_components(
     device = torch.device(device)
     io_device = device if text_vae_device is None else torch.device(text_vae_device)
     if read_text_encoder:
-        text_encoder, tokenizer = _load_text_encoder_dirs(
+        text_encoder, tokenizer = load_text_encoder_dirs(
             folder.text_encoder, folder.tokenizer, dtype, io_device
         )
     else:
-        text_encoder, tokenizer = None, _load_tokenizer(folder.tokenizer)
+        text_encoder, tokenizer = None, load_tokenizer(folder.tokenizer)
     return Components(
         transformer=load_transformer(folder.transformer, dtype, device),
         vae=load_vae(folder.vae, vae_dtype or dtype, io_device),

@@ -1,7 +1,7 @@
 """Built-in models, no download needed, and how a `--model` argument is resolved.
 
 - `pusa-tiny` (the default): a small model of the real architecture shipped in `assets/pusa-tiny/`, trained
-  by `pusa.train.recipe` on the procedural world, with its VTA LoRA. A diffusers-layout folder plus
+  by `pusa train demo` (`pusa.train.run`) on the procedural world, with its VTA LoRA. A diffusers-layout folder plus
   `pusa_model.json` (its native clip settings and the LoRA file), so every real-model code path loads it.
 - `tiny-random`: a seeded random model of the same structure; its videos are noise. It exists so every code
   path runs without trained weights (tests of the engine).
@@ -21,6 +21,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+# The built-in models' names are declared with the other flag values (`--model`'s help reads them there).
+from ..params import BUILTIN_MODELS, TINY_RANDOM_MODELS
+from ..params import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: callers read it here
 from ..presets import preset_from_manifest
 from ..request import WAN_DEFAULTS, ModelDefaults, ModelLimits
 
@@ -28,9 +31,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_tokenizer"
 PUSA_TINY_DIR = ASSETS / "pusa-tiny"
 MODEL_MANIFEST = "pusa_model.json"  # in a model folder: native clip settings, the LoRA file it ships with
-PRESETS = ("pusa-tiny", "tiny-random", "tiny-random-a14b")
-TINY_RANDOM_PRESETS = ("tiny-random", "tiny-random-a14b")  # seeded random models, built in memory
-DEFAULT_MODEL = "pusa-tiny"
+# Deprecated names, kept for callers of the old API: "preset" now means a speed preset only (`--preset`).
+PRESETS = BUILTIN_MODELS
+TINY_RANDOM_PRESETS = TINY_RANDOM_MODELS
 
 TINY_DEFAULTS = ModelDefaults(
     num_frames=17, width=64, height=64, num_inference_steps=4, fps=8.0, max_sequence_length=32
@@ -77,7 +80,7 @@ TINY_TEXT_ENCODER_CONFIG = dict(
 
 
 def tiny_random_components(seed: int = 0) -> dict:
-    """Transformer, VAE, text encoder and tokenizer of the `tiny-random` preset, reproducible from `seed`."""
+    """Transformer, VAE, text encoder and tokenizer of the `tiny-random` built-in model, reproducible from `seed`."""
     import torch
     from diffusers import AutoencoderKLWan
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
@@ -107,7 +110,7 @@ TINY_A14B_VAE_CONFIG = {**TINY_VAE_CONFIG, "base_dim": 4, "dim_mult": [1, 2, 4, 
 
 
 def tiny_random_a14b_components(seed: int = 0) -> dict:
-    """The `tiny-random-a14b` preset: high-noise and low-noise experts (different random weights), one VAE,
+    """The `tiny-random-a14b` built-in model: high-noise and low-noise experts (different random weights), one VAE,
     one text encoder, reproducible from `seed`."""
     import torch
     from diffusers import AutoencoderKLWan
@@ -242,7 +245,7 @@ def resolve_model(model: str | Path, lora: str | Path | None = None, prefix: str
     Checks `lora` against it too (a file, "auto" or None). Raises ValueError naming the argument (`prefix` +
     "model" / "lora", so the CLI says `--model`), the value and what is allowed."""
     name = str(model)
-    if name in TINY_RANDOM_PRESETS:
+    if name in TINY_RANDOM_MODELS:
         if lora is not None and str(lora) != "auto":
             raise ValueError(
                 f"{prefix}lora={str(lora)!r}: the tiny-random model takes no LoRA; "
@@ -262,14 +265,14 @@ def resolve_model(model: str | Path, lora: str | Path | None = None, prefix: str
     if folder.is_dir():
         return folder
     raise ValueError(
-        f"{prefix}model={name!r} is neither a folder nor a built-in model ({', '.join(PRESETS)})"
+        f"{prefix}model={name!r} is neither a folder nor a built-in model ({', '.join(BUILTIN_MODELS)})"
     )
 
 
 def model_defaults(model: str | Path, prefix: str = "") -> ModelDefaults:
     """Native clip settings of a `--model` value, known before any weights load (the studio needs them at once)."""
     resolved = resolve_model(model, prefix=prefix)
-    return TINY_DEFAULTS if resolved in TINY_RANDOM_PRESETS else folder_defaults(resolved)
+    return TINY_DEFAULTS if resolved in TINY_RANDOM_MODELS else folder_defaults(resolved)
 
 
 # Wan2.1's DiT and VAE, for a folder whose config files cannot be read (its load then says what is wrong).
@@ -288,7 +291,7 @@ def model_limits(model: str | Path, prefix: str = "") -> ModelLimits:
     """What a `--model` value takes (sizes, frames) and its defaults, from its config files alone: the
     CLI and the studio check a request against these before any weights load."""
     resolved = resolve_model(model, prefix=prefix)
-    if resolved in TINY_RANDOM_PRESETS:
+    if resolved in TINY_RANDOM_MODELS:
         spatial = 2 ** len(TINY_VAE_CONFIG["temperal_downsample"])
         config = TINY_TRANSFORMER_CONFIG
         experts = 2 if resolved == "tiny-random-a14b" else 1

@@ -2,11 +2,12 @@
 
 `load_transformer` records a `FileWeights` on every DiT it loads from safetensors files (both layouts,
 sharded or not): for each state name, the file and the key in the file (after Wan-original -> diffusers
-renames), plus the dtype rule the loader applied (`checkpoints._cast`). Re-reading a tensor through it
+renames), plus the dtype rule the loader applied (`loader_cast`, defined here so that the
+loader and the re-reader share it without importing each other). Re-reading a tensor through it
 (`read`) runs the same memory-mapped read (`safe_open`) and the same cast, so it gives bit for bit the
 value a fresh load gives. The LoRA fusers (`weights.stack.StackFuser`, `weights.lora.LoraFuser`) use it as
 their pristine source instead of a copy in RAM; `runtime.expert_stream` uses it to load an expert at the
-boundary. Components built in memory (presets) carry none and keep RAM copies.
+boundary. Components built in memory (the tiny-random built-in models) carry none and keep RAM copies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "FileWeights",
     "file_weights",
     "is_placeholder",
+    "loader_cast",
     "placeholder",
     "pristine_source",
     "read_pristine",
@@ -29,6 +31,17 @@ __all__ = [
 ]
 
 _ATTRIBUTE = "_pusa_file_weights"
+
+
+def loader_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype, keep_in_fp32: list[str]) -> torch.Tensor:
+    """The loader's dtype rule for state `name`: floating tensors to `dtype`, except those of the modules
+    `keep_in_fp32` names, which stay float32; other tensors as they are."""
+    # The same rule as diffusers' from_pretrained, so both layouts give bit-identical models.
+    if not torch.is_floating_point(tensor):
+        return tensor
+    if any(module in name.split(".") for module in keep_in_fp32):
+        return tensor.to(torch.float32)
+    return tensor.to(dtype)
 
 
 @dataclass
@@ -53,17 +66,13 @@ class FileWeights:
 
     def read(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         """`name` as the loader made it: the memory-mapped tensor, cast by the loader's own rule."""
-        from .checkpoints import _cast
-
         file, key = self.entries[name]
         with safe_open(str(file), framework="pt") as handle:
             tensor = handle.get_tensor(key)
-        return _cast(name, tensor, self.dtype, list(self.keep_in_fp32)).to(device)
+        return loader_cast(name, tensor, self.dtype, list(self.keep_in_fp32)).to(device)
 
     def read_many(self, names: list[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """`read` for each of `names`, each file opened once."""
-        from .checkpoints import _cast
-
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self.entries[name][0], []).append(name)
@@ -72,7 +81,7 @@ class FileWeights:
             with safe_open(str(file), framework="pt") as handle:
                 for name in group:
                     tensor = handle.get_tensor(self.entries[name][1])
-                    out[name] = _cast(name, tensor, self.dtype, list(self.keep_in_fp32)).to(device)
+                    out[name] = loader_cast(name, tensor, self.dtype, list(self.keep_in_fp32)).to(device)
                     del tensor
         return out
 

@@ -188,7 +188,7 @@ def check_stack_fits_folder(stack: Sequence, model_dir: str | Path, param: str =
 
     from ..experts import ALL, HIGH, LOW
     from ..params import InputError
-    from .checkpoints import _read_headers, _safetensors_files
+    from .checkpoints import read_headers, safetensors_files
     from .folders import find_layout
 
     if not stack:
@@ -201,7 +201,7 @@ def check_stack_fits_folder(stack: Sequence, model_dir: str | Path, param: str =
     )
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, path in dits.items():
-        headers = _read_headers(_safetensors_files(path))
+        headers = read_headers(safetensors_files(path))
         if folder.layout == "wan-original":
             renamed = convert_wan_transformer_to_diffusers({key: key for key in headers})
             shapes[name] = {new: headers[old][0] for new, old in renamed.items()}

@@ -124,7 +124,7 @@ def write_two_expert_folder(
     """The `tiny-random-a14b` model (seeded) as a model folder in `layout` ("wan-original": Wan2.2's own
     download layout; "diffusers": transformer/ + transformer_2/ + model_index.json with boundary_ratio).
 
-    A `pusa_model.json` gives it the preset's native clip (so the folder makes the preset's videos), plus
+    A `pusa_model.json` gives it the built-in model's native clip (so the folder makes its videos), plus
     `manifest`'s entries (e.g. "loras", "presets")."""
     from ..experts import DEFAULT_BOUNDARY
     from .registry import tiny_random_a14b_components
