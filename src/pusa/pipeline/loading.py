@@ -24,8 +24,6 @@ from ..runtime.prepare import validate_cfg_batch, validate_fp8_compute
 from ..weights.folders import load_components
 from ..weights.registry import (
     BUILTIN_MODELS,
-)
-from ..weights.registry import (
     PUSA_TINY_DIR,
     folder_defaults,
     folder_experts,
