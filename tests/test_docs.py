@@ -36,13 +36,13 @@ def test_the_cli_reference_is_what_the_parser_says():
 
 
 def test_the_cli_reference_lists_every_subcommand_and_flag():
-    from pusa.cli import build_parser
+    from pusa.main import build_parser
 
     text = _cli_reference().render()
-    for flag in ("--model", "--prompt", "--recipe", "--frames", "--workers", "--lora"):
+    for flag in ("--model", "--prompt", "--recipe", "--frames", "--workers", "--lora", "--run-dir"):
         assert f"`{flag}`" in text, flag
     parser = build_parser()
-    for command in ("generate", "serve"):
+    for command in ("generate", "serve", "train", "eval"):
         assert f"`{parser.prog} {command}`" in text, command
 
 
