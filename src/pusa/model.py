@@ -132,7 +132,7 @@ class PusaTransformer3DModel(WanTransformer3DModel):
         encoder_hidden_states_image: torch.Tensor | None = None,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
-    ) -> torch.Tensor | Transformer2DModelOutput:
+    ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
         """hidden_states `[B, C, F, H, W]`; timestep `[B]` or `[B, F // p_t]`; text `[B, L_text, text_dim]`."""
         batch_size, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
