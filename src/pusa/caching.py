@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -69,7 +69,9 @@ class StepCache:
     def wrap(self, velocity: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """`velocity(x, timestep, text, ...)` that marks which branch (text embedding) each call is."""
 
-        def cached_velocity(x: torch.Tensor, timestep: torch.Tensor, text: Any, *args: Any, **kwargs: Any):
+        def cached_velocity(
+            x: torch.Tensor, timestep: torch.Tensor, text: Any, *args: Any, **kwargs: Any
+        ) -> torch.Tensor:
             self._branch = (id(text), tuple(x.shape))
             return velocity(x, timestep, text, *args, **kwargs)
 
@@ -90,6 +92,7 @@ class StepCache:
         self.forwards += 1
         modulated = modulated_input(blocks[0], hidden_states, temb)
         skip = False
+        assert self.warmup_steps is not None  # set by __post_init__
         if state.previous is not None and state.previous.shape == modulated.shape:
             distance = frame_change(modulated, state.previous, temb, state.previous_temb)
             while len(self.distances) <= step:
@@ -104,7 +107,7 @@ class StepCache:
                 and state.accumulated < self.threshold
             )
         state.previous, state.previous_temb = modulated, temb
-        if skip:
+        if skip and state.residual is not None:  # `skip` implies a residual; the test narrows its type
             state.consecutive += 1
             self.skipped += 1
             self.skipped_steps.append(step)
@@ -133,11 +136,13 @@ class StepCache:
 def modulated_input(block: torch.nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
     """Block 0's self-attention input before attention: `norm1(h) * (1 + scale) + shift` with each frame's
     own modulation, `[B, G, hw, D]` in the hidden states' dtype (G = temb's frames: F_lat, or 1)."""
-    table = block.scale_shift_table.to(device=temb.device)
+    # nn.Module types its attributes Tensor | Module; a Wan block's are a parameter and a LayerNorm
+    table = cast(torch.Tensor, block.scale_shift_table).to(device=temb.device)
+    norm1 = cast(Callable[[torch.Tensor], torch.Tensor], block.norm1)
     shift, scale = (table.unsqueeze(0) + temb.float()).chunk(6, dim=2)[:2]  # each [B, G, 1, D]
     batch, length, dim = hidden_states.shape
     groups = temb.shape[1]
-    normed = block.norm1(hidden_states.float()).view(batch, groups, length // groups, dim)
+    normed = norm1(hidden_states.float()).view(batch, groups, length // groups, dim)
     return (normed * (1 + scale) + shift).to(hidden_states.dtype)
 
 

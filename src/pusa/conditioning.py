@@ -46,6 +46,7 @@ class Conditioning:
         x = noise.clone()
         if not self.positions:
             return x
+        assert self.latents is not None  # __post_init__: latents come with positions
         z = self.latents.to(device=noise.device, dtype=noise.dtype)
         for j, (position, m) in enumerate(zip(self.positions, self.noise_multipliers, strict=True)):
             if m == 0.0:

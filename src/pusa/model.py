@@ -28,7 +28,8 @@ class PusaTransformerBlock(WanTransformerBlock):
     """A Wan block whose modulation `temb` is `[B, G, 6, D]`, one row per latent frame (G = F_lat)
     or a single row for the whole clip (G = 1, stock Wan). Parameters are the parent's."""
 
-    def forward(
+    # diffusers annotates rotary_emb as one Tensor; its Wan model passes the (cos, sin) pair typed here
+    def forward(  # type: ignore[override]
         self,
         hidden_states: torch.Tensor,  # [B, L, D]
         encoder_hidden_states: torch.Tensor,  # [B, L_text, D]
@@ -69,8 +70,9 @@ class PusaTransformerBlock(WanTransformerBlock):
 class PusaTransformer3DModel(WanTransformer3DModel):
     """Wan2.1 DiT accepting a per-frame timestep `[B, F_lat]` (0..1000) or a scalar one `[B]`."""
 
-    _no_split_modules: ClassVar[list[str]] = ["PusaTransformerBlock"]
-    _repeated_blocks: ClassVar[list[str]] = ["PusaTransformerBlock"]
+    # class-level in diffusers too, though it leaves out the ClassVar (so mypy sees instance variables)
+    _no_split_modules: ClassVar[list[str]] = ["PusaTransformerBlock"]  # type: ignore[misc]
+    _repeated_blocks: ClassVar[list[str]] = ["PusaTransformerBlock"]  # type: ignore[misc]
 
     @register_to_config
     def __init__(
@@ -117,8 +119,15 @@ class PusaTransformer3DModel(WanTransformer3DModel):
         # Same constructor arguments as the parent's blocks, so parameter names and shapes match.
         self.blocks = nn.ModuleList(
             [
+                # diffusers' block types qk_norm `str`, its model (whose value this is) `str | None`
                 PusaTransformerBlock(
-                    inner_dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps, added_kv_proj_dim
+                    inner_dim,
+                    ffn_dim,
+                    num_attention_heads,
+                    qk_norm,  # type: ignore[arg-type]
+                    cross_attn_norm,
+                    eps,
+                    added_kv_proj_dim,
                 )
                 for _ in range(num_layers)
             ]
@@ -132,10 +141,10 @@ class PusaTransformer3DModel(WanTransformer3DModel):
         encoder_hidden_states_image: torch.Tensor | None = None,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
-    ) -> torch.Tensor | Transformer2DModelOutput:
+    ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
         """hidden_states `[B, C, F, H, W]`; timestep `[B]` or `[B, F // p_t]`; text `[B, L_text, text_dim]`."""
         batch_size, _, num_frames, height, width = hidden_states.shape
-        p_t, p_h, p_w = self.config.patch_size
+        p_t, p_h, p_w = self.config["patch_size"]  # (ConfigMixin types its config a plain dict)
         post_patch_num_frames = num_frames // p_t
         post_patch_height = height // p_h
         post_patch_width = width // p_w

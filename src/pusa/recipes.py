@@ -14,7 +14,9 @@ so `c` context latents at the start are `4(c-1)+1` frames and `c` latents at the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,9 @@ TRANSITION_HEAD = (0.0, 0.3, 0.4)  # the end of the first clip, latents 0..c-1
 TRANSITION_TAIL = (0.4, 0.3, 0.0)  # the start of the second clip, the last c latents
 KEYFRAME_MULTIPLIERS = (0.2, 0.5)  # the seed's "0.2,0.5": the first image, then every later one
 VIDEO_MULTIPLIER = 0.2  # custom video-to-video positions without multipliers
+
+# noise multipliers as callers give them: a list or tuple of numbers, or None/empty for the recipe's own
+Multipliers = Sequence[float] | None
 
 
 def num_latent_frames(num_frames: int) -> int:
@@ -132,7 +137,8 @@ class RecipePlan:
                 raise ValueError(f"{self.recipe}: its spans leave gaps one cross-fade cannot fill: {holes}")
             weights = np.linspace(0.0, 1.0, holes.size + 2, dtype=np.float32)[1:-1, None, None, None]
             clip[holes] = (1 - weights) * clip[before] + weights * clip[after]
-        return clip.round().astype(np.uint8)
+        out: np.ndarray = clip.round().astype(np.uint8)
+        return out
 
 
 def _range_text(positions: tuple[int, ...]) -> str:
@@ -143,7 +149,11 @@ def _range_text(positions: tuple[int, ...]) -> str:
 
 
 def _multipliers(
-    given, default: tuple[float, ...], count: int | None, recipe: str, param: str = "noise_multipliers"
+    given: Multipliers,
+    default: tuple[float, ...],
+    count: int | None,
+    recipe: str,
+    param: str = "noise_multipliers",
 ) -> tuple[float, ...]:
     if given is None or len(given) == 0:
         return tuple(default)
@@ -163,7 +173,9 @@ def _need(source: str, have: int | None, need: int, why: str) -> None:
         raise InputError(source, have, f"{why} needs at least {need}", f"has {have} frames", show_value=False)
 
 
-def extension(num_frames: int, source_frames: int | None = None, noise_multipliers=None) -> RecipePlan:
+def extension(
+    num_frames: int, source_frames: int | None = None, noise_multipliers: Multipliers = None
+) -> RecipePlan:
     """Continue a clip: its last `4(c-1)+1` frames become latents 0..c-1 of the new one.
 
     c = len(noise_multipliers): by default 4 (13 frames), fewer when the output has fewer latents."""
@@ -191,7 +203,9 @@ def extension(num_frames: int, source_frames: int | None = None, noise_multiplie
     )  # fmt: skip
 
 
-def completion(num_frames: int, source_frames: int | None = None, noise_multipliers=None) -> RecipePlan:
+def completion(
+    num_frames: int, source_frames: int | None = None, noise_multipliers: Multipliers = None
+) -> RecipePlan:
     """Regenerate a clip's middle from its first frame (latent 0) and its last 4 frames (the last latent).
 
     The source's last frames go to the end of the conditioning clip with the frames just before them (its
@@ -220,7 +234,7 @@ def transition(
     num_frames: int,
     source_frames: int | None = None,
     end_frames: int | None = None,
-    noise_multipliers=None,
+    noise_multipliers: Multipliers = None,
 ) -> RecipePlan:
     """Bridge two clips: the end of the first opens the new clip (latents 0..c-1), the start of the second
     closes it (the last c latents), the middle is generated. c = `transition_context` (3 at 81 frames,
@@ -246,7 +260,10 @@ def transition(
 
 
 def custom(
-    num_frames: int, positions, source_frames: int | None = None, noise_multipliers=None
+    num_frames: int,
+    positions: Iterable[int],
+    source_frames: int | None = None,
+    noise_multipliers: Multipliers = None,
 ) -> RecipePlan:
     """Video-to-video at chosen positions: the source's own latent frames there (multiplier 0.2 each)."""
     positions = tuple(positions)
@@ -266,8 +283,8 @@ def custom(
 def plan(
     recipe: str | None,
     num_frames: int,
-    positions=(),
-    noise_multipliers=None,
+    positions: Sequence[int] = (),
+    noise_multipliers: Multipliers = None,
     source_frames: int | None = None,
     end_frames: int | None = None,
 ) -> RecipePlan:
@@ -381,7 +398,7 @@ class LongPlan:
         """Pixel frames of a chunk's opening overlap (its first `context` latents)."""
         return head_frames(self.context)
 
-    def record(self) -> list[dict]:
+    def record(self) -> list[dict[str, Any]]:
         """Each chunk's settings, for the sidecar."""
         return [
             {
@@ -417,7 +434,7 @@ def long_video(
     num_frames: int,
     chunk_frames: int,
     context: int = LONG_CONTEXT,
-    noise_multipliers=None,
+    noise_multipliers: Multipliers = None,
     seed: int = 0,
 ) -> LongPlan:
     """Chunks of `chunk_frames` chained by `context` latents to make `num_frames` (both 4k+1).

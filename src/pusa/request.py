@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from . import recipes
 from .lora_specs import check_stack, format_loras, parse_loras
@@ -34,6 +34,14 @@ from .presets import preset_of
 from .recipes import RecipePlan, num_latent_frames
 
 Media = Any  # a path, a PIL image or a uint8 array
+_T = TypeVar("_T")
+
+
+def _resolved(value: _T | None) -> _T:
+    """A field that `resolve` fills (num_frames, chunk_frames, seed), typed as set for the functions that
+    take a resolved request. Only a type: nothing is checked, so a request that was not resolved fails
+    where it always did."""
+    return cast(_T, value)
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,7 @@ def _error(task: str, error: InputError) -> InputError:
     return error.renamed(name)
 
 
-def listed(name: str, value: Any) -> list:
+def listed(name: str, value: Any) -> list[Any]:
     """A list-valued parameter as a list; a single number, a string or None is refused by name (Python
     callers wrote `positions=0` and got "object of type 'int' has no len()")."""
     if isinstance(value, (list, tuple)):
@@ -265,7 +273,7 @@ def check_settings(request: GenerationRequest, limits: ModelLimits) -> None:
 def check_long_settings(request: GenerationRequest, limits: ModelLimits) -> None:
     """A long video's length and chunks (`recipes.long_video` checks how they fit together)."""
     r = request
-    if r.num_frames > LONG_MAX_FRAMES:
+    if _resolved(r.num_frames) > LONG_MAX_FRAMES:
         raise InputError("num_frames", r.num_frames, f"a long video has at most {LONG_MAX_FRAMES} frames")
     chunk = r.chunk_frames
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 5 or (chunk - 1) % 4:
@@ -281,7 +289,11 @@ def long_plan(request: GenerationRequest) -> recipes.LongPlan:
     """The chunks of a resolved long request."""
     r = request
     return recipes.long_video(
-        r.num_frames, r.chunk_frames, r.context_latents, list(r.chunk_multipliers) or None, r.seed
+        _resolved(r.num_frames),
+        _resolved(r.chunk_frames),
+        r.context_latents,
+        list(r.chunk_multipliers) or None,
+        _resolved(r.seed),
     )
 
 
@@ -290,7 +302,7 @@ def first_chunk(request: GenerationRequest) -> GenerationRequest:
     video (the overlap's length and multipliers)."""
     r = request
     plan = long_plan(r)
-    clip = dict(
+    clip: dict[str, Any] = dict(
         task="t2v", num_frames=r.chunk_frames, images=(), video=None, positions=(), noise_multipliers=(),
         recipe=None, seed=plan.chunks[0].seed,
     )  # fmt: skip
@@ -359,7 +371,7 @@ def video_plan(
     """The recipe plan of a resolved video-to-video request (source lengths: None = not known yet)."""
     return recipes.plan(
         request.recipe,
-        request.num_frames,
+        _resolved(request.num_frames),
         request.positions,
         request.noise_multipliers,
         source_frames,
@@ -434,7 +446,7 @@ def validate(request: GenerationRequest, limits: ModelLimits, media: bool = True
     try:
         check_settings(resolved, limits)
         check_task_inputs(resolved)
-        num_latent = num_latent_frames(resolved.num_frames)
+        num_latent = num_latent_frames(_resolved(resolved.num_frames))
         if resolved.task == "long":
             _validate_long(resolved, limits, media)
         elif resolved.task == "v2v":

@@ -166,7 +166,7 @@ def _ring_attention(
                 ]
             )
         part, part_lse = _attend_with_lse(query, kv[0], kv[1])
-        if out is None:
+        if out is None or lse is None:  # the first slice (both are set together)
             out, lse = part.float(), part_lse
         else:
             merged = torch.logaddexp(lse, part_lse)
@@ -178,6 +178,7 @@ def _ring_attention(
             request.wait()
         if step < n - 1:
             kv = arriving
+    assert out is not None  # n >= 1 slices were attended
     return out.to(query.dtype)
 
 
@@ -208,7 +209,7 @@ class ContextParallelSelfAttention:
 
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("the context parallel processor is for Wan's unmasked self-attention only")
-        split, group = self.state.split, self.state.group
+        split, group = self.state.current_split(), self.state.group
         if attn.fused_projections:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
@@ -265,6 +266,11 @@ class ContextParallelState:
     def strategy_for(self, heads: int) -> str:
         return attention_strategy(self.strategy, heads, self.world_size)
 
+    def current_split(self) -> TokenSplit:
+        """This call's token split; the model's forward pre-hook sets it before any block runs."""
+        assert self.split is not None, "the context parallel model hook has not run"
+        return self.split
+
 
 class ContextParallel:
     """Context parallel on a `PusaTransformer3DModel` until `remove()`: every rank of `group` calls the model
@@ -273,12 +279,13 @@ class ContextParallel:
     def __init__(self, model: torch.nn.Module, group: Any = None, strategy: str = "auto") -> None:
         self.model = model
         self.state = ContextParallelState(group, strategy)
+        dit: Any = model  # a PusaTransformer3DModel (nn.Module types its submodules Tensor | Module)
         self._handles = [
             model.register_forward_pre_hook(self._on_model, with_kwargs=True),
-            model.norm_out.register_forward_pre_hook(self._on_norm_out),
+            dit.norm_out.register_forward_pre_hook(self._on_norm_out),
         ]
         self._processors = []
-        for block in model.blocks:
+        for block in dit.blocks:
             self._handles.append(block.register_forward_pre_hook(self._on_block, with_kwargs=True))
             processor = block.attn1.processor
             self._processors.append((block.attn1, processor))
@@ -295,7 +302,8 @@ class ContextParallel:
 
     def _on_model(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
-        p_t, p_h, p_w = module.config.patch_size
+        config: Any = module.config  # the DiT's FrozenDict
+        p_t, p_h, p_w = config.patch_size
         frames, height, width = hidden.shape[2] // p_t, hidden.shape[3] // p_h, hidden.shape[4] // p_w
         seq_len = frames * height * width
         if seq_len < self.state.world_size:
@@ -305,7 +313,7 @@ class ContextParallel:
 
     def _on_block(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         hidden, text, temb, rotary = args
-        split = self.state.split
+        split = self.state.current_split()
         if hidden.shape[1] == split.seq_len:  # the first block: cut the sequence to this rank's slice
             hidden = hidden.narrow(1, split.start, split.length)
         if rotary is not None and rotary[0].shape[1] == split.seq_len:
@@ -316,8 +324,9 @@ class ContextParallel:
     def _on_norm_out(self, module: torch.nn.Module, args: tuple) -> tuple:
         """Gathers the slices; the head then runs on all tokens (its modulation rows are per frame again)."""
         (hidden,) = args
-        if hidden.shape[1] == self.state.split.length and self.state.split.length != self.state.split.seq_len:
-            hidden = _all_gather_tokens(hidden, self.state.split, self.state.group)
+        split = self.state.current_split()
+        if hidden.shape[1] == split.length and split.length != split.seq_len:
+            hidden = _all_gather_tokens(hidden, split, self.state.group)
         return (hidden,)
 
 

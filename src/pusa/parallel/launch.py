@@ -108,8 +108,12 @@ def _broadcast_header(header: dict | None = None) -> dict:
     return box[0]
 
 
-def _broadcast_tensor(tensor: torch.Tensor | None, shape: Any, dtype: str, device: Any, src: int = 0):
+def _broadcast_tensor(
+    tensor: torch.Tensor | None, shape: Any, dtype: str | None, device: Any, src: int = 0
+) -> torch.Tensor:
+    """Rank `src` sends `tensor`; the others pass None and the shape, dtype name and device to receive."""
     if tensor is None:
+        assert dtype is not None  # a receiving rank always knows what arrives
         tensor = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=device)
     tensor = tensor.contiguous()
     dist.broadcast(tensor, src=src)
@@ -211,8 +215,9 @@ def _follower_main(rank: int, world_size: int, port: int, spec: LoadSpec, parent
                 contexts = [_broadcast_tensor(None, s, d, device) for s, d in header["contexts"]]
                 continue
             # "forward": one step's DiT call(s), one pass per CFG group
-            x = _broadcast_tensor(None, *header["x"], device)
-            timestep = _broadcast_tensor(None, *header["timestep"], device)
+            (x_shape, x_dtype), (t_shape, t_dtype) = header["x"], header["timestep"]
+            x = _broadcast_tensor(None, x_shape, x_dtype, device)
+            timestep = _broadcast_tensor(None, t_shape, t_dtype, device)
             extra = [_broadcast_tensor(None, s, d, device) for s, d in header["extra"]]
             group_size = world_size // cfg_groups(mode)
             group = rank // group_size

@@ -8,6 +8,7 @@ Nothing here knows about the web page (a job's form blob is stored, never read) 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -285,7 +286,8 @@ class History:
         row = (job_id, created, time.time(), text, reason)
         return self._write("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?, ?)", row)
 
-    def failures(self, limit: int = 50) -> list[FailedJob]:
+    # `builtins.list`: inside the class, after `def list`, the bare name is that method
+    def failures(self, limit: int = 50) -> builtins.list[FailedJob]:
         """The failed jobs, newest first; rows this version cannot read are skipped."""
         try:
             with self._connect() as db:
@@ -308,11 +310,11 @@ class History:
             with self._connect() as db:
                 query = "SELECT id, created, failed, spec, reason FROM failed WHERE id = ?"
                 row = db.execute(query, (job_id,)).fetchone()
-            return None if row is None else FailedJob(*row[:3], spec_from_json(row[3]), row[4])
+            return None if row is None else FailedJob(row[0], row[1], row[2], spec_from_json(row[3]), row[4])
         except (sqlite3.Error, KeyError, TypeError, ValueError):
             return None
 
-    def pending(self) -> list[tuple[str, float, JobSpec, int]]:
+    def pending(self) -> builtins.list[tuple[str, float, JobSpec, int]]:
         """Stored jobs that have not finished, oldest first: (id, created, spec, starts).
 
         A row this version cannot read (written by another version of pusa) is logged and dropped.

@@ -112,7 +112,7 @@ class _Job:
     lost: int = 0  # times the worker running it went away
 
     def eta_s(self, now: float) -> float | None:
-        if self.state != RUNNING or not self.step or self.started is None:
+        if self.state != RUNNING or not self.step or self.started is None or self.last_step_at is None:
             return None
         per_step = (self.last_step_at - self.started) / self.step
         return max(0.0, per_step * (self.num_steps - self.step) - (now - self.last_step_at))
@@ -349,6 +349,7 @@ class JobQueue:
             if job.cancel.is_set():
                 raise Cancelled("cancelled before it started")
             output = run_spec(pipeline, job.spec, on_step)
+            assert job.started is not None  # `_serve` set it before this run
             entry = self.history.add(job.id, job.spec, output, time.time() - job.started)
             with self._changed:
                 job.entry = entry

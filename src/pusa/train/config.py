@@ -196,7 +196,7 @@ class RunConfig:
                 continue
             value = data[f.name]
             if isinstance(value, dict):
-                sub = type(f.default_factory())  # type: ignore[misc]
+                sub = type(f.default_factory())  # type: ignore[operator]  # fields holding a dict have a factory
                 value = sub(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
             kwargs[f.name] = value
         return cls(**kwargs)

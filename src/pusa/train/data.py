@@ -194,7 +194,7 @@ class LatentFolder:
         self.files = sorted(self.folder.glob("*.safetensors"))
         if not self.files:
             raise ValueError(f"latents folder {self.folder} holds no *.safetensors clips")
-        shapes = {}
+        shapes: dict[tuple[int, ...], Path] = {}
         for file in self.files:
             with safe_open(str(file), framework="pt") as handle:
                 if "latents" not in handle.keys():  # noqa: SIM118
@@ -221,8 +221,9 @@ class LatentFolder:
     def batch(self, rng: np.random.Generator, batch_size: int) -> LatentBatch:
         items = [self.item(int(i)) for i in rng.integers(len(self), size=batch_size)]
         latents = torch.stack([latent for latent, _, _ in items])
-        if all(embeds is not None for _, _, embeds in items):
-            length = max(embeds.shape[0] for _, _, embeds in items)
-            padded = [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[0])) for _, _, e in items]
+        embeds = [e for _, _, e in items if e is not None]
+        if len(embeds) == len(items):  # every clip has its embeddings
+            length = max(e.shape[0] for e in embeds)
+            padded = [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[0])) for e in embeds]
             return LatentBatch(latents, None, torch.stack(padded))
         return LatentBatch(latents, [text or "" for _, text, _ in items])

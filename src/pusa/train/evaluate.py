@@ -134,7 +134,11 @@ def long_video_metrics(frames: np.ndarray, plan: recipes.LongPlan, color: str | 
     analyses = [analyze_clip(frames[c.frames[0] : c.frames[1] + 1]) for c in plan.chunks]
     color = color or analyses[0].color
     kept = [float(a.present_fraction == 1.0 and a.color == color) for a in analyses]
-    jumps, velocities, inner_jumps, inner_velocities, lost = [], [], [], [], 0
+    jumps: list[float] = []
+    velocities: list[float] = []
+    inner_jumps: list[float] = []
+    inner_velocities: list[float] = []
+    lost = 0
     for chunk in plan.chunks:
         first, last = chunk.frames
         for at, jump_list, velocity_list in (
@@ -183,7 +187,9 @@ def evaluate_pipeline(
     length = settings.num_frames or d.num_frames
     specs = eval_specs(settings.num_clips, settings.eval_seed, length, d.width, d.height)
     num_latent = pipe.num_latent_frames(length)
-    common = dict(num_inference_steps=settings.num_inference_steps, cfg=settings.cfg, lora_alpha=lora_alpha)
+    common: dict[str, Any] = dict(
+        num_inference_steps=settings.num_inference_steps, cfg=settings.cfg, lora_alpha=lora_alpha
+    )
     common["num_frames"] = length
     if settings.shift is not None:
         common["shift"] = settings.shift

@@ -126,7 +126,8 @@ def swap_attribute(spec: ClipSpec, attribute: str, rng: np.random.Generator) -> 
     }[attribute]
     current = getattr(spec, field_name)
     others = [v for v in values if v != current]
-    return dataclasses.replace(spec, **{field_name: others[int(rng.integers(len(others)))]})
+    changes: dict[str, Any] = {field_name: others[int(rng.integers(len(others)))]}
+    return dataclasses.replace(spec, **changes)
 
 
 @torch.no_grad()
@@ -214,8 +215,8 @@ def train_base(
         noise = torch.from_numpy(rng.standard_normal(batch.latents.shape, dtype=np.float32))
         return flow_matching_loss(transformer, batch.latents, sigmas, text, noise, batch.weights), {}
 
-    probe = source.native if isinstance(source, LengthMix) else source
-    probe = probe if isinstance(probe, LatentPool) else None
+    native = source.native if isinstance(source, LengthMix) else source
+    probe = native if isinstance(native, LatentPool) else None
     trainable = {**dict(transformer.named_parameters(prefix="transformer")),
                  **dict(text_encoder.named_parameters(prefix="text_encoder"))}  # fmt: skip
     stage = Stage(
@@ -249,6 +250,7 @@ def _batch_text(
         drop = torch.from_numpy(rng.random(text.shape[0]) < dropout)
         text[drop] = 0.0  # pre-encoded data: the empty prompt's embedding is close to zeros after masking
         return text
+    assert batch.captions is not None  # a batch carries its prompt embeddings or its captions
     return encode(drop_captions(batch.captions, rng, dropout))
 
 
@@ -379,7 +381,7 @@ class _LoraOnly(nn.Module):
         super().__init__()
         self.wrapped = modules
 
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+    def state_dict(self, *args, **kwargs):
         return {f"{name}.{kind}": getattr(m, kind).detach().clone()
                 for name, m in self.wrapped.items() for kind in ("down", "up")}  # fmt: skip
 

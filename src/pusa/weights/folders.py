@@ -132,6 +132,7 @@ def find_layout(model_dir: str | Path, text_encoder_dir: str | Path | None = Non
         raise CheckpointError(f"{root} ({layout} layout) is missing: " + "; ".join(problems))
     if transformer_2 is not None:
         check_experts_match(transformer / "config.json", transformer_2 / "config.json")
+    assert text_encoder is not None and tokenizer is not None  # else a problem was raised above
     return ModelFolder(layout, root, transformer, vae, text_encoder, tokenizer, transformer_2)
 
 

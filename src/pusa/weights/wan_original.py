@@ -89,7 +89,7 @@ def original_vae_key(key: str) -> str:
 
 def wan_dit_config(model: nn.Module) -> dict[str, Any]:
     """Wan's original `config.json` of a diffusers-config DiT."""
-    c = model.config
+    c: Any = model.config  # diffusers' FrozenDict, read by attribute (nn.Module types it Tensor | Module)
     return {
         "_class_name": "WanModel", "model_type": "t2v",
         "dim": c.num_attention_heads * c.attention_head_dim, "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim,
@@ -114,7 +114,8 @@ def write_vae_original(vae: nn.Module, pth: Path) -> None:
     """`Wan2.1_VAE.pth` in Wan's naming, with its config beside it (`vae_config.json`)."""
     pth.parent.mkdir(parents=True, exist_ok=True)
     torch.save({original_vae_key(k): v.contiguous() for k, v in vae.state_dict().items()}, pth)
-    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    vae_config: Any = vae.config  # diffusers' FrozenDict (nn.Module types it Tensor | Module)
+    config = {k: v for k, v in dict(vae_config).items() if not k.startswith("_")}
     (pth.parent / "vae_config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", **config}))
 
 
