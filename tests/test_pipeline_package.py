@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pusa.pipeline import CommonOptions, LoadOptions, PusaPipeline
-from pusa.pipeline.tasks import TASK_FIELDS
+from pusa.pipeline.tasks import TASK_FIELDS, RunOptions
 from pusa.request import GenerationRequest
 from pusa.runtime.expert_swap import ExpertSwap
 
@@ -19,6 +19,7 @@ from pusa.runtime.expert_swap import ExpertSwap
 def test_common_options_name_exactly_the_request_fields_the_tasks_share():
     shared = {f.name for f in dataclasses.fields(GenerationRequest)} - set(TASK_FIELDS)
     assert set(CommonOptions.__annotations__) == shared | {"callback"}
+    assert set(RunOptions.__annotations__) == shared - {"num_frames"} | {"callback"}  # long_video's
 
 
 def test_importing_pusa_loads_no_torch_and_the_public_names_resolve_on_use():

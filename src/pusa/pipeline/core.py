@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ..params import InputError
 from ..request import (
     WAN_DEFAULTS,
     GenerationRequest,
+    Media,
     ModelDefaults,
     ModelLimits,
     advisories,
@@ -59,8 +60,8 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
 
     def __init__(
         self,
-        transformer: nn.Module,
-        vae: nn.Module,
+        transformer: Any,  # PusaTransformer3DModel (diffusers' config attributes are untyped)
+        vae: Any,  # AutoencoderKLWan
         text_encoder: nn.Module | None,  # None: handed text embeddings (a parallel follower rank)
         tokenizer: Any,
         lora: Any = None,
@@ -68,7 +69,7 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
         defaults: ModelDefaults = WAN_DEFAULTS,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        transformer_2: nn.Module | None = None,
+        transformer_2: Any = None,
         lora_mode: str = "fuse",
         text_vae_device: str | torch.device | None = None,
     ) -> None:
@@ -194,28 +195,29 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
         r = request
         if not r.positions:
             return Conditioning.none()
+        width, height = cast(int, r.width), cast(int, r.height)  # resolved
         multipliers = tuple(float(m) for m in r.noise_multipliers)
         if r.task in ("i2v", "frames"):
             parameter = "images" if r.task == "frames" else "image"
             latents = [
-                self.encode_frames(fit_image(load_image(image, parameter), r.width, r.height)[None])
+                self.encode_frames(fit_image(load_image(image, parameter), width, height)[None])
                 for image in r.images
             ]
             return Conditioning(tuple(r.positions), multipliers, torch.cat(latents, dim=2))
-        video, _ = read_video(r.video, parameter="video")
+        video, _ = read_video(cast(Media, r.video), parameter="video")
         end = read_video(r.end_video, parameter="end_video")[0] if r.end_video is not None else None
         plan = video_plan(r, len(video), None if end is None else len(end))
         sources = {"video": video} if end is None else {"video": video, "end_video": end}
         # Only the frames the plan uses are fitted to the output size; the rest stay black (unused).
         fitted = {
-            name: np.zeros((len(frames), r.height, r.width, 3), np.uint8) for name, frames in sources.items()
+            name: np.zeros((len(frames), height, width, 3), np.uint8) for name, frames in sources.items()
         }
         for span in plan.spans:
             clip = sources[span.source][span.start : span.stop]
-            fitted[span.source][span.start : span.stop] = fit_video(clip, r.width, r.height)
-        latents = self.encode_frames(plan.conditioning_clip(fitted))
-        index = torch.tensor(list(plan.positions), device=latents.device)
-        return Conditioning(tuple(plan.positions), multipliers, latents.index_select(2, index))
+            fitted[span.source][span.start : span.stop] = fit_video(clip, width, height)
+        clip_latents = self.encode_frames(plan.conditioning_clip(fitted))
+        index = torch.tensor(list(plan.positions), device=clip_latents.device)
+        return Conditioning(tuple(plan.positions), multipliers, clip_latents.index_select(2, index))
 
     # ---------------------------------------------------------------- the shared core
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> PusaOutput:
@@ -240,16 +242,29 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
         self, request: GenerationRequest, conditioning: Conditioning, callback: StepCallback | None = None
     ) -> torch.Tensor:
         """The clean latents `[1, C, F_lat, h, w]` of a validated request (its `num_frames`, `seed`)."""
-        self.apply_loras(self.lora_stack(request), request.lora_alpha)
+        # the fields `validate` resolved (typed as optional on the request)
+        steps, seed = cast(int, request.num_inference_steps), cast(int, request.seed)
+        width, height, num_frames = (
+            cast(int, request.width),
+            cast(int, request.height),
+            cast(int, request.num_frames),
+        )
+        boundary = cast(float, request.boundary)
+        self.apply_loras(self.lora_stack(request), cast(float, request.lora_alpha))
 
         text = self.encode_prompt(request.prompt)
         negative_text = self.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
 
         _, spatial = self.vae_scale
-        shape = (1, self.vae.config.z_dim, recipes.num_latent_frames(request.num_frames),
-                 request.height // spatial, request.width // spatial)  # fmt: skip
+        shape = (
+            1,
+            self.vae.config.z_dim,
+            recipes.num_latent_frames(num_frames),
+            height // spatial,
+            width // spatial,
+        )
         # Drawn on the CPU so a seed gives the same video on every device.
-        generator = torch.Generator("cpu").manual_seed(request.seed)
+        generator = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
 
         def velocity_of(model: nn.Module) -> Callable[..., torch.Tensor]:
@@ -259,7 +274,7 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
 
             return velocity
 
-        sigmas = flow_sigmas(request.num_inference_steps, request.shift)
+        sigmas = flow_sigmas(steps, request.shift)
         parallel = self.velocity_wrapper is not None
         if request.cache != "off" and (parallel or self.transformer_2 is not None):
             # other ranks would run the blocks rank 0 skips; a second expert has no residual to reuse
@@ -276,11 +291,10 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
         if self.velocity_wrapper is not None:  # several ranks share each DiT call (pusa.parallel)
             velocities = self.velocity_wrapper(velocities, text, negative_text, request.cfg)
         main_velocity = velocities[names[0]]
-        cache = step_cache(request.cache, request.cache_threshold, request.num_inference_steps)
+        cache = step_cache(request.cache, request.cache_threshold, steps)
         if cache is not None:  # the transformer runs its blocks through the cache for this run only
             main_velocity = cache.wrap(main_velocity)
             self.transformer.block_runner = cache
-        boundary = request.boundary
         switch = self.expert_switch
 
         def chooser(step: int, timestep: float) -> Callable[..., torch.Tensor]:
@@ -338,8 +352,8 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
         settings = self.settings_of(request)
         plan = None
         if self.transformer_2 is not None:  # the experts of one sampling run (each chunk's, for long)
-            sigmas = flow_sigmas(request.num_inference_steps, request.shift)
-            plan = expert_plan(sigmas.tolist(), request.boundary)
+            sigmas = flow_sigmas(cast(int, request.num_inference_steps), request.shift)
+            plan = expert_plan(sigmas.tolist(), cast(float, request.boundary))
         settings["expert_steps"] = plan  # None for a one-expert model
         settings["dit_forwards"] = self.dit_forwards - before.dit_forwards
         switch = self.expert_switch

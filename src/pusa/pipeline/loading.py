@@ -71,7 +71,7 @@ class LoadOptions:
     host_bytes: int | None = None
     lora_mode: str = "fuse"
     load_text_encoder: bool = True
-    text_vae_device: str | torch.device | None = None
+    text_vae_device: Any = None  # a device name, or once checked a torch.device
 
     def checked(self, device: str | torch.device) -> LoadOptions:
         """These options with `text_vae_device` parsed, or the error that names the first bad one (and
@@ -115,7 +115,7 @@ class LoaderMixin:
     """The constructors of `PusaPipeline`."""
 
     @classmethod
-    def from_model(
+    def from_model(  # type: ignore[misc]  # cls is PusaPipeline, of which this is a mixin
         cls: type[PusaPipeline],
         model: str | Path = "pusa-tiny",
         lora: str | Path | None = "auto",
@@ -137,7 +137,7 @@ class LoaderMixin:
         return pipe
 
     @classmethod
-    def from_builtin(
+    def from_builtin(  # type: ignore[misc]  # cls is PusaPipeline, of which this is a mixin
         cls: type[PusaPipeline],
         name: str = "tiny-random",
         seed: int = 0,
@@ -186,7 +186,7 @@ class LoaderMixin:
     from_preset = from_builtin
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[misc]  # cls is PusaPipeline, of which this is a mixin
         cls: type[PusaPipeline],
         model_dir: str | Path,
         lora: Any = None,

@@ -28,7 +28,7 @@ from .record import CounterSnapshot, PusaOutput
 
 if TYPE_CHECKING:
     from ..request import ModelLimits
-    from .tasks import CommonOptions
+    from .tasks import RunOptions
 
 __all__ = ["ChunkStepInfo", "LongVideoMixin", "chunk_progress", "match_colours"]
 
@@ -76,7 +76,11 @@ class LongVideoMixin:
     """The long task of `PusaPipeline`: `long_video` and the chain behind it."""
 
     # provided by `PusaPipeline` (pipeline.core)
-    limits: ModelLimits
+    if TYPE_CHECKING:
+
+        @property
+        def limits(self) -> ModelLimits: ...
+
     submit: Callable[..., PusaOutput]
     conditioning_for: Callable[[GenerationRequest], Conditioning]
     sample_latents: Callable[..., torch.Tensor]
@@ -95,7 +99,7 @@ class LongVideoMixin:
         chunk_multipliers: Sequence[float] | None = None,
         chunk_frames: int | None = None,
         chain: str = PARAMS["chain"].default,
-        **common: Unpack[CommonOptions],
+        **common: Unpack[RunOptions],
     ) -> PusaOutput:
         """One video of `num_frames` frames, chained from clips of the model's own length
         (`recipes.long_video`): the first from the prompt, `image` (latent 0, like i2v) or the end of

@@ -19,15 +19,15 @@ from ..request import GenerationRequest, Media, ModelDefaults, listed
 from ..sampling import StepInfo
 from .record import PusaOutput
 
-__all__ = ["TASK_FIELDS", "CommonOptions", "TaskMixin"]
+__all__ = ["TASK_FIELDS", "CommonOptions", "RunOptions", "TaskMixin"]
 
 
-class CommonOptions(TypedDict, total=False):
-    """The keywords every task method takes (each a `GenerationRequest` field but `callback`; None or
-    absent: the model's own value, see `request.ModelDefaults`).
+class RunOptions(TypedDict, total=False):
+    """The keywords every task method takes but the video length (`CommonOptions` adds it; `long_video`
+    names it itself). Each is a `GenerationRequest` field but `callback`; None or absent: the model's
+    own value (see `request.ModelDefaults`).
 
     negative_prompt:     what to steer away from (default: Wan's standard negative prompt)
-    num_frames:          video length in frames (4k+1)
     width, height:       output size in pixels (multiples of the model's patch size)
     fps:                 playback rate written into the mp4
     num_inference_steps: sampling steps
@@ -45,7 +45,6 @@ class CommonOptions(TypedDict, total=False):
     """
 
     negative_prompt: str
-    num_frames: int | None
     width: int | None
     height: int | None
     fps: float | None
@@ -61,6 +60,12 @@ class CommonOptions(TypedDict, total=False):
     cache_threshold: float
     sources: dict[str, Any]
     callback: Callable[[StepInfo], bool | None] | None
+
+
+class CommonOptions(RunOptions, total=False):
+    """The keywords every clip task takes: `RunOptions` and `num_frames`, the video length (4k+1)."""
+
+    num_frames: int | None
 
 
 # The request fields a task method names itself (the others come through `CommonOptions`).

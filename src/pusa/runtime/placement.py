@@ -58,10 +58,10 @@ class ModelParts:
     """The modules a placement moves: the DiT (a two-expert model's high-noise expert), its low-noise
     expert (or None), the text encoder (None on a follower rank) and the VAE."""
 
-    transformer: nn.Module
-    vae: nn.Module | None
-    text_encoder: nn.Module | None = None
-    transformer_2: nn.Module | None = None
+    transformer: Any  # the modules: diffusers' config attributes are untyped
+    vae: Any
+    text_encoder: Any = None
+    transformer_2: Any = None
 
     @classmethod
     def of(cls, components: Any) -> ModelParts:
