@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import save_image
+from helpers import raises_input_error, save_image
 from pusa.cli import build_parser, main
 from pusa.pipeline import PusaPipeline
 from pusa.video import read_video, read_video_metadata
@@ -258,7 +258,7 @@ def test_every_command_names_a_device_it_cannot_use(capsys):
     assert (
         "--device='xla:0' cannot be used; the recipe runs on cpu or cuda (cuda:N)" in capsys.readouterr().err
     )
-    with pytest.raises(ValueError, match="device='cuda'"):
+    with raises_input_error("device", "cuda"):
         PusaPipeline.from_preset("tiny-random", device="cuda")
 
 

@@ -20,7 +20,7 @@ from pusa.serving.queue import CANCELLED, DONE, READY, RUNNING
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(local_ray, tmp_path_factory):
     queue = ClusterQueue(
         ClusterSpec(workers=2, model="pusa-tiny"), History(tmp_path_factory.mktemp("outputs"))
     )

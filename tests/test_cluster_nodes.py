@@ -20,6 +20,17 @@ pytest.importorskip("ray")
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_shared_ray():
+    """This module cannot use conftest.py's shared local Ray runtime: it builds clusters of two nodes and
+    joins them by address, and a process is connected to one Ray cluster at a time. So the shared runtime
+    is stopped first (the next module that asks for `local_ray` starts it again)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def two_nodes():
     import ray

@@ -43,7 +43,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(local_ray, tmp_path_factory):
     queue = ClusterQueue(SPEC, History(tmp_path_factory.mktemp("outputs")))
     queue.start()
     try:
