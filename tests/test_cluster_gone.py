@@ -17,6 +17,8 @@ from pusa.serving.history import History
 from pusa.serving.queue import READY, RUNNING
 from test_cluster import spec, wait_running
 
+pytestmark = pytest.mark.slow  # a Ray worker that loads the model, runs and is killed
+
 
 def test_when_every_worker_is_gone_for_good_the_studio_says_so_and_keeps_the_jobs(local_ray, tmp_path):
     """A worker Ray cannot restart (its restarts used up; none allowed here): with no worker left the
