@@ -1,5 +1,6 @@
-"""What several test modules build: tiny model configs and random media files (imported as `helpers`:
-pytest puts tests/ on sys.path). The fixtures that use them are in conftest.py."""
+"""What several test modules build or check: tiny model configs, random media files, a studio subprocess,
+and `raises_input_error` (imported as `helpers`: pytest puts tests/ on sys.path). The fixtures that use
+them are in conftest.py."""
 
 from __future__ import annotations
 
