@@ -262,6 +262,7 @@ def test_every_command_names_a_device_it_cannot_use(capsys):
         PusaPipeline.from_preset("tiny-random", device="cuda")
 
 
+@pytest.mark.slow  # a 41-frame 128x128 video on pusa-tiny
 def test_a_clip_the_model_was_not_trained_on_runs_with_a_warning_naming_the_flag(tmp_path, capsys):
     out = tmp_path / "long.mp4"
     assert (

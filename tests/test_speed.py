@@ -268,6 +268,7 @@ def test_fp8_compute_runs_scaled_mm_within_its_error_bound(tiny_random, scaling)
     assert pipe.text_to_video("a fox", **FAST).settings["acceleration"]["fp8_compute"] == scaling
 
 
+@pytest.mark.slow  # several pipelines loaded and run
 def test_fp8_compute_follows_a_refused_lora():
     """The weight is quantized at every call, so a LoRA alpha change (re-fused into the weights) counts."""
     pipe = PusaPipeline.from_model("pusa-tiny", fp8_compute="rowwise")

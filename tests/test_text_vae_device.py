@@ -22,6 +22,7 @@ I2V = GenerationRequest(
 )  # fmt: skip
 
 
+@pytest.mark.slow  # a video per tier, compared
 @pytest.mark.parametrize("memory", ["full", "low"])
 def test_the_tier_places_the_dit_alone_and_the_video_is_the_same(memory):
     default = PusaPipeline.from_model("pusa-tiny", memory=memory)
