@@ -1,5 +1,6 @@
-"""What several test modules build: tiny model configs and random media files (imported as `helpers`:
-pytest puts tests/ on sys.path). The fixtures that use them are in conftest.py."""
+"""What several test modules build or check: tiny model configs, random media files, a studio subprocess,
+and `raises_input_error` (imported as `helpers`: pytest puts tests/ on sys.path). The fixtures that use
+them are in conftest.py."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from pusa.params import InputError
 from pusa.video import write_video
 
 # PusaTransformer3DModel at toy size: 2 blocks, 2 heads of 12, 4 latent channels.
@@ -44,6 +50,24 @@ def save_image(path: str | Path, height: int = 24, width: int = 40, seed: int = 
 def save_clip(path: str | Path, frames: int, height: int = 32, width: int = 48, seed: int = 0) -> Path:
     """A random H.264 mp4 at 8 fps."""
     return write_video(path, random_pixels((frames, height, width, 3), seed), 8.0)
+
+
+_ANY: Any = object()  # raises_input_error's "any value"
+
+
+@contextmanager
+def raises_input_error(param: str, value: Any = _ANY) -> Iterator[pytest.ExceptionInfo[InputError]]:
+    """`pytest.raises(InputError)` that also checks the parameter it names (and the value, when given).
+
+    Error tests assert what a face needs to name the parameter (`.param`, `.value`), not the message's
+    wording, so rewording a message breaks only the tests that are about the wording. Yields the
+    ExceptionInfo: `caught.value` is the error, for checks of `.allowed` or a key fact of the message."""
+    with pytest.raises(InputError) as caught:
+        yield caught
+    error = caught.value
+    assert error.param == param, f"the error names {error.param!r}, not {param!r}: {error}"
+    if value is not _ANY:
+        assert error.value == value, f"the error's value is {error.value!r}, not {value!r}: {error}"
 
 
 def free_port() -> int:

@@ -18,9 +18,12 @@ from pusa.serving.cluster import ClusterQueue, ClusterSpec
 from pusa.serving.history import History, JobSpec
 from pusa.serving.queue import CANCELLED, DONE, READY, RUNNING
 
+# a local Ray cluster of 2 workers and 20+ jobs, and 3 studio subprocesses each with its own Ray
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(local_ray, tmp_path_factory):
     queue = ClusterQueue(
         ClusterSpec(workers=2, model="pusa-tiny"), History(tmp_path_factory.mktemp("outputs"))
     )

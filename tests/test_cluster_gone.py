@@ -1,5 +1,6 @@
-"""A Ray worker that Ray cannot bring back. Its own module: it needs a Ray cluster of its own, and
-test_cluster.py's module-wide one (started in this process) holds every CPU it has."""
+"""A Ray worker that Ray cannot bring back. Its own module (test_cluster.py's workers hold the CPU slots of
+the shared local Ray runtime until that module ends); `max_restarts=0` is the worker's own option, so it
+runs on that shared runtime (conftest.py's `local_ray`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pusa.serving.history import History
 from pusa.serving.queue import READY, RUNNING
 from test_cluster import spec, wait_running
 
+pytestmark = pytest.mark.slow  # a Ray worker that loads the model, runs and is killed
 
-def test_when_every_worker_is_gone_for_good_the_studio_says_so_and_keeps_the_jobs(tmp_path):
+
+def test_when_every_worker_is_gone_for_good_the_studio_says_so_and_keeps_the_jobs(local_ray, tmp_path):
     """A worker Ray cannot restart (its restarts used up; none allowed here): with no worker left the
     status names what happened, new jobs are refused with it, and the job it ran waits, stored, for the
     next start."""

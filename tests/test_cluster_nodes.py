@@ -20,6 +20,17 @@ pytest.importorskip("ray")
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_shared_ray():
+    """This module cannot use conftest.py's shared local Ray runtime: it builds clusters of two nodes and
+    joins them by address, and a process is connected to one Ray cluster at a time. So the shared runtime
+    is stopped first (the next module that asks for `local_ray` starts it again)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def two_nodes():
     import ray
@@ -43,6 +54,7 @@ def two_nodes():
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+@pytest.mark.slow  # a Ray cluster of 2 nodes and a studio subprocess with a worker on each
 def test_a_studio_with_a_worker_on_each_machine(two_nodes, tmp_path):
     gradio_client = pytest.importorskip("gradio_client")
     from helpers import Studio, free_port
@@ -69,6 +81,7 @@ def test_a_studio_with_a_worker_on_each_machine(two_nodes, tmp_path):
     assert "closing server" in studio.log.read_text()
 
 
+@pytest.mark.slow  # the 2-node Ray cluster and a studio subprocess joining it
 def test_a_worker_no_machine_of_the_cluster_can_hold_is_refused_by_name(two_nodes):
     """A 2-process worker needs 2 CPU shares on one machine; each machine here has 1."""
     address, _ = two_nodes
@@ -86,6 +99,7 @@ def test_a_worker_no_machine_of_the_cluster_can_hold_is_refused_by_name(two_node
     assert time.monotonic() - started < 120
 
 
+@pytest.mark.slow  # a Ray cluster that grows a node; 2 workers load the model
 def test_a_machine_that_joins_later_starts_the_workers_that_waited_for_it(tmp_path):
     """`--workers 2` on a cluster of one 1-CPU machine: one worker serves at once ("on 1 of 2"), the other
     waits for room; a second machine joins and the waiting worker starts there and takes jobs."""

@@ -24,6 +24,8 @@ from pusa.serving.cluster import ClusterQueue, ClusterSpec, check_cluster
 from pusa.serving.history import History, JobSpec
 from pusa.serving.queue import CANCELLED, DONE, READY, RUNNING
 
+pytestmark = pytest.mark.slow  # a Ray cluster of 2 workers of 2 processes each, each loading the model
+
 SPEC = ClusterSpec(workers=2, model="pusa-tiny", parallel=2)
 # 17 frames at 64x64 on pusa-tiny: 5 latent frames of 16 tokens; rank 1's half starts at token 40, inside
 # latent frame 2.
@@ -43,7 +45,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(local_ray, tmp_path_factory):
     queue = ClusterQueue(SPEC, History(tmp_path_factory.mktemp("outputs")))
     queue.start()
     try:

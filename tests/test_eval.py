@@ -43,6 +43,7 @@ def test_demo_defaults_are_the_native_clip():
     assert defaults.width % 16 == 0 and defaults.height % 16 == 0
 
 
+@pytest.mark.slow  # every task on the shipped model, scored
 @needs_demo
 def test_shipped_model_runs_every_task(pipe):
     d = pipe.defaults
@@ -64,6 +65,7 @@ def test_shipped_model_runs_every_task(pipe):
     assert outputs[3].settings["positions"] == [0, 2, 4]
 
 
+@pytest.mark.slow  # the whole evaluation on two clips (790 s on the busy baseline)
 @needs_demo
 def test_evaluation_on_two_clips_fills_every_column(pipe):
     settings = EvalSettings(num_clips=2, num_inference_steps=STEPS)
@@ -81,6 +83,7 @@ def test_evaluation_on_two_clips_fills_every_column(pipe):
     assert table.splitlines()[0] == "| metric | base | VTA |"
 
 
+@pytest.mark.slow  # generates through the CLI and the studio
 @needs_demo
 def test_cli_and_studio_default_to_the_shipped_model(tmp_path):
     from pusa.app import serve
@@ -109,6 +112,7 @@ def test_cli_and_studio_default_to_the_shipped_model(tmp_path):
     assert base["model"] == "pusa-tiny (base, no LoRA)" and base["lora"] is None
 
 
+@pytest.mark.slow  # an evaluation run
 @needs_demo
 def test_evaluation_scores_the_models_own_alpha_by_default():
     from pusa.train.evaluate import evaluate_demo
@@ -121,6 +125,7 @@ def test_evaluation_scores_the_models_own_alpha_by_default():
     assert list(evaluate_demo(settings=settings, lora_alphas=[], progress=False)) == ["base"]
 
 
+@pytest.mark.slow  # an evaluation run
 @needs_demo
 def test_a_folder_without_lora_is_scored_as_a_base_model(tmp_path):
     """A run exported before its VTA stage has no LoRA: the base column alone, and asking for alphas is
@@ -140,6 +145,7 @@ def test_a_folder_without_lora_is_scored_as_a_base_model(tmp_path):
         evaluate_demo(folder, settings, include_base=False, progress=False)
 
 
+@pytest.mark.slow  # the demo evaluation end to end
 @needs_demo
 def test_eval_demo_command_prints_the_table_and_writes_what_it_used(tmp_path, capsys):
     from pusa.main import main
@@ -171,6 +177,7 @@ def test_eval_demo_command_prints_the_table_and_writes_what_it_used(tmp_path, ca
     assert "--tasks='t2v,dance': ['dance'] are not tasks" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # transition and long-video rows generated and scored
 @needs_demo
 def test_the_transition_and_long_video_rows_run_on_a_small_subset(pipe):
     settings = EvalSettings(num_clips=2, num_inference_steps=1, tasks=("transition", "long"))
@@ -193,6 +200,7 @@ def test_the_transition_and_long_video_rows_run_on_a_small_subset(pipe):
     assert "long video: background colour drift" in format_table({"VTA": metrics})
 
 
+@pytest.mark.slow  # an evaluation run at several lengths
 @needs_demo
 def test_eval_scores_other_clip_lengths_in_their_own_columns(capsys, tmp_path):
     from pusa.main import main

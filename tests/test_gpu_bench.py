@@ -13,6 +13,8 @@ import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
 
+pytestmark = pytest.mark.slow  # the benchmarks end to end (60 s on the busy baseline)
+
 
 @pytest.fixture(scope="module")
 def gpu_bench():

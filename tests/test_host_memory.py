@@ -69,6 +69,7 @@ def test_pristine_weights_are_read_from_the_files_and_re_fuses_equal_fresh_loads
         assert torch.equal(cast.state_dict()[key], value), key
 
 
+@pytest.mark.slow  # two-expert videos at two tiers, both layouts
 @pytest.mark.parametrize("layout", ["wan-original", "diffusers"])
 def test_stream_tier_equals_full_and_keeps_the_inactive_expert_nowhere(files, layout):
     folder = files[layout]
@@ -141,6 +142,7 @@ def test_the_memory_plan_counts_host_ram(requested, free_gb, host_gb, tier, inac
         assert "68.5 GB of host RAM" in plan.reason or "68.6 GB of host RAM" in plan.reason, plan.reason
 
 
+@pytest.mark.slow  # two-expert videos at two tiers
 def test_balanced_with_a_small_host_streams_the_inactive_expert_and_equals_full(files):
     """A host budget (a parameter, not a mock) too small to pin both experts: `auto` on the CPU picks
     stream, `balanced` keeps its tier and reads the inactive expert from its files at the boundary; the
@@ -176,6 +178,7 @@ def test_balanced_with_a_small_host_streams_the_inactive_expert_and_equals_full(
     )
 
 
+@pytest.mark.slow  # two-expert videos with reloads
 def test_adapter_lora_mode_survives_the_stream_tiers_reloads(files):
     """lora_mode="adapter": the stack as PEFT adapters, which an expert read again from its files keeps
     (nothing re-fused at the boundary); stream and balanced-from-files equal full, and the fused mode up

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import raises_input_error
 from pusa.cli import main
 from pusa.lora_specs import LoraSpec, check_stack, parse_loras
-from pusa.params import InputError
 from pusa.pipeline import PusaPipeline
 from pusa.weights.registry import tiny_random_a14b_components
 from pusa.weights.stack import StackFuser, load_lora_cached
@@ -206,12 +206,13 @@ def test_syntax():
         ("a.pt:1;2@low", "binds A;B to @low"),
         (":1.0", "names no file"),
     ):
-        with pytest.raises(InputError, match=problem) as caught:
+        with raises_input_error("loras") as caught:
             parse_loras(bad)
-        assert caught.value.param == "loras"
-    with pytest.raises(InputError, match="one DiT"):
+        assert problem in str(caught.value)  # which part of the item is wrong
+    with raises_input_error("loras") as caught:
         check_stack(parse_loras("a.pt:1;2"), num_experts=1, files=False)
-    with pytest.raises(InputError, match="is not a file"):
+    assert "one DiT" in str(caught.value)  # two strengths on a one-expert model
+    with raises_input_error("loras"):
         check_stack(parse_loras("/no/such.safetensors"), num_experts=2)
 
 
@@ -262,9 +263,9 @@ def test_a_lora_matching_nothing_names_the_file(pipe2, tmp_path):
         {"unet.down.0.lora_A.weight": torch.zeros(2, 4), "unet.down.0.lora_B.weight": torch.zeros(4, 2)},
         str(bad),
     )
-    with pytest.raises(InputError, match=r"other_model\.safetensors.*none of its 1 keys match") as caught:
+    with raises_input_error("loras") as caught:
         pipe2.text_to_video("a fox", loras=str(bad), **SMALL)
-    assert caught.value.param == "loras"
+    assert "other_model.safetensors" in str(caught.value)  # the file, when several are stacked
 
 
 def test_folder_manifest_names_its_stack_and_cli_overrides_it(files, tmp_path, capsys):
@@ -337,8 +338,7 @@ def test_a_lora_that_does_not_fit_a_folder_is_named_from_the_headers(files, tmp_
     )
     assert main(["generate", *common, "--lora", str(deep), "-o", str(tmp_path / "x.mp4")]) == 2
     assert "gives blocks.7.attn1.to_q.weight a delta of shape [32, 32]" in capsys.readouterr().err
-    with pytest.raises(InputError, match="matches nothing") as caught:
+    with raises_input_error("lora"):
         PusaPipeline.from_pretrained(folder, lora=f"{bad}@high")
-    assert caught.value.param == "lora"
     original = write_two_expert_folder(tmp_path / "orig", "wan-original")
     PusaPipeline.from_pretrained(original, lora=f"{files['kohya']}:1.0@low")  # Wan's names fit, converted

@@ -72,6 +72,7 @@ I2V = GenerationRequest(
 )
 
 
+@pytest.mark.slow  # the module's 2-process parallel group (gloo) and a second model
 @pytest.mark.parametrize(
     ("mode", "strategy", "request_"),
     [
@@ -110,6 +111,7 @@ def test_parallel_matches_one_rank(runner, single, mode, strategy, request_):
     assert settings["acceleration"]["parallel"]["attention"] == (strategy if mode == "context" else None)
 
 
+@pytest.mark.slow  # the module's 2-process parallel group (gloo) and a second model
 def test_parallel_video_is_written(runner, tmp_path):
     runner.set_mode("context", "auto")
     out = runner.pipe.generate(T2V)
@@ -163,6 +165,7 @@ def test_serve_parallel_and_worker_flags_refused_before_starting(argv, message, 
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the module's 2-process parallel group (gloo) and a second model
 @pytest.mark.parametrize("strategy", ["ulysses", "ring"])
 def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatch, strategy):
     """The benchmark's formula (`communicated_bytes`) against the bytes rank 0 hands to the collectives
@@ -198,6 +201,7 @@ def test_communicated_bytes_formula_matches_what_rank_0_sends(runner, monkeypatc
     assert sum(sent) == pytest.approx(expected["per_rank"])
 
 
+@pytest.mark.slow  # `pusa generate --parallel 2` in a subprocess: 3 processes load the model
 def test_quiet_parallel_run_prints_no_loading_bars(tmp_path):
     """`-q` silences rank 0's weight-loading bars; the follower ranks (other processes) printed theirs."""
     import subprocess

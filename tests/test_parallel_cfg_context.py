@@ -58,6 +58,7 @@ def test_the_splits_fall_inside_latent_frames():
     assert TokenSplit(30, 6, 2, 1).start == 15
 
 
+@pytest.mark.slow  # a 4-process parallel group (gloo) of a two-expert model
 @pytest.mark.parametrize(
     ("mode", "request_", "layout"),
     [

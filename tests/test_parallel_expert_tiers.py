@@ -14,6 +14,8 @@ from pusa.parallel.launch import LoadSpec, ParallelRunner
 from pusa.pipeline import GenerationRequest, PusaPipeline
 from pusa.weights.wan_original import write_two_expert_folder
 
+pytestmark = pytest.mark.slow  # two 2-process parallel groups (gloo) of a two-expert model
+
 # 17 frames at 48x32: 5 latent frames of 6 tokens; rank 1's half starts inside latent frame 2. Four steps
 # at cfg 3.0 cross the expert boundary once (high, high, low, low).
 REQUEST = GenerationRequest(

@@ -67,6 +67,7 @@ def test_the_split_falls_inside_a_latent_frame():
     assert split.start == 15 and split.start % 6 != 0
 
 
+@pytest.mark.slow  # the module's 2-process parallel group (gloo) of a two-expert model
 @pytest.mark.parametrize(
     ("mode", "request_", "with_loras"),
     [("context", T2V, False), ("context", I2V, True), ("cfg", T2V, True), ("cfg", I2V, False)],
@@ -86,6 +87,7 @@ def test_two_experts_in_parallel_match_one_rank(runner, single, loras, mode, req
     assert settings["acceleration"]["parallel"]["mode"] == mode
 
 
+@pytest.mark.slow  # the module's parallel group
 def test_the_expert_choice_matters_here(runner, single):
     """The two experts differ enough that following the wrong one shows: all steps on the high-noise
     expert (boundary 0) is another video."""

@@ -12,6 +12,8 @@ import pytest
 from pusa.parallel.launch import LoadSpec, ParallelRunner, RanksLost
 from pusa.pipeline import GenerationRequest
 
+pytestmark = pytest.mark.slow  # a 2-process parallel group (gloo) started, run and broken
+
 
 def test_a_rank_that_goes_away_is_named_and_the_group_refuses_later_jobs():
     request = GenerationRequest(task="t2v", prompt="x", num_inference_steps=2, seed=1)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import raises_input_error
 from pusa.cli import main
 from pusa.request import GenerationRequest, validate
 from pusa.weights.registry import model_defaults, model_limits
@@ -49,7 +50,7 @@ def test_preset_resolves_steps_cfg_shift_before_loading(wan22):
     assert (resolved.num_inference_steps, resolved.cfg, resolved.shift) == (4, 1.0, 5.0)
     preset = model_defaults(wan22).presets[0]
     assert preset.declared and preset.loras.endswith("lightx2v_4step.safetensors:1")
-    with pytest.raises(ValueError, match="preset"):
+    with raises_input_error("preset", "2-step"):
         validate(GenerationRequest(task="t2v", prompt="x", preset="2-step"), limits, media=False)
 
 

@@ -15,6 +15,8 @@ from pusa.serving.history import History
 
 gradio_client = pytest.importorskip("gradio_client")
 
+pytestmark = pytest.mark.slow  # 50 jobs through a studio subprocess, restarted midway
+
 JOBS, CLIENTS, RESTART_AFTER = 50, 3, 20
 FAST = dict(steps=2, width=64, height=64)
 
@@ -73,7 +75,6 @@ def submit_all(studio: Studio, jobs: int, clients: int, restart_after: int) -> t
     return acknowledged, errors
 
 
-@pytest.mark.slow
 def test_fifty_jobs_from_three_clients_and_a_restart_lose_nothing(tmp_path):
     studio = Studio(tmp_path / "outputs", free_port(), tmp_path / "studio.log")
     try:

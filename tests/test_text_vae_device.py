@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
-from helpers import random_pixels
+from helpers import raises_input_error, random_pixels
 from pusa.pipeline import PusaPipeline
 from pusa.request import GenerationRequest
 
@@ -22,6 +22,7 @@ I2V = GenerationRequest(
 )  # fmt: skip
 
 
+@pytest.mark.slow  # a video per tier, compared
 @pytest.mark.parametrize("memory", ["full", "low"])
 def test_the_tier_places_the_dit_alone_and_the_video_is_the_same(memory):
     default = PusaPipeline.from_model("pusa-tiny", memory=memory)
@@ -67,5 +68,5 @@ def test_the_cli_records_it_and_refuses_bad_values_by_name(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["serve", "--port", "1", "--workers", "2", "--text-vae-device", "cpu"]) == 2
     assert "cannot be used with --workers / --ray-address" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="text_vae_device='cuda:7' is not available"):
+    with raises_input_error("text_vae_device", "cuda:7"):
         PusaPipeline.from_model("pusa-tiny", text_vae_device="cuda:7")

@@ -49,6 +49,7 @@ def _fit(stage_modules, params, loss_fn, steps=12, lr=3e-3) -> tuple[float, floa
     return before, after
 
 
+@pytest.mark.slow  # VAE training steps
 def test_vae_steps_reduce_reconstruction_loss():
     torch.manual_seed(0)
     vae = build_vae(VaeConfig(base_dim=4, dim_mult=(1, 1, 1, 1)))

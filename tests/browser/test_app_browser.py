@@ -41,9 +41,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 UI_TIMEOUT = 30_000  # ms: the page reacting to a click, an upload or a reload
 JOB_TIMEOUT = 120_000  # ms: a job (or a model load and a job) finishing
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,  # a studio subprocess and a real browser
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"),
+]
 
 
 @pytest.fixture
