@@ -229,7 +229,7 @@ def test_swap_tier_gives_the_same_video_and_counts_its_swaps(pipe2, tmp_path):
     with_lora = swapped.text_to_video("a fox", loras=lora, **common).frames
     assert np.array_equal(with_lora, pipe2.text_to_video("a fox", loras=lora, **common).frames)
     pipe2.text_to_video("a fox", **common)  # the shared pipeline back to no LoRA
-    with pytest.raises(ValueError, match="'swap' is for two-expert models"):
+    with raises_input_error("memory", "swap"):
         PusaPipeline.from_preset("tiny-random", memory="swap")
     gib = 2**30
     sizes = {"text_encoder": 11 * gib, "vae": gib // 2}

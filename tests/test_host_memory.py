@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import raises_input_error
 from pusa.pipeline import PusaPipeline
 from pusa.weights.checkpoints import load_transformer
 from pusa.weights.sources import file_weights, is_placeholder
@@ -100,13 +101,16 @@ def test_stream_tier_equals_full_and_keeps_the_inactive_expert_nowhere(files, la
 
 
 def test_stream_tier_is_refused_by_name_where_it_cannot_apply(files):
-    with pytest.raises(ValueError, match="'stream' reads the experts from a model folder"):
+    with raises_input_error("memory", "stream") as caught:
         PusaPipeline.from_preset("tiny-random-a14b", memory="stream")
-    with pytest.raises(ValueError, match="'stream' is for two-expert models"):
+    assert "reads the experts from a model folder" in caught.value.allowed
+    with raises_input_error("memory", "stream") as caught:
         PusaPipeline.from_pretrained(files["one-original"].parent / "a14b-original" / "high_noise_model",
                                      memory="stream")  # fmt: skip
-    with pytest.raises(ValueError, match="'stream' does not take fp8"):
+    assert "for two-expert models" in caught.value.allowed
+    with raises_input_error("memory", "stream") as caught:
         PusaPipeline.from_pretrained(files["wan-original"], memory="stream", fp8=True)
+    assert caught.value.problem == "cannot be used with fp8"
 
 
 # Wan2.2-A14B in bf16 (benchmarks/host_memory.py): one expert, the umT5 encoder, the VAE in float32

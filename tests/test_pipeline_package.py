@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from helpers import raises_input_error
 from pusa.pipeline import CommonOptions, LoadOptions, PusaPipeline
 from pusa.pipeline.tasks import TASK_FIELDS, RunOptions
 from pusa.request import GenerationRequest
@@ -47,12 +48,12 @@ def test_the_old_constructor_name_is_the_builtin_one():
 
 
 def test_load_options_are_checked_by_name_before_anything_loads():
-    with pytest.raises(ValueError, match="memory tier 'huge'"):
-        LoadOptions(memory="huge").checked("cpu")
-    with pytest.raises(ValueError, match="lora_mode='merge'"):
-        LoadOptions(lora_mode="merge").checked("cpu")
-    with pytest.raises(ValueError, match="cfg_batch='maybe'"):
-        LoadOptions(cfg_batch="maybe").checked("cpu")
+    for option, value in [("memory", "huge"), ("lora_mode", "merge"), ("cfg_batch", "maybe"),
+                          ("fp8_compute", "int4"), ("attention", "nope")]:  # fmt: skip
+        with raises_input_error(option, value):
+            LoadOptions(**{option: value}).checked("cpu")
+    with raises_input_error("model", "huge"):
+        PusaPipeline.from_builtin("huge")
     with pytest.raises(TypeError, match="memroy"):
         PusaPipeline.from_builtin("tiny-random", memroy="full")
 

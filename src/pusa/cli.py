@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
-from .params import add_load_options, cli_message
+from .params import InputError, add_load_options, cli_message
 
 TASK_HELP = {
     "t2v": "text-to-video",
@@ -87,8 +87,8 @@ def _attention_backend(value: str) -> str:
 
     try:
         return validate_attention_backend(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except InputError as error:  # argparse names the flag itself
+        raise argparse.ArgumentTypeError(f"{error.value!r} {error.problem}; {error.allowed}") from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

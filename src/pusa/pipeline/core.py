@@ -74,7 +74,7 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
         text_vae_device: str | torch.device | None = None,
     ) -> None:
         if lora_mode not in LORA_MODES:
-            raise ValueError(f"lora_mode={lora_mode!r} is not allowed; choose one of {', '.join(LORA_MODES)}")
+            raise InputError("lora_mode", lora_mode, f"choose one of {', '.join(LORA_MODES)}")
         # "fuse": each DiT's stack fused into its weights (`weights.stack.StackFuser`); "adapter": unfused
         # PEFT adapters (`weights.stack.AdapterStack`), the weights never written
         self.lora_mode = lora_mode

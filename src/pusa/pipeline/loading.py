@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..lora_specs import check_stack, parse_loras
+from ..params import InputError
 from ..request import ModelDefaults
 from ..runtime.device import check_device, check_text_vae_device
 from ..runtime.kernels import check_attention_installed, validate_attention_backend
@@ -87,9 +88,7 @@ class LoadOptions:
         validate_cfg_batch(self.cfg_batch)
         validate_fp8_compute(self.fp8_compute)
         if self.lora_mode not in LORA_MODES:
-            raise ValueError(
-                f"lora_mode={self.lora_mode!r} is not allowed; choose one of {', '.join(LORA_MODES)}"
-            )
+            raise InputError("lora_mode", self.lora_mode, f"choose one of {', '.join(LORA_MODES)}")
         return replace(self, text_vae_device=text_vae_device)
 
     def placement(self) -> dict[str, Any]:
@@ -154,12 +153,12 @@ class LoaderMixin:
             return cls.from_model("pusa-tiny", device=device, dtype=dtype, **options)
         load = LoadOptions(**options).checked(device)
         if name not in TINY_RANDOM:
-            raise ValueError(
-                f"model={name!r} is not a built-in model; available: {', '.join(BUILTIN_MODELS)}"
+            raise InputError(
+                "model", name, f"choose one of {', '.join(BUILTIN_MODELS)}", "is not a built-in model"
             )
         if load.memory == "stream":
-            raise ValueError(f"memory tier 'stream' reads the experts from a model folder's files; {name} is "
-                             "built in memory (weights.wan_original.write_two_expert_folder writes it to one)")  # fmt: skip
+            raise InputError("memory", "stream", f"{name} is built in memory; the stream tier reads the experts from "
+                             "a model folder's files (weights.wan_original.write_two_expert_folder writes one)")  # fmt: skip
         build = tiny_random_components if name == "tiny-random" else tiny_random_a14b_components
         components = build(seed)
         if not load.load_text_encoder:
@@ -215,7 +214,9 @@ class LoaderMixin:
         check_stack_fits_folder(stack, model_dir, param="lora")  # headers only: before the DiT loads
         memory = load.memory
         if memory == "stream" and not two_experts:
-            raise ValueError("memory tier 'stream' is for two-expert models; this model has one DiT")
+            raise InputError(
+                "memory", "stream", "the stream tier is for two-expert models; this model has one DiT"
+            )
         plan = None
         if two_experts:  # decided from the files' sizes, before any weight is read
             plan = plan_folder_experts(

@@ -24,6 +24,8 @@ import torch
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from torch import nn
 
+from ..params import InputError
+
 __all__ = [
     "ATTENTION_CHOICES",
     "AUTO_ATTENTION_CANDIDATES",
@@ -102,8 +104,8 @@ _PORTABLE_ATTENTION = ("native", "_native_math", "flex")
 def validate_attention_backend(name: str) -> str:
     """`name` itself, or a ValueError naming the value and the allowed names (no Hub-kernel backends)."""
     if not isinstance(name, str) or name not in ATTENTION_CHOICES:
-        raise ValueError(
-            f"attention backend {name!r} is not allowed; choose one of {', '.join(ATTENTION_CHOICES)}"
+        raise InputError(
+            "attention", name, f"choose one of {', '.join(ATTENTION_CHOICES)}", "is not an attention backend"
         )
     return name
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..params import InputError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -77,7 +79,7 @@ def validate_memory_tier(tier: str, allow_auto: bool = False) -> str:
     """`tier` itself, or a ValueError naming the value and the allowed names."""
     allowed = MEMORY_TIER_CHOICES if allow_auto else MEMORY_TIERS
     if not isinstance(tier, str) or tier not in allowed:
-        raise ValueError(f"memory tier {tier!r} is not known; choose one of {', '.join(allowed)}")
+        raise InputError("memory", tier, f"choose one of {', '.join(allowed)}", "is not a memory tier")
     return tier
 
 

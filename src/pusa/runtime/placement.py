@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..experts import HIGH, LOW
+from ..params import InputError
 from ..weights.folders import folder_bytes
 from .expert_stream import ExpertStream
 from .expert_swap import ExpertSwap
@@ -139,7 +140,11 @@ def _place_dits(parts: ModelParts, device: Any, stream_inactive: bool, options: 
     second = parts.transformer_2
     if second is None:
         if memory in ("swap", "stream"):
-            raise ValueError(f"memory tier {memory!r} is for two-expert models; this model has one DiT")
+            raise InputError(
+                "memory",
+                memory,
+                "the swap and stream tiers are for two-expert models; this model has one DiT",
+            )
         return Placement(prepare_for_device(parts, device, **options))
     if memory == "auto":
         memory = _expert_tier(parts, device)
@@ -173,7 +178,12 @@ def _swap(parts: ModelParts, device: Any, options: dict[str, Any]) -> Placement:
 def _stream(parts: ModelParts, device: Any, options: dict[str, Any]) -> Placement:
     """The "stream" tier: the high-noise expert resident ("full"), the low-noise one not in memory."""
     if options.get("fp8"):
-        raise ValueError("memory tier 'stream' does not take fp8: each expert is read again from its files")
+        raise InputError(
+            "memory",
+            "stream",
+            "give one of the two: the stream tier reads each expert again from its files",
+            "cannot be used with fp8",
+        )
     experts = {HIGH: parts.transformer, LOW: parts.transformer_2}
     stream = ExpertStream(experts, device, active=HIGH)  # frees the low-noise one
     report = prepare_for_device(parts, device, **{**options, "memory": "full"})
@@ -190,8 +200,11 @@ def _offloaded_stream(parts: ModelParts, device: Any, options: dict[str, Any]) -
     does it; at the boundary it is freed (its offloading hooks removed) and the other read from its files,
     its LoRA stack fused, then offloaded the same way (`ExpertStream` with `place`)."""
     if options.get("fp8"):
-        raise ValueError(
-            "a streamed inactive expert does not take fp8: each expert is read again from its files"
+        raise InputError(
+            "memory",
+            options["memory"],
+            "give one of the two: a streamed inactive expert is read again from its files",
+            "cannot be used with fp8",
         )
     tier = options["memory"]
     report = prepare_for_device(parts, device, **options)  # the high-noise expert offloaded, as the tier says

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..params import InputError
 from .kernels import (
     FP8_COMPUTE_CHOICES,
     apply_attention_backend,
@@ -37,16 +38,14 @@ CFG_BATCH_CHOICES = ("auto", "on", "off")
 def validate_cfg_batch(value: str) -> str:
     """`value` itself, or a ValueError naming it and the allowed values."""
     if value not in CFG_BATCH_CHOICES:
-        raise ValueError(f"cfg_batch={value!r} is not allowed; choose one of {', '.join(CFG_BATCH_CHOICES)}")
+        raise InputError("cfg_batch", value, f"choose one of {', '.join(CFG_BATCH_CHOICES)}")
     return value
 
 
 def validate_fp8_compute(value: str) -> str:
     """`value` itself, or a ValueError naming it and the allowed values."""
     if value not in FP8_COMPUTE_CHOICES:
-        raise ValueError(
-            f"fp8_compute={value!r} is not allowed; choose one of {', '.join(FP8_COMPUTE_CHOICES)}"
-        )
+        raise InputError("fp8_compute", value, f"choose one of {', '.join(FP8_COMPUTE_CHOICES)}")
     return value
 
 
