@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -215,6 +216,24 @@ def test_console_script(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout and out.exists()
+
+
+def test_a_caller_of_main_keeps_its_garbage_collector_as_it_was(tmp_path):
+    frozen = gc.get_freeze_count()
+    assert main(["generate", "t2v", "-p", "x", *FAST, "-o", str(tmp_path / "g.mp4")]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen  # only the console script tunes it
+
+
+def test_the_console_script_freezes_what_its_imports_made_and_collects_again_after(tmp_path):
+    code = (
+        "import gc, sys\n"
+        "from pusa.main import main\n"
+        f"status = main(['generate', 't2v', '-p', 'x', *{FAST!r}, '-o', {str(tmp_path / 'g.mp4')!r}], whole_process=True)\n"
+        "print(status, gc.isenabled(), gc.get_freeze_count() > 100_000)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-3:] == ["0", "True", "True"]
 
 
 def test_help_imports_no_torch_and_attention_is_checked_when_named(capsys):

@@ -7,6 +7,7 @@ The training commands (`pusa train`, `pusa eval`) are `pusa.train.cli`, a layer 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -309,9 +310,25 @@ def build_request(args: argparse.Namespace, limits):
     return GenerationRequest(task="t2v", **fields)
 
 
-def run_generate(args: argparse.Namespace) -> list[Path]:
+def run_generate(args: argparse.Namespace, whole_process: bool = False) -> list[Path]:
     """Check everything the flags ask for (with the model's limits, read from its config files), then load
-    the model once and make the videos."""
+    the model once and make the videos. `whole_process`: the command is the process's whole life (the
+    console script), so the cyclic GC may be tuned for it (`_short_lived_gc`)."""
+    if not whole_process:
+        return _generate(args, whole_process)
+    # No cyclic GC while torch, diffusers and transformers import and the model loads: it would walk the
+    # millions of objects of their ~3,000 modules hundreds of times (0.7 s of a 5 s run on pusa-tiny).
+    # They live as long as the process, so they are frozen out of every later collection, also the ones
+    # of the interpreter's exit (another second). benchmarks/cli_phases.py measures it.
+    gc.disable()
+    try:
+        return _generate(args, whole_process)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def _generate(args: argparse.Namespace, whole_process: bool) -> list[Path]:
     from dataclasses import replace
 
     from .request import advisories, validate
@@ -351,6 +368,9 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     from tqdm import tqdm
 
     pipe = load_pipeline(args)
+    if whole_process:  # what the imports and the load made lives as long as the process
+        gc.freeze()
+        gc.enable()
     outputs = []
     for index in range(count):
         seed = None if args.seed is None else args.seed + index
@@ -420,9 +440,11 @@ def main(
     argv: Sequence[str] | None = None,
     parser: argparse.ArgumentParser | None = None,
     runners: Mapping[str, Callable[[argparse.Namespace], object]] | None = None,
+    whole_process: bool = False,
 ) -> int:
     """Run one `pusa` command; the exit status. `parser` and `runners` (command -> its function) add
-    commands of the layers above (`pusa.main`); without them, `generate` and `serve`."""
+    commands of the layers above (`pusa.main`); without them, `generate` and `serve`. `whole_process`:
+    this process runs the one command and exits (the console script), not a caller that goes on."""
     args = (parser or build_parser()).parse_args(argv)
     try:
         if args.command == "serve":
@@ -430,7 +452,7 @@ def main(
 
             return serve_main(args)
         if args.command == "generate":
-            run_generate(args)
+            run_generate(args, whole_process)
         elif runners and args.command in runners:
             runners[args.command](args)
     except ValueError as error:  # bad input: the message names the parameter, the value and what is allowed
@@ -443,4 +465,4 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(whole_process=True))

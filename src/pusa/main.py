@@ -20,9 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     return cli.build_parser(train_cli.add_commands)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli.main(argv, parser=build_parser(), runners=train_cli.RUNNERS)
+def main(argv: Sequence[str] | None = None, whole_process: bool = False) -> int:
+    """Run one `pusa` command (`argv`, default the process's); the exit status. `whole_process`: the
+    command is all this process does (see `pusa.cli.main`)."""
+    return cli.main(argv, parser=build_parser(), runners=train_cli.RUNNERS, whole_process=whole_process)
+
+
+def console() -> int:
+    """The `pusa` console script: one command, then the process exits."""
+    return main(whole_process=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
