@@ -26,6 +26,7 @@ from ..weights.folders import load_components
 from ..weights.registry import (
     BUILTIN_MODELS,
     PUSA_TINY_DIR,
+    TINY_RANDOM_MODELS,
     folder_defaults,
     folder_experts,
     folder_loras,
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from .core import PusaPipeline
 
 __all__ = ["LoadOptions", "LoaderMixin", "native_tokens", "vae_compression"]
-
-TINY_RANDOM = ("tiny-random", "tiny-random-a14b")
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class LoaderMixin:
         lora: "auto" = the LoRA the folder ships with (pusa-tiny's VTA LoRA; none for a plain Wan folder),
         None = no LoRA (pusa-tiny's base T2V model), or a LoRA file. `options`: `LoadOptions`' fields."""
         resolved = resolve_model(model, lora)  # the device is checked by from_builtin / from_pretrained
-        if resolved in TINY_RANDOM:
+        if resolved in TINY_RANDOM_MODELS:
             return cls.from_builtin(str(resolved), device=device, dtype=dtype, **options)
         pipe = cls.from_pretrained(resolved, lora=lora, device=device, dtype=dtype, **options)
         if Path(resolved) == PUSA_TINY_DIR:
@@ -152,7 +151,7 @@ class LoaderMixin:
         if name == "pusa-tiny":
             return cls.from_model("pusa-tiny", device=device, dtype=dtype, **options)
         load = LoadOptions(**options).checked(device)
-        if name not in TINY_RANDOM:
+        if name not in TINY_RANDOM_MODELS:
             raise InputError(
                 "model", name, f"choose one of {', '.join(BUILTIN_MODELS)}", "is not a built-in model"
             )
