@@ -122,7 +122,12 @@ class FileWeights:
                 raise FileChangedError(file, "no longer exists (deleted or moved)") from None
             differ = self.identities[file].differences(now)
             if differ:
-                raise FileChangedError(file, f"changed on disk ({'/'.join(differ)} differ)")
+                which = (
+                    f"its {differ[0]} differs"
+                    if len(differ) == 1
+                    else f"{', '.join(differ[:-1])} and {differ[-1]} differ"
+                )
+                raise FileChangedError(file, f"changed on disk ({which})")
 
     @contextmanager
     def _open(self, file: Path) -> Iterator[Any]:
