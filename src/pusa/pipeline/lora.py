@@ -19,6 +19,7 @@ from ..params import InputError
 from ..presets import preset_of
 from ..request import GenerationRequest, ModelDefaults
 from ..weights.checkpoints import CheckpointError
+from ..weights.sources import FileChangedError
 from ..weights.stack import AdapterStack, StackFuser, load_lora_cached
 
 __all__ = ["LORA_MODES", "LoraStackMixin"]
@@ -47,7 +48,8 @@ class LoraStackMixin:
 
     def apply_loras(self, stack: Sequence[LoraSpec], lora_alpha: float) -> None:
         """Fuse `stack` into each DiT it targets (an entry without a strength at `lora_alpha`), from the
-        pristine weights; an `InputError` naming `loras` and the file when a LoRA matches nothing."""
+        pristine weights; an `InputError` naming `loras` and the file when a LoRA matches nothing; a
+        `weights.sources.FileChangedError` naming the DiT's file when it changed since the model was loaded."""
         names = [ALL] if self.transformer_2 is None else list(EXPERTS)
         per_dit: dict[str, list[tuple[Any, float]]] = {name: [] for name in names}
         # what is fused, strengths filled in: other ranks of a parallel group fuse the same (pusa.parallel)
@@ -74,6 +76,11 @@ class LoraStackMixin:
                 self.fusers[name] = kind(self.expert_model(name))
             try:
                 self.fusers[name].fuse(per_dit[name])
+            except FileChangedError:
+                # The model's own file changed on disk, not the request's LoRAs: no parameter of the request
+                # is wrong, so it is not an `InputError`; it fails the job with its own message (a ValueError:
+                # the queue and the CLI show the message, no traceback), which names the file and says to reload.
+                raise
             except CheckpointError as error:
                 raise InputError(
                     "loras", [w.source for w, _ in per_dit[name]],

@@ -11,6 +11,9 @@ then `place(module)` applies the tier's group offloading to it (diffusers' hooks
 leaves). Host RAM then holds one expert's (pinned) copy, not two.
 
 Only for experts loaded from files (`weights.checkpoints.load_transformer`); one built in memory is refused.
+An expert's file changed on disk since the model was loaded (replaced, rewritten, deleted) is refused at
+the boundary (`weights.sources.FileChangedError`, naming it) before the leaving expert is freed: the
+job fails with that message, never runs on weights of two versions.
 """
 
 from __future__ import annotations
@@ -96,7 +99,10 @@ class ExpertStream:
 
         if name == self.active:
             return 0.0
+        from ..weights.sources import check_files
+
         started = time.perf_counter()
+        check_files(self.experts[name])  # refused while the leaving expert is still resident
         # Called from the sampler's inference mode: the weights must be normal tensors, or a LoRA re-fused
         # later (outside it) could not write into them.
         with torch.inference_mode(False), torch.no_grad():

@@ -39,7 +39,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderMode
 
 from pusa.model import PusaTransformer3DModel
 
-from .sources import FileWeights, loader_cast, placeholder, record_file_weights
+from .sources import CheckpointError, FileIdentity, FileWeights, loader_cast, placeholder, record_file_weights
 
 __all__ = [
     "CheckpointError",
@@ -71,10 +71,6 @@ _LAYOUTS_HELP = (
     "safetensors shards)"
 )
 _MAX_LISTED = 5
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or folder is missing, malformed, or does not fit the model it is loaded into."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -317,9 +313,11 @@ def load_transformer(
 
     with init_empty_weights():  # parameters on meta; buffers (rope tables) real
         model = PusaTransformer3DModel(**kwargs)
+    # each file's identity before it is read: a file replaced during the load is refused at the next re-read
+    identities = {file: FileIdentity.of(file) for file in safetensors_files(folder)}
     where = _load_safetensors_folder(model, folder, dtype, device, rename, hint, read=read)
     keep_in_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
-    record_file_weights(model, FileWeights(where, dtype, keep_in_fp32))
+    record_file_weights(model, FileWeights(where, dtype, keep_in_fp32, identities))
     return (model.to(device) if read else model).eval()
 
 

@@ -2,8 +2,11 @@
 `W' = W + s_1 * delta_1 + s_2 * delta_2 + ...` (each delta as its format defines it, `weights.lora`), so
 any change of the stack or of one strength gives bit for bit what a fresh load of the same stack gives.
 
-`load_lora_cached` reads each file once per content (path, size, mtime): re-applying a stack costs the
-matrix products only.
+`load_lora_cached` reads each file once per version (path, size, mtime, inode: `sources.FileIdentity`), so
+re-applying a stack costs the matrix products only, and a LoRA file replaced on disk is read again: the
+next video uses the new file (a LoRA is read whole each time it is loaded, so a new version is simply
+the new LoRA, not an error as for the DiT's own files). Its sha256 for the settings record is taken with
+the read, so the record names the version that was fused.
 
 `AdapterStack` is the unfused form of the same stack: one PEFT adapter per LoRA through diffusers
 (`weights.lora.attach_lora_adapter`, `set_adapters` for the strengths), the DiT's own weights never written;
@@ -22,47 +25,77 @@ import torch
 from torch import nn
 
 from .lora import LoraWeights, check_lora_fits, load_lora, lora_delta
-from .sources import is_placeholder, pristine_source, read_pristine
+from .sources import (
+    CheckpointError,
+    FileIdentity,
+    check_files,
+    is_placeholder,
+    pristine_source,
+    read_pristine,
+)
 
 __all__ = ["AdapterStack", "StackFuser", "check_stack_fits_folder", "file_sha256", "load_lora_cached"]
 
-_CACHE: collections.OrderedDict[tuple[str, int, int], LoraWeights] = collections.OrderedDict()
+_Key = tuple[str, FileIdentity]  # (resolved path, the version read)
+_CACHE: collections.OrderedDict[_Key, LoraWeights] = collections.OrderedDict()
 _CACHE_SIZE = 8
-_SHA: dict[tuple[str, int, int], str] = {}
+_SHA: dict[_Key, str] = {}
+_SERVED: dict[str, str] = {}  # resolved path -> the sha256 of the version `load_lora_cached` gave last
+_READS = 3  # a file still changing after this many reads is refused
 
 
-def _key(path: str | Path) -> tuple[str, int, int]:
-    resolved = Path(path).expanduser().resolve()
-    stat = resolved.stat()
-    return str(resolved), stat.st_size, stat.st_mtime_ns
+def _key(path: Path) -> _Key:
+    resolved = path.resolve()
+    return str(resolved), FileIdentity.of(resolved)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_lora_cached(path: str | Path) -> LoraWeights:
-    """`load_lora(path)`, kept for the next request (the last 8 files)."""
+    """`load_lora(path)`, kept for the next request (the last 8 file versions); a file changed since is
+    read again."""
     path = Path(path).expanduser()
     if not path.is_file():
         return load_lora(path)  # its error names the file
     key = _key(path)
     if key not in _CACHE:
-        _CACHE[key] = load_lora(path)
+        for _ in range(_READS):
+            # hash and tensors from one version: the same identity before and after both reads
+            sha, lora = _sha256(path), load_lora(path)
+            key, before = _key(path), key
+            if key == before:
+                break
+        else:
+            raise CheckpointError(
+                f"LoRA file {path} kept changing while it was read; try again once it is written"
+            )
+        _CACHE[key], _SHA[key] = lora, sha
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
+    if key in _SHA:
+        _SERVED[key[0]] = _SHA[key]
     return _CACHE[key]
 
 
 def file_sha256(path: str | Path) -> str | None:
-    """The file's sha256 (remembered per path, size and mtime), for the settings record."""
+    """The file's sha256, for the settings record: of the version `load_lora_cached` gave last for this
+    path (what was fused, even if the file changed since), else of the file now (remembered per version)."""
     path = Path(path).expanduser()
     if not path.is_file():
         return None
+    served = _SERVED.get(str(path.resolve()))
+    if served is not None:
+        return served
     key = _key(path)
     if key not in _SHA:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA[key] = digest.hexdigest()
+        _SHA[key] = _sha256(path)
     return _SHA[key]
 
 
@@ -80,17 +113,21 @@ class StackFuser:
         self.pristine_device = torch.device(pristine_device)
         self._params: dict[tuple[str, str], torch.Tensor] = {}
         self._pristine: dict[tuple[str, str], torch.Tensor | str] = {}  # a tensor, or a state name to read
-        self.fused: tuple[tuple[str, float], ...] = ()  # (source, strength) of what is in the weights now
+        # (source, strength) of what is in the weights now; None while (or after a failure while) writing
+        self.fused: tuple[tuple[str, float], ...] | None = ()
         self.stack: list[tuple[LoraWeights, float]] = []  # what was asked for last
         self._fresh = False  # the weights were just loaded: they are their own pristine values
 
     @torch.no_grad()
     def fuse(self, stack: Sequence[tuple[LoraWeights, float]]) -> bool:
-        """Fuse `stack` (in order); returns False when it is what is fused already (nothing done)."""
+        """Fuse `stack` (in order); returns False when it is what is fused already (nothing done). A DiT file
+        changed since the DiT was loaded: a `sources.FileChangedError` naming it, the weights untouched."""
         wanted = tuple((lora.source, float(strength)) for lora, strength in stack)
-        if wanted == self.fused:
+        if wanted == self.fused and _same_loras(stack, self.stack):  # a LoRA file read again is new
             return False
         targets = [check_lora_fits(self.model, lora) for lora, _ in stack]  # every error before any change
+        if not self._fresh:
+            check_files(self.model)  # every DiT file before any weight is written: refused, nothing changes
         self.stack = list(stack)
         for found in targets:
             for target, param in found.items():
@@ -102,6 +139,7 @@ class StackFuser:
             if target not in self._pristine:
                 name = f"{target[0]}.{target[1]}"
                 self._pristine[target] = pristine_source(self.model, name, param, self.pristine_device)
+        self.fused = None  # until every weight is written: a failure part way leaves no "already fused"
         for (name, kind), param in self._params.items():
             source = self._pristine[(name, kind)]
             pristine = param if self._fresh else read_pristine(self.model, source, param.device)
@@ -123,6 +161,12 @@ class StackFuser:
             self._fresh = False
 
 
+def _same_loras(
+    stack: Sequence[tuple[LoraWeights, float]], other: Sequence[tuple[LoraWeights, float]]
+) -> bool:
+    return len(stack) == len(other) and all(a is b for (a, _), (b, _) in zip(stack, other, strict=True))
+
+
 class AdapterStack:
     """The LoRA stack of one DiT as unfused PEFT adapters (the same interface as `StackFuser`: `fuse`,
     `reloaded`, `fused`, `stack`). Each LoRA file of the stack is one named adapter, loaded once through
@@ -142,11 +186,10 @@ class AdapterStack:
 
     def fuse(self, stack: Sequence[tuple[LoraWeights, float]]) -> bool:
         """Make `stack` the active adapters at its strengths; False when it is so already."""
-        from .checkpoints import CheckpointError
         from .lora import attach_lora_adapter
 
         wanted = tuple((lora.source, float(strength)) for lora, strength in stack)
-        if wanted == self.fused:
+        if wanted == self.fused and _same_loras(stack, self.stack):  # a LoRA file read again is new
             return False
         for lora, _ in stack:  # every error before any change
             if lora.diffs:
