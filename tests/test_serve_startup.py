@@ -58,7 +58,9 @@ def test_outputs_that_is_a_file_is_refused(tmp_path):
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0\n")
     result = serve("--outputs", str(passwd), "--port", str(helpers.free_port()), cwd=tmp_path)
-    assert_refused(result, f"--outputs={str(passwd)!r} is not a folder; give a folder the studio can write in")
+    assert_refused(
+        result, f"--outputs={str(passwd)!r} is not a folder; give a folder the studio can write in"
+    )
     assert passwd.read_text() == "root:x:0:0\n"
 
 

@@ -38,7 +38,9 @@ def test_sigterm_keeps_the_running_job_stored_unstarted_and_a_restart_finishes_i
     # A job stored as the studio stores a submitted one (the restart path runs it at once, and no client
     # stream is cut by the stop): a long video of 81 frames at 50 steps, ~10 s on the built-in model, so
     # it is still running when the signal comes.
-    request = GenerationRequest(task="long", prompt="a red circle", seed=5, num_inference_steps=50, num_frames=81)
+    request = GenerationRequest(
+        task="long", prompt="a red circle", seed=5, num_inference_steps=50, num_frames=81
+    )
     assert history.remember(JOB_ID, time.time(), JobSpec(request, form={"tab": "t2v"}))
     studio = Studio(outputs, free_port(), tmp_path / "studio.log")
     try:

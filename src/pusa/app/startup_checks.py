@@ -82,10 +82,14 @@ def check_outputs(outputs: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError("outputs", str(outputs), OUTPUTS_ALLOWED, f"cannot be created ({error.strerror})") from None
+        raise InputError(
+            "outputs", str(outputs), OUTPUTS_ALLOWED, f"cannot be created ({error.strerror})"
+        ) from None
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise InputError("outputs", str(outputs), OUTPUTS_ALLOWED, f"cannot be written ({error.strerror})") from None
+        raise InputError(
+            "outputs", str(outputs), OUTPUTS_ALLOWED, f"cannot be written ({error.strerror})"
+        ) from None
     return folder
