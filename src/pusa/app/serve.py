@@ -11,11 +11,14 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import signal
+import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..params import add_load_options, cli_message
+from ..params import InputError, add_load_options, cli_message
 
 AUTH_ENV = "PUSA_AUTH"
 
@@ -235,7 +238,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def serve_main(args: argparse.Namespace) -> int:
     """Start the studio with parsed `add_serve_arguments` options; returns when the server stops."""
+    from .startup_checks import OUTPUTS_ALLOWED, check_listen, check_outputs, check_port
+
     try:
+        check_port(args.port)
         auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
         cluster = cluster_spec(args)
         if cluster is None:
@@ -245,6 +251,11 @@ def serve_main(args: argparse.Namespace) -> int:
             )  # fmt: skip
         own = (str(Path(args.lora).resolve()),) if args.lora else own_loras(args.model)
         offered = tuple(dict.fromkeys((*own, *lora_files(args.model, getattr(args, "lora_dir", None)))))
+        # Then the outputs folder and the address, once the flags are known good (the folder is created
+        # here): a busy port, a --host or --outputs that cannot be used is said in one line naming its
+        # flag, before Ray or the model start, not as the web server's traceback once the model loaded.
+        check_outputs(args.outputs)
+        check_listen(args.host, args.port)
     except ValueError as error:
         print(f"pusa serve: error: {cli_message(error)}", file=sys.stderr)
         return 2
@@ -255,10 +266,13 @@ def serve_main(args: argparse.Namespace) -> int:
     from ..serving.queue import JobQueue
     from .page import build_app, launch_app
 
-    history = History(args.outputs)
+    try:
+        history = History(args.outputs)
+    except (OSError, sqlite3.Error) as error:  # e.g. its videos/ is a file, or history.sqlite is no database
+        refused = InputError("outputs", args.outputs, OUTPUTS_ALLOWED, f"cannot hold the history ({error})")
+        print(f"pusa serve: error: {cli_message(refused)}", file=sys.stderr)
+        return 2
     if cluster is not None:  # Ray workers: the same queue and history, jobs run on the actors
-        import signal
-
         from ..serving.cluster import ClusterQueue
 
         try:
@@ -266,15 +280,19 @@ def serve_main(args: argparse.Namespace) -> int:
         except ValueError as error:  # no machine of the Ray cluster can hold a worker
             print(f"pusa serve: error: {cli_message(error)}", file=sys.stderr)
             return 2
-        signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM then stops the workers and Ray cleanly
     else:
         queue = JobQueue(load, history).start()
+    # SIGTERM (docker stop, systemd, kill) stops the studio as Ctrl-C does: the running job is cancelled
+    # at its next step and stays stored with its start taken back, the Ray workers and Ray stop. The
+    # default SIGTERM would end the process at once, and a job it cut counts as one that crashed it.
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, _interrupt)
     exposed_host = args.host if warning else None
-    demo = build_app(
-        queue, limits_for(args.model), model_label=args.model, exposed_host=exposed_host, lora_files=offered,
-        own_loras=own,
-    )  # fmt: skip
     try:
+        demo = build_app(
+            queue, limits_for(args.model), model_label=args.model, exposed_host=exposed_host,
+            lora_files=offered, own_loras=own,
+        )  # fmt: skip
         launch_app(demo, history, host=args.host, port=args.port, auth=auth)
     except KeyboardInterrupt:
         pass
