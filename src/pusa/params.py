@@ -84,6 +84,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
+def plural(count: int, noun: str) -> str:
+    """`count` and `noun`, the noun plural unless the count is one: "1 frame", "13 frames", "0 images"
+    (every message that counts says it through this)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter, as every face shows and checks it.
