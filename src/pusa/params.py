@@ -84,10 +84,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
-def plural(count: int, noun: str) -> str:
-    """`count` and `noun`, the noun plural unless the count is one: "1 frame", "13 frames", "0 images"
-    (every message that counts says it through this)."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def plural(count: float, noun: str) -> str:
+    """`count` and `noun`, the noun plural unless the count is one: "1 frame", "13 frames", "0 images",
+    "1.5 CPU cores" (every message that counts says it through this)."""
+    shown = f"{count:g}" if isinstance(count, float) else str(count)
+    return f"{shown} {noun}" if count == 1 else f"{shown} {noun}s"
 
 
 @dataclass(frozen=True)
