@@ -168,7 +168,8 @@ def _multipliers(
     if given is None or len(given) == 0:
         return tuple(default)
     if count is not None and len(given) != count:
-        noun, where = param.replace("_", " ")[:-1], f"at {at} frames" if at else "here"
+        noun = "noise multiplier" if param == "noise_multipliers" else "multiplier"
+        where = f"at {at} frames" if at else "here"
         raise InputError(
             param, [float(m) for m in given],
             f"the {recipe} conditions {plural(count, 'latent frame')} {where}; give {plural(count, noun)} "
