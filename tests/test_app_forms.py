@@ -243,7 +243,7 @@ def test_text_field_messages():
 def test_conditioning_messages_name_the_field(files):
     a, b = str(files["a"]), str(files["b"])
     expect(
-        r"Noise Multipliers: \[0.2\] has 1 values but positions=\[0, 4\] has 2; give one noise multiplier per position",
+        r"Noise Multipliers: \[0.2\] has 1 value but positions=\[0, 4\] has 2; give one noise multiplier per position",
         forms.frames_to_video, [a, b], "0,4", "0.2", common(), D,
     )  # fmt: skip
     expect(
@@ -419,7 +419,7 @@ def test_video_to_video_messages(files):
     )  # fmt: skip
     expect(
         r"Noise Multipliers: \[0.1, 0.2, 0.3\] has 3 values; the transition recipe conditions 2 latent frames "
-        r"here; give 2 values, or none for its own \(0,0\)",
+        r"at 17 frames; give 2 noise multipliers or none \(the transition recipe's own: 0,0\)",
         forms.video_to_video, clip25, "", "0.1,0.2,0.3", "transition", clip25, common(), D,
     )  # fmt: skip
 

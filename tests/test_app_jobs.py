@@ -173,7 +173,9 @@ def test_recipes_run_through_the_queue(pipe, tmp_path):
         source = finish(queue, queue.submit(t2v(num_frames=25)).id).entry.video
         base = dict(task="v2v", prompt="x", video=str(source), **FAST)
         specs = [
-            JobSpec(GenerationRequest(noise_multipliers=[0.0, 0.3], recipe="extension", **base)),
+            JobSpec(
+                GenerationRequest(positions=[0, 1], noise_multipliers=[0.0, 0.3], recipe="extension", **base)
+            ),
             JobSpec(GenerationRequest(recipe="completion", **base)),
             JobSpec(GenerationRequest(num_frames=25, recipe="transition", end_video=str(source), **base)),
         ]

@@ -157,13 +157,15 @@ BAD = [
     (["frames", "--images", "{a}", "{b}", "--positions", "1,1"], r"--positions=\[1, 1\] repeats \[1\]"),
     (["frames", "--images", "{a}", "{b}", "--positions", "0,a"], r"^pusa: error: --positions='0,a' is not a list; expected comma-separated"),
     (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2,1.5"], r"--noise-multipliers=\[0\.2, 1\.5\] contains 1\.5"),
-    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2"], r"--noise-multipliers=\[0\.2\] has 1 values"),
-    (["frames", "--images", "{a}", "--positions", "0,4"], r"--positions=\[0, 4\] has 2 values for 1 images"),
+    (["frames", "--images", "{a}", "{b}", "--noise-multipliers", "0.2"], r"--noise-multipliers=\[0\.2\] has 1 value but"),
+    (["frames", "--images", "{a}", "--positions", "0,4"], r"--positions=\[0, 4\] has 2 values for 1 image;"),
     (["v2v", "--video", "{source}"], r"--positions: none given"),
     (["v2v", "--video", "{source}", "--recipe", "transition"], r"--end-video: none given"),
     (["v2v", "--video", "{source}", "--recipe", "extension", "--end-video", "{source}"], r"--end-video=.* is given; only the transition"),
     (["v2v", "--video", "{source}", "--recipe", "completion", "--positions", "0,1"], r"--positions=\[0, 1\] does not fit the recipe"),
-    (["v2v", "--video", "{a}", "--positions", "0,1"], r"--video='.*a\.png' has 1 frames; positions up to latent 1 needs at least 5"),
+    (["v2v", "--video", "{source}", "--recipe", "extension", "--noise-multipliers", "0.1"], r"--noise-multipliers=\[0\.1\] has 1 value; the extension recipe conditions 4 latent frames at 17 frames; give 4 noise multipliers or none"),
+    (["v2v", "--video", "{source}", "--recipe", "completion", "--noise-multipliers", "0.1,0.2,0.3"], r"--noise-multipliers=\[0\.1, 0\.2, 0\.3\] has 3 values; the completion recipe conditions 2 latent frames"),
+    (["v2v", "--video", "{a}", "--positions", "0,1"], r"--video='.*a\.png' has 1 frame; positions up to latent 1 needs at least 5"),
     (["v2v", "--video", "/no/clip.mp4", "--positions", "0"], r"--video='/no/clip\.mp4' does not exist"),
 ]  # fmt: skip
 
@@ -291,3 +293,49 @@ def test_a_clip_the_model_was_not_trained_on_runs_with_a_warning_naming_the_flag
     err = capsys.readouterr().err
     assert "pusa: warning: --frames=21 is not a length this model was trained on (17, 33, 49 frames)" in err
     assert json.loads(out.with_suffix(".json").read_text())["warnings"][0].startswith("num_frames=21 is not")
+
+
+def test_an_existing_output_is_refused_before_the_model_loads_unless_overwrite(tmp_path, capsys):
+    """-o never replaces a video or its sidecar silently: refused naming --output (each -n per-seed name
+    too), the files left as they were; --overwrite replaces them."""
+    from pusa.cli import run_generate
+
+    out = tmp_path / "t.mp4"
+    out.write_bytes(b"an earlier video")
+    argv = ["generate", "t2v", "-p", "x", *FAST, "-o", str(out)]
+    with raises_input_error("output", str(out)):
+        run_generate(build_parser().parse_args(argv))
+    assert main(argv) == 2
+    assert "--output='" + str(out) + "' exists; give another path or --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier video" and not out.with_suffix(".json").exists()
+    lone = tmp_path / "s.mp4"
+    lone.with_suffix(".json").write_text("{}")  # a sidecar alone would be replaced too
+    with raises_input_error("output", str(lone)):
+        run_generate(build_parser().parse_args([*argv[:-1], str(lone)]))
+    (tmp_path / "v-4.mp4").write_bytes(b"seed 4's")  # -n 2 --seed 3 writes v-3.mp4 and v-4.mp4
+    with raises_input_error("output", str(tmp_path / "v-4.mp4")):
+        run_generate(build_parser().parse_args([*argv[:-1], str(tmp_path / "v.mp4"), "-n", "2"]))
+    assert not (tmp_path / "v-3.mp4").exists()  # nothing made: refused before the first video
+    assert main([*argv, "--overwrite"]) == 0
+    assert read_video(out)[0].shape == (17, 32, 32, 3) and out.with_suffix(".json").exists()
+
+
+def test_the_default_output_never_replaces_an_earlier_video(tmp_path, monkeypatch):
+    """Without -o: outputs/<task>-<time>-<seed>.mp4, with -1, -2, ... when that name (or its sidecar) is
+    taken; the earlier files stay as they were."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    now = time.time()
+    taken = [  # every name the next minute could give, and the first suffix of each
+        tmp_path / "outputs" / f"t2v-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now + s))}-3{suffix}"
+        for s in range(60) for suffix in (".mp4", "-1.json")
+    ]  # fmt: skip
+    for path in taken:
+        path.write_text("earlier")
+    assert main(["generate", "t2v", "-p", "x", *FAST]) == 0
+    made = sorted(set((tmp_path / "outputs").glob("*.mp4")) - set(taken))
+    assert len(made) == 1 and made[0].name.endswith("-3-2.mp4"), made
+    assert read_video(made[0])[0].shape == (17, 32, 32, 3) and made[0].with_suffix(".json").exists()
+    assert all(path.read_text() == "earlier" for path in taken)

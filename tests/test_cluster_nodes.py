@@ -94,7 +94,7 @@ def test_a_worker_no_machine_of_the_cluster_can_hold_is_refused_by_name(two_node
     assert run.returncode == 2, run.stderr
     assert (
         "pusa serve: error: a worker (2 processes: --parallel / --cfg-parallel) needs 2 CPU cores "
-        "(--worker-cpus 1 each) on one machine; the Ray cluster's largest machine has 1 CPU cores"
+        "(--worker-cpus 1 each) on one machine; the Ray cluster's largest machine has 1 CPU core"
     ) in run.stderr
     assert time.monotonic() - started < 120
 

@@ -75,7 +75,7 @@ def test_bad_plans_name_their_parameter(args, param):
 def test_overlap_multipliers_must_be_one_per_overlap_latent():
     with raises_input_error("chunk_multipliers", [0.1]) as caught:
         recipes.long_video(65, 17, 2, [0.1])
-    assert "give 2 values" in str(caught.value)  # as many as the overlap's latents
+    assert "give 2 multipliers" in str(caught.value)  # as many as the overlap's latents
 
 
 # ------------------------------------------------------------------------------------------ validation

@@ -147,6 +147,18 @@ def test_extend_video(pipe, source_mp4):
     assert out.settings["sources"]["video"]["path"] == str(source_mp4.resolve())
 
 
+def test_the_extension_context_is_asked_for_never_taken_from_a_stray_multiplier_count(pipe, source_mp4):
+    """extend_video's multipliers choose its context (documented: positions 0..k-1); video_to_video with
+    the recipe takes one per position or none, and a single stray multiplier is refused (issue 26: it ran
+    with one context latent instead of four)."""
+    out = pipe.extend_video(source_mp4, "x", noise_multipliers=[0.0, 0.3], num_frames=17, **COMMON)
+    assert (out.settings["positions"], out.settings["noise_multipliers"]) == ([0, 1], [0.0, 0.3])
+    with raises_input_error("noise_multipliers", [0.1]):
+        pipe.video_to_video(
+            source_mp4, "x", noise_multipliers=[0.1], recipe="extension", num_frames=17, **COMMON
+        )
+
+
 def test_complete_video(pipe, source_mp4):
     out = pipe.complete_video(source_mp4, "the middle", num_frames=13, **COMMON)
     assert_valid_output(out, "v2v", 13, recipe="completion", positions=[0, 3], noise_multipliers=[0.3, 0.3])

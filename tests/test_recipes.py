@@ -3,6 +3,8 @@ conditioning clips, and the one validation's errors (each names its parameter, v
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,67 @@ def test_extension_uses_the_sources_last_frames():
     assert recipes.extension(5).positions == (0,)  # 2 latents: one kept, one generated
     with raises_input_error("noise_multipliers", [0.0, 0.1, 0.2]):
         recipes.extension(5, 30, [0.0, 0.1, 0.2])
+
+
+def test_a_multiplier_count_other_than_the_recipes_positions_is_refused_naming_both():
+    """Issue 26: `--recipe extension --noise-multipliers 0.1` ran with one context latent instead of four.
+    Each recipe takes one multiplier per position it conditions or none, in the one validation (so the CLI,
+    the API and the studio all refuse it); the extension's context comes from its positions 0..c-1."""
+    with raises_input_error("noise_multipliers", [0.1]) as caught:
+        recipes.plan("extension", 81, noise_multipliers=[0.1])
+    assert str(caught.value).startswith(
+        "noise_multipliers=[0.1] has 1 value; the extension recipe conditions 4 latent frames at 81 frames; "
+        "give 4 noise multipliers or none (the extension recipe's own: 0,0.3,0.4,0.5)"
+    )
+    with raises_input_error("noise_multipliers", [0.1, 0.2, 0.3]):
+        recipes.plan("completion", 17, noise_multipliers=[0.1, 0.2, 0.3])
+    request = GenerationRequest(
+        task="v2v", prompt="x", video="in.mp4", recipe="extension", noise_multipliers=[0.1]
+    )
+    with raises_input_error("noise_multipliers", [0.1]):
+        validate(request, LIMITS, media=False)
+    # the context asked for explicitly: positions 0..c-1, one multiplier each (or the recipe's own)
+    short = recipes.plan("extension", 17, [0, 1], [0.0, 0.3], source_frames=30)
+    assert (short.positions, short.noise_multipliers, short.needed) == ((0, 1), (0.0, 0.3), {"video": 5})
+    assert recipes.plan("extension", 17, [0, 1]).noise_multipliers == (0.0, 0.3)
+    assert recipes.plan("extension", 81, list(range(6))).noise_multipliers == (0.0, 0.3, 0.4, 0.5, 0.5, 0.5)
+    resolved = validate(
+        replace(request, positions=[0, 1], noise_multipliers=[0, 0.3]),
+        LIMITS,
+        media=False,
+    )
+    assert (resolved.positions, resolved.noise_multipliers) == ([0, 1], [0.0, 0.3])
+    with raises_input_error("positions"):
+        recipes.plan("extension", 17, [0, 1, 2, 3, 4])  # latent 4 is the only one left to generate
+    with raises_input_error("positions", [1, 2]):
+        recipes.plan("extension", 17, [1, 2])  # the context is the clip's opening
+
+
+def test_messages_count_one_in_the_singular():
+    from pusa.params import plural
+
+    assert (plural(1, "frame"), plural(13, "frame"), plural(0, "image"), plural(1.5, "CPU core")) == (
+        "1 frame", "13 frames", "0 images", "1.5 CPU cores",
+    )  # fmt: skip
+    with raises_input_error("video") as caught:
+        recipes.custom(17, [0, 1], source_frames=1)
+    assert "has 1 frame;" in str(caught.value)
+    with raises_input_error("noise_multipliers") as caught:
+        check_positions([0, 4], [0.2], 5)
+    assert "has 1 value but" in str(caught.value)
+    with raises_input_error("positions") as caught:
+        validate(
+            GenerationRequest(
+                task="frames", prompt="x", images=["a.png"], positions=[0, 4], noise_multipliers=[0.2, 0.5]
+            ),
+            LIMITS,
+            media=False,
+        )
+    assert "has 2 values for 1 image;" in str(caught.value)
+    assert recipes.extension(5).note().startswith("Extension: the source's last frame opens the new clip")
+    assert recipes.extension(5).sources == ("source's last frame",)
+    assert "the source's last frame opens the clip" in recipes.transition(17).note()
+    assert "last 13 frames open" in recipes.extension(17).note()
 
 
 def test_a_recipe_accepts_its_own_positions_and_refuses_others():

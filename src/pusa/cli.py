@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -148,20 +149,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         else:
             add_param(gen, name, *(["-p"] if name == "prompt" else []))
     gen.add_argument(
-        "--num-videos",
-        "-n",
-        type=int,
-        default=1,
+        "--num-videos", "-n", type=int, default=1,
         help="videos to make with one model load, 1-100: seeds --seed, --seed+1, ... (random ones without "
         "--seed); with several, --output FILE.mp4 becomes FILE-<seed>.mp4 (default: 1)",
-    )
+    )  # fmt: skip
     gen.add_argument(
-        "--output",
-        "-o",
-        default=None,
-        metavar="FILE.mp4",
-        help="where to write the video; a .json sidecar goes beside it (default: outputs/<task>-<time>-<seed>.mp4)",
-    )
+        "--output", "-o", default=None, metavar="FILE.mp4",
+        help="where to write the video; a .json sidecar goes beside it (default: "
+        "outputs/<task>-<time>-<seed>.mp4, with -1, -2, ... added when that name is taken)",
+    )  # fmt: skip
+    gen.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --output video and its sidecar (without it, an existing one is refused "
+        "before the model loads)",
+    )  # fmt: skip
     gen.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -357,6 +358,14 @@ def _generate(args: argparse.Namespace, whole_process: bool) -> list[Path]:
         from .runtime.kernels import check_attention_installed
 
         check_attention_installed(args.attention)
+    # the seeds are drawn here, so that -o's per-seed names are known (and checked) before the load
+    seeds = [secrets.randbelow(2**31) if args.seed is None else args.seed + k for k in range(count)]
+    for path in (
+        [] if args.overwrite or not args.output else [_named_output(args.output, count, s) for s in seeds]
+    ):
+        if taken := _taken(path):
+            problem = "exists" if taken == path else f"has a sidecar {taken.name} already"
+            raise InputError("output", str(path), "give another path or --overwrite", problem)
     limits = model_limits(args.model, prefix="--")
     request = build_request(args, limits)
     resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
@@ -373,7 +382,7 @@ def _generate(args: argparse.Namespace, whole_process: bool) -> list[Path]:
         gc.enable()
     outputs = []
     for index in range(count):
-        seed = None if args.seed is None else args.seed + index
+        seed = seeds[index]
         label = f"pusa {args.task}" + (f" {index + 1}/{count}" if count > 1 else "")
         bars = []
 
@@ -389,11 +398,10 @@ def _generate(args: argparse.Namespace, whole_process: bool) -> list[Path]:
             bar.close()
         settings = out.settings
         if args.output:
-            output = Path(args.output)
-            output = output if count == 1 else output.with_name(f"{output.stem}-{settings['seed']}.mp4")
+            output = _named_output(args.output, count, settings["seed"])
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            output = Path("outputs") / f"{args.task}-{stamp}-{settings['seed']}.mp4"
+            output = _unused(Path("outputs") / f"{args.task}-{stamp}-{settings['seed']}.mp4")
         out.save(output)
         print(
             f"wrote {output} ({settings['num_frames']} frames, {settings['width']}x{settings['height']}, "
@@ -401,6 +409,26 @@ def _generate(args: argparse.Namespace, whole_process: bool) -> list[Path]:
         )
         outputs.append(output)
     return outputs
+
+
+def _named_output(output: str, count: int, seed: int) -> Path:
+    """-o's path for `seed`'s video: as given for one video, `FILE-<seed>.mp4` for several."""
+    path = Path(output)
+    return path if count == 1 else path.with_name(f"{path.stem}-{seed}.mp4")
+
+
+def _taken(path: Path) -> Path | None:
+    """What saving a video at `path` would replace: the video, else its sidecar; None: nothing."""
+    return next((p for p in (path, path.with_suffix(".json")) if p.exists()), None)
+
+
+def _unused(path: Path) -> Path:
+    """`path`, else with -1, -2, ... added: the default name never replaces an earlier video."""
+    candidate, k = path, 0
+    while _taken(candidate):
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
 
 
 def _check_lora_files(request, model) -> None:

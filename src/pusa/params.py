@@ -84,6 +84,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
+def plural(count: float, noun: str) -> str:
+    """`count` and `noun`, the noun plural unless the count is one: "1 frame", "13 frames", "0 images",
+    "1.5 CPU cores" (every message that counts says it through this)."""
+    shown = f"{count:g}" if isinstance(count, float) else str(count)
+    return f"{shown} {noun}" if count == 1 else f"{shown} {noun}s"
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter, as every face shows and checks it.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .params import PARAMS, RECIPES, InputError
+from .params import PARAMS, RECIPES, InputError, plural
 
 EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)  # context latents 0..3: the oldest kept exactly
 COMPLETION_MULTIPLIERS = (0.3, 0.3)  # the first frame and the last 4
@@ -97,7 +97,7 @@ class RecipePlan:
         if self.recipe == "extension":
             (span,) = self.spans
             return (
-                f"Extension: the source's last {span.length} frames open the new clip (latents "
+                f"Extension: the source's {_last(span.length)} the new clip (latents "
                 f"{_range_text(self.positions)}); frames {span.length}-{n - 1} are generated."
             )
         if self.recipe == "completion":
@@ -108,7 +108,7 @@ class RecipePlan:
         if self.recipe == "transition":
             head, tail = self.spans
             return (
-                f"Transition: the source's last {head.length} frames open the clip (latents "
+                f"Transition: the source's {_last(head.length)} the clip (latents "
                 f"{_range_text(self.positions[: len(self.positions) // 2])}), the second clip's first "
                 f"{tail.length} close it (latents {_range_text(self.positions[len(self.positions) // 2 :])}); "
                 f"frames {head.length}-{n - tail.length - 1} are generated."
@@ -141,6 +141,12 @@ class RecipePlan:
         return out
 
 
+def _last(frames: int, verb: str = "open") -> str:
+    """A source's closing frames, the verb agreeing: "last frame opens", "last 13 frames open"."""
+    said = "last frame" if frames == 1 else f"last {frames} frames"
+    return f"{said} {verb}s" if verb and frames == 1 else f"{said} {verb}".rstrip()
+
+
 def _range_text(positions: tuple[int, ...]) -> str:
     positions = tuple(positions)
     if len(positions) > 2 and positions == tuple(range(positions[0], positions[-1] + 1)):
@@ -154,52 +160,66 @@ def _multipliers(
     count: int | None,
     recipe: str,
     param: str = "noise_multipliers",
+    at: int | None = None,
+    hint: str = "",
 ) -> tuple[float, ...]:
+    """The given multipliers, else the recipe's own; another count than `count` is refused (it would
+    silently change what the recipe conditions). at: the output's frames, for the message."""
     if given is None or len(given) == 0:
         return tuple(default)
     if count is not None and len(given) != count:
+        noun = "noise multiplier" if param == "noise_multipliers" else "multiplier"
+        where = f"at {at} frames" if at else "here"
         raise InputError(
-            param,
-            [float(m) for m in given],
-            f"the {recipe} conditions {count} latent frames here; give {count} values, or none for "
-            f"its own ({','.join(f'{m:g}' for m in default)})",
-            f"has {len(given)} values",
-        )
+            param, [float(m) for m in given],
+            f"the {recipe} conditions {plural(count, 'latent frame')} {where}; give {plural(count, noun)} "
+            f"or none (the {recipe}'s own: {','.join(f'{m:g}' for m in default)}){hint}",
+            f"has {plural(len(given), 'value')}",
+        )  # fmt: skip
     return tuple(float(m) for m in given)
 
 
 def _need(source: str, have: int | None, need: int, why: str) -> None:
     if have is not None and have < need:
-        raise InputError(source, have, f"{why} needs at least {need}", f"has {have} frames", show_value=False)
+        problem = f"has {plural(have, 'frame')}"
+        raise InputError(source, have, f"{why} needs at least {need}", problem, show_value=False)
 
 
 def extension(
-    num_frames: int, source_frames: int | None = None, noise_multipliers: Multipliers = None
+    num_frames: int,
+    source_frames: int | None = None,
+    noise_multipliers: Multipliers = None,
+    context: int | None = None,
 ) -> RecipePlan:
     """Continue a clip: its last `4(c-1)+1` frames become latents 0..c-1 of the new one.
 
-    c = len(noise_multipliers): by default 4 (13 frames), fewer when the output has fewer latents."""
+    c = `context` (`plan`: the given positions' count): by default 4 (13 frames), fewer when the output
+    has fewer latents. One multiplier per context latent or none; their count never sets the context."""
     num_latent = num_latent_frames(num_frames)
     if num_latent < 2:
         raise InputError("num_frames", num_frames, "the extension recipe needs 5 frames or more")
-    default = EXTENSION_MULTIPLIERS[: min(len(EXTENSION_MULTIPLIERS), num_latent - 1)]
-    multipliers = _multipliers(noise_multipliers, default, None, "extension")
-    context = len(multipliers)
-    if context > num_latent - 1:
+    if context is None:
+        context = min(len(EXTENSION_MULTIPLIERS), num_latent - 1)
+    elif not 1 <= context <= num_latent - 1:
         raise InputError(
-            "noise_multipliers",
-            list(multipliers),
-            f"one per context latent, at most {num_latent - 1} here (the output has {num_latent} latent "
-            "frames and at least one is generated)",
-            f"has {context} values",
-        )
+            "positions", context,
+            f"the extension recipe keeps latents 0..c-1, c at most {num_latent - 1} here (the output has "
+            f"{num_latent} latent frames and at least one is generated)",
+            f"ask for {plural(context, 'context latent')}", show_value=False,
+        )  # fmt: skip
+    # a context longer than the recipe's own 4 latents: the later ones as loose as its last
+    default = (EXTENSION_MULTIPLIERS + EXTENSION_MULTIPLIERS[-1:] * context)[:context]
+    multipliers = _multipliers(
+        noise_multipliers, default, context, "extension recipe", at=num_frames,
+        hint="; or positions 0,1,...,c-1 for a context of c latent frames",
+    )  # fmt: skip
     length = head_frames(context)
-    _need("video", source_frames, length, f"the extension recipe with {context} context latents")
+    _need("video", source_frames, length, f"the extension recipe with {plural(context, 'context latent')}")
     start = (source_frames - length) if source_frames is not None else 0
     return RecipePlan(
         "extension", num_frames, tuple(range(context)), multipliers,
         (Span("video", start, start + length, 0),), {"video": length},
-        tuple(f"source's last {length} frames" for _ in range(context)),
+        tuple(f"source's {_last(length, verb='')}" for _ in range(context)),
     )  # fmt: skip
 
 
@@ -213,7 +233,9 @@ def completion(
     num_latent = num_latent_frames(num_frames)
     if num_latent < 3:  # the first and the last latent kept, at least one generated between them
         raise InputError("num_frames", num_frames, "the completion recipe needs 9 frames or more")
-    multipliers = _multipliers(noise_multipliers, COMPLETION_MULTIPLIERS, 2, "completion recipe")
+    multipliers = _multipliers(
+        noise_multipliers, COMPLETION_MULTIPLIERS, 2, "completion recipe", at=num_frames
+    )
     _need("video", source_frames, 5, "the completion recipe (its first frame and 4 more)")
     have = source_frames if source_frames is not None else num_frames
     tail = min(have - 1, num_frames - 1)  # the source's last `tail` frames end the clip
@@ -246,7 +268,7 @@ def transition(
             "num_frames", num_frames, "the transition recipe needs 13 frames or more (4 latents)"
         )
     default = TRANSITION_HEAD[:context] + TRANSITION_TAIL[len(TRANSITION_TAIL) - context :]
-    multipliers = _multipliers(noise_multipliers, default, 2 * context, "transition recipe")
+    multipliers = _multipliers(noise_multipliers, default, 2 * context, "transition recipe", at=num_frames)
     head, tail = head_frames(context), 4 * context
     _need("video", source_frames, head, "the transition recipe")
     _need("end_video", end_frames, tail, "the transition recipe")
@@ -293,8 +315,9 @@ def plan(
         return custom(num_frames, positions, source_frames, noise_multipliers)
     if recipe not in RECIPES:
         raise InputError("recipe", recipe, f"choose one of {', '.join(RECIPES)} (or none: custom positions)")
-    if recipe == "extension":
-        made = extension(num_frames, source_frames, noise_multipliers)
+    if recipe == "extension":  # given positions set its context (checked below: they must be 0..c-1)
+        context = len(positions) if positions else None
+        made = extension(num_frames, source_frames, noise_multipliers, context)
     elif recipe == "completion":
         made = completion(num_frames, source_frames, noise_multipliers)
     else:
@@ -416,8 +439,8 @@ class LongPlan:
             return f"Long video: {n} frames is one clip of {self.chunk_frames}."
         return (
             f"Long video: {k} chunks of {self.chunk_frames} frames; each after the first opens on the last "
-            f"{self.overlap_frames} frame{'s' if self.overlap_frames > 1 else ''} of the one before "
-            f"({self.context} latent{'s' if self.context > 1 else ''}), {n} frames in all."
+            f"{plural(self.overlap_frames, 'frame')} of the one before ({plural(self.context, 'latent')}), "
+            f"{n} frames in all."
         )
 
 

@@ -29,6 +29,7 @@ from .params import (
     TASKS,
     InputError,
     face_name,
+    plural,
 )
 from .presets import preset_of
 from .recipes import RecipePlan, num_latent_frames
@@ -206,7 +207,7 @@ def check_positions(positions: Sequence[int], noise_multipliers: Sequence[float]
     if len(positions) != len(multipliers):
         raise InputError(
             "noise_multipliers", multipliers, "give one noise multiplier per position",
-            f"has {len(multipliers)} values but positions={positions} has {len(positions)}",
+            f"has {plural(len(multipliers), 'value')} but positions={positions} has {len(positions)}",
         )  # fmt: skip
     for p in positions:
         if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < num_latent:
@@ -299,7 +300,7 @@ def long_plan(request: GenerationRequest) -> recipes.LongPlan:
 
 def first_chunk(request: GenerationRequest) -> GenerationRequest:
     """The request of a long video's first chunk: t2v, i2v from its image, or the extension recipe on its
-    video (the overlap's length and multipliers)."""
+    video (the overlap's length, as its positions 0..c-1, and its multipliers)."""
     r = request
     plan = long_plan(r)
     clip: dict[str, Any] = dict(
@@ -312,8 +313,9 @@ def first_chunk(request: GenerationRequest) -> GenerationRequest:
         )
     elif r.video is not None:
         clip.update(
-            task="v2v", video=r.video, recipe="extension", noise_multipliers=list(plan.noise_multipliers)
-        )
+            task="v2v", video=r.video, recipe="extension", positions=list(plan.positions),
+            noise_multipliers=list(plan.noise_multipliers),
+        )  # fmt: skip
     return replace(r, **clip)
 
 
@@ -325,7 +327,7 @@ def check_task_inputs(request: GenerationRequest) -> None:
         raise InputError(
             "positions", list(r.positions),
             "text-to-video takes no images, video or positions; use i2v, frames or v2v",
-            f"(with {len(r.images)} images, video: {r.video is not None}) is given",
+            f"(with {plural(len(r.images), 'image')}, video: {r.video is not None}) is given",
         )  # fmt: skip
     if r.task in ("i2v", "frames"):
         if len(r.images) == 0 or any(image is None for image in r.images):
@@ -343,7 +345,7 @@ def check_task_inputs(request: GenerationRequest) -> None:
         if len(r.images) != len(r.positions):
             raise InputError(
                 "positions", list(r.positions), "give one position per image, in the images' order",
-                f"has {len(r.positions)} values for {len(r.images)} images",
+                f"has {plural(len(r.positions), 'value')} for {plural(len(r.images), 'image')}",
             )  # fmt: skip
     if r.task == "v2v" and r.video is None:
         raise InputError("video", None, "video-to-video needs a source video", "none given", show_value=False)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import recipes
 from ..experts import ALL
-from ..params import CHOICE, COMMON, INT, MAX_SEED, MODEL_OWN, PARAMS, TEXT, InputError
+from ..params import CHOICE, COMMON, INT, MAX_SEED, MODEL_OWN, PARAMS, TEXT, InputError, plural
 from ..request import GenerationRequest, ModelDefaults, ModelLimits, validate
 from ..serving.history import JobSpec
 from .form_fields import (
@@ -179,7 +179,7 @@ def frames_conditioning(
     if num_images and len(frame_positions) != num_images:
         raise FormError(
             "positions", positions, "give one position per image, in the images' order",
-            f"gives {len(frame_positions)} positions for {num_images} images",
+            f"gives {plural(len(frame_positions), 'position')} for {plural(num_images, 'image')}",
         )  # fmt: skip
     _check_positions(frame_positions, multipliers, num_frames)
     return frame_positions, multipliers

@@ -281,7 +281,7 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
             raise InputError(
                 "cache", request.cache,
                 "turn it off for a pipeline split over several processes or a two-expert model",
-                "runs on one process and one DiT only;",
+                "runs on one process and one DiT only",
             )  # fmt: skip
         # CFG batching makes one call of the two passes, which the ranks split their own way
         cfg_batch = bool(self.acceleration.get("cfg_batch", False)) and not parallel

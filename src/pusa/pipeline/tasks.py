@@ -154,9 +154,13 @@ class TaskMixin:
         noise_multipliers: Sequence[float] | None = None,
         **common: Unpack[CommonOptions],
     ) -> PusaOutput:
-        """Continue a clip: its last `4*len(noise_multipliers)-3` frames (13 by default) become the start
-        of the new video (latent frames 0..k-1), the rest is generated (`recipes.extension`)."""
-        return self.video_to_video(video, prompt, (), noise_multipliers, recipe="extension", **common)
+        """Continue a clip: its last `4k-3` frames become the start of the new video (latent frames
+        0..k-1), the rest is generated (`recipes.extension`). k is `len(noise_multipliers)` when they are
+        given (this method's own way to choose the context: it asks for positions 0..k-1), else the
+        recipe's own 4 (13 frames; fewer on a clip of 4 latents or less)."""
+        multipliers = [] if noise_multipliers is None else listed("noise_multipliers", noise_multipliers)
+        positions = list(range(len(multipliers)))
+        return self.video_to_video(video, prompt, positions, multipliers, recipe="extension", **common)
 
     def complete_video(
         self,

@@ -140,14 +140,14 @@ def check_attention_installed(name: str) -> str:
         if not _installed(kernel.module):
             raise InputError(
                 "attention", name, f"install it with: {kernel.install}",
-                f"needs the {kernel.package} package ({kernel.what}), which is not installed;",
+                f"needs the {kernel.package} package ({kernel.what}), which is not installed",
             )  # fmt: skip
         return name
     package = attention_package(name)
     if package is not None and not _installed(package):
         raise InputError(
             "attention", name, f"install the {package} package or choose auto",
-            f"needs the {package} package, which is not installed;",
+            f"needs the {package} package, which is not installed",
         )  # fmt: skip
     return name
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
+from ..params import plural
+
 
 @dataclass(frozen=True)
 class ClusterSpec:
@@ -109,10 +111,10 @@ def check_cluster(spec: ClusterSpec) -> None:
         return
     largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in needs}
     per = f" ({spec.ranks} processes: --parallel / --cfg-parallel)" if spec.ranks > 1 else ""
-    wanted = f"{needs['CPU']:g} CPU cores (--worker-cpus {spec.cpus_per_worker:g} each)" + (
+    wanted = f"{plural(needs['CPU'], 'CPU core')} (--worker-cpus {spec.cpus_per_worker:g} each)" + (
         f" and {needs['GPU']} GPU(s) (--device {spec.device})" if spec.cuda else ""
     )
     raise ValueError(
         f"a worker{per} needs {wanted} on one machine; the Ray cluster's largest machine has "
-        f"{largest['CPU']:g} CPU cores and {largest['GPU']:g} GPU(s)"
+        f"{plural(largest['CPU'], 'CPU core')} and {largest['GPU']:g} GPU(s)"
     )
