@@ -358,7 +358,12 @@ def _generate(args: argparse.Namespace, whole_process: bool) -> list[Path]:
         from .runtime.kernels import check_attention_installed
 
         check_attention_installed(args.attention)
-    # the seeds are drawn here, so that -o's per-seed names are known (and checked) before the load
+    limits = model_limits(args.model, prefix="--")
+    request = build_request(args, limits)
+    resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
+    _check_lora_files(resolved, resolve_model(args.model))
+    # the seeds are drawn here, so that -o's per-seed names are known (and checked) before the load; after
+    # the request's own checks, so that a bad parameter is named first
     seeds = [secrets.randbelow(2**31) if args.seed is None else args.seed + k for k in range(count)]
     for path in (
         [] if args.overwrite or not args.output else [_named_output(args.output, count, s) for s in seeds]
@@ -366,10 +371,6 @@ def _generate(args: argparse.Namespace, whole_process: bool) -> list[Path]:
         if taken := _taken(path):
             problem = "exists" if taken == path else f"has a sidecar {taken.name} already"
             raise InputError("output", str(path), "give another path or --overwrite", problem)
-    limits = model_limits(args.model, prefix="--")
-    request = build_request(args, limits)
-    resolved = validate(request, limits)  # before any weights load; the pipeline checks again, cheaply
-    _check_lora_files(resolved, resolve_model(args.model))
     for note in advisories(resolved, limits.defaults):
         print(f"pusa: warning: {cli_message(note)}", file=sys.stderr)
     if args.quiet:
