@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import save_clip, save_image
+from helpers import png_claiming, save_clip, save_image
 from pusa.app import forms
 from pusa.app.forms import FormError, UploadLimits
 from pusa.app.timeline import error_html, timeline_html
@@ -39,6 +39,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     Image.new("RGB", (300, 10)).save(paths["wide"])
     paths["text"] = folder / "notes.png"
     paths["text"].write_text("not an image")
+    paths["bomb"] = folder / "bomb.png"
+    paths["bomb"].write_bytes(png_claiming(20_000, 20_000))
     for name, count in (("clip17", 17), ("clip9", 9), ("clip25", 25)):
         paths[name] = save_clip(folder / f"{name}.mp4", count)
     paths["garbage"] = folder / "broken.mp4"
@@ -311,6 +313,10 @@ def test_image_messages(files):
     expect(
         r"Images: 'a.png' is 0.0 MB; the limit is 1e-06 MB",
         forms.check_image, files["a"], "images", UploadLimits(image_mb=1e-6),
+    )  # fmt: skip
+    expect(  # a decompression bomb: a small file whose header claims 20000x20000 pixels
+        r"Image: 'bomb.png' has too many pixels to open; the limit is \d+ pixels on each side",
+        forms.check_image, files["bomb"],
     )  # fmt: skip
 
 

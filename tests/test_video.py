@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from helpers import raises_input_error
+from helpers import png_claiming, raises_input_error
 from pusa.video import MediaError, load_image, probe_video, write_video
 
 
@@ -61,3 +61,11 @@ def test_probe_video_counts_frames_and_names_bad_files(tmp_path):
     (tmp_path / "junk.mp4").write_bytes(b"\x00" * 100)
     with raises_input_error("end_video", str(tmp_path / "junk.mp4")):
         probe_video(tmp_path / "junk.mp4", "end_video")
+
+
+def test_an_image_that_claims_too_many_pixels_is_refused_saying_so(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(20_000, 20_000))  # 400 M pixels in the header, a few bytes on disk
+    with raises_input_error("image", str(bomb)) as caught:
+        load_image(bomb)
+    assert caught.value.problem == "has too many pixels"

@@ -96,7 +96,13 @@ def load_image(source: str | Path | Image.Image | np.ndarray, parameter: str = "
         with Image.open(path) as image:
             image.load()
             return to_rgb(image, parameter, str(path))
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+    except (
+        Image.DecompressionBombError
+    ) as error:  # Pillow will not open it: the header claims too many pixels
+        raise MediaError(
+            parameter, str(path), f"expected an image Pillow opens ({error})", "has too many pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise MediaError(
             parameter, str(path), f"expected {_IMAGES}", f"is not a readable image ({error})"
         ) from None

@@ -47,20 +47,18 @@ def check_image(path: Any, param: str = "image", limits: UploadLimits = DEFAULT_
     allowed = "allowed: " + ", ".join(IMAGE_FORMATS.values())
     if _size_mb(path) > limits.image_mb:
         raise FormError(param, name, f"the limit is {limits.image_mb:g} MB", f"is {_size_mb(path):.1f} MB")
+    side = f"the limit is {limits.image_side} pixels on each side"
     try:
         with Image.open(path) as image:
             kind, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):  # a bomb: too many pixels to open
+    except Image.DecompressionBombError:  # Pillow will not open it: the header claims too many pixels
+        raise FormError(param, name, side, "has too many pixels to open") from None
+    except (UnidentifiedImageError, OSError):
         raise FormError(param, name, allowed, "is not an image") from None
     if kind not in IMAGE_FORMATS:
         raise FormError(param, name, allowed, f"is a {kind} image")
     if max(width, height) > limits.image_side:
-        raise FormError(
-            param,
-            name,
-            f"the limit is {limits.image_side} pixels on each side",
-            f"is {width}x{height} pixels",
-        )
+        raise FormError(param, name, side, f"is {width}x{height} pixels")
 
 
 def check_video(path: Any, param: str = "video", limits: UploadLimits = DEFAULT_LIMITS) -> VideoInfo:
