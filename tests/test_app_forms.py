@@ -520,3 +520,18 @@ def test_timeline_escapes_user_text():
     html = timeline_html(17, [0], [0.0], [], ["<script>x</script>"], note="<b>")
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "&lt;b&gt;" in error_html("<b>")
+
+
+def test_the_expert_boundary_is_shown_for_two_expert_models_only(tmp_path):
+    from pusa.app.page import StudioPage
+    from pusa.request import ModelLimits
+    from pusa.serving.history import History
+    from pusa.serving.queue import JobQueue
+
+    queue = JobQueue(lambda: PusaPipeline.from_model("tiny-random"), History(tmp_path))  # never started
+    shown = {}
+    for experts in (1, 2):
+        page = StudioPage(queue, ModelLimits.of((1, 2, 2), 8, 32, TINY_DEFAULTS, experts), "tiny")
+        page.build()
+        shown[experts] = {tab.fields["boundary"].visible for tab in page.tabs.values()}
+    assert shown == {1: {False}, 2: {True}}  # hidden, yet still a field: the API keeps its parameters

@@ -54,7 +54,8 @@ class StudioPage(Studio):
                 tab.fields["num_frames"] = widgets.number("num_frames", d, limits)
                 tab.fields["fps"] = widgets.number("fps", d)
             tab.fields["shift"] = widgets.slider("shift", d)
-            tab.fields["boundary"] = widgets.slider("boundary", d)
+            experts = limits.experts if limits else 1  # a one-expert model has no boundary to set
+            tab.fields["boundary"] = widgets.slider("boundary", d, visible=experts > 1)
             with gr.Row():
                 tab.fields["cache"] = widgets.choice("cache", d, elem_id=f"{tab.tab}-cache")
                 tab.fields["cache_threshold"] = widgets.slider("cache_threshold", d)
