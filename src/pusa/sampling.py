@@ -27,6 +27,10 @@ class StepInfo:
     latents: torch.Tensor
 
 
+# A per-step callback: returning False cancels (`Cancelled`).
+StepCallback = Callable[[StepInfo], "bool | None"]
+
+
 class Cancelled(Exception):
     """Raised out of `sample` when the step callback returns False (the user pressed Cancel)."""
 
@@ -75,7 +79,7 @@ def sample(
     text: object,
     negative_text: object = None,
     cfg: float = 1.0,
-    callback: Callable[[StepInfo], bool | None] | None = None,
+    callback: StepCallback | None = None,
     velocity_for_step: Callable[[int, float], VelocityFn] | None = None,
     cfg_batch: bool = False,
 ) -> torch.Tensor:

@@ -35,19 +35,17 @@ from ..request import (
     video_plan,
 )
 from ..runtime.placement import ExpertSwitch, Placement
-from ..sampling import StepInfo, sample
+from ..sampling import StepCallback, sample
 from ..schedule import flow_sigmas
 from ..video import fit_image, fit_video, load_image, read_video
 from ..weights.stack import file_sha256
 from .loading import LoaderMixin, vae_compression
 from .long import LongVideoMixin
-from .lora import LORA_MODES, LoraStackMixin
+from .lora import LoraStackMixin, check_lora_mode
 from .record import CounterSnapshot, PusaOutput, SamplingRun, request_record
 from .tasks import TaskMixin
 
 __all__ = ["PusaPipeline"]
-
-StepCallback = Callable[[StepInfo], "bool | None"]
 
 
 class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
@@ -73,8 +71,7 @@ class PusaPipeline(LoaderMixin, LoraStackMixin, TaskMixin, LongVideoMixin):
         lora_mode: str = "fuse",
         text_vae_device: str | torch.device | None = None,
     ) -> None:
-        if lora_mode not in LORA_MODES:
-            raise InputError("lora_mode", lora_mode, f"choose one of {', '.join(LORA_MODES)}")
+        check_lora_mode(lora_mode)
         # "fuse": each DiT's stack fused into its weights (`weights.stack.StackFuser`); "adapter": unfused
         # PEFT adapters (`weights.stack.AdapterStack`), the weights never written
         self.lora_mode = lora_mode

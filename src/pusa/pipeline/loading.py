@@ -8,7 +8,7 @@ read; then it loads, fuses the model's own LoRA stack and places the model (`run
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from ..weights.registry import (
     tiny_random_components,
 )
 from ..weights.stack import check_stack_fits_folder
-from .lora import LORA_MODES
+from .lora import check_lora_mode
 
 if TYPE_CHECKING:
     from .core import PusaPipeline
@@ -86,14 +86,13 @@ class LoadOptions:
             check_attention_installed(self.attention)  # a missing kernel package is said before a 14B load
         validate_cfg_batch(self.cfg_batch)
         validate_fp8_compute(self.fp8_compute)
-        if self.lora_mode not in LORA_MODES:
-            raise InputError("lora_mode", self.lora_mode, f"choose one of {', '.join(LORA_MODES)}")
+        check_lora_mode(self.lora_mode)
         return replace(self, text_vae_device=text_vae_device)
 
     def placement(self) -> dict[str, Any]:
         """The keywords `runtime.placement.place_model` takes from these options."""
         keys = ("memory", "attention", "compile", "fp8", "cfg_batch", "fp8_compute")
-        return {key: value for key, value in asdict(self).items() if key in keys}
+        return {key: getattr(self, key) for key in keys}
 
 
 def vae_compression(vae: Any) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from .. import recipes
 from ..conditioning import Conditioning
 from ..params import PARAMS
 from ..request import GenerationRequest, Media, first_chunk, long_plan, validate
-from ..sampling import StepInfo
+from ..sampling import StepCallback, StepInfo
 from .record import CounterSnapshot, PusaOutput
 
 if TYPE_CHECKING:
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from .tasks import RunOptions
 
 __all__ = ["ChunkStepInfo", "LongVideoMixin", "chunk_progress", "match_colours"]
-
-StepCallback = Callable[[StepInfo], "bool | None"]
 
 
 @dataclass(frozen=True)

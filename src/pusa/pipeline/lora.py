@@ -22,9 +22,16 @@ from ..weights.checkpoints import CheckpointError
 from ..weights.sources import FileChangedError
 from ..weights.stack import AdapterStack, StackFuser, load_lora_cached
 
-__all__ = ["LORA_MODES", "LoraStackMixin"]
+__all__ = ["LORA_MODES", "LoraStackMixin", "check_lora_mode"]
 
 LORA_MODES = ("fuse", "adapter")  # how a LoRA stack reaches a DiT: fused into its weights, or PEFT adapters
+
+
+def check_lora_mode(value: str) -> str:
+    """`value` itself, or an `InputError` naming `lora_mode` and the allowed modes."""
+    if value not in LORA_MODES:
+        raise InputError("lora_mode", value, f"choose one of {', '.join(LORA_MODES)}")
+    return value
 
 
 class LoraStackMixin:

@@ -16,7 +16,7 @@ from typing_extensions import TypedDict, Unpack
 from .. import recipes
 from ..params import PARAMS
 from ..request import GenerationRequest, Media, ModelDefaults, listed
-from ..sampling import StepInfo
+from ..sampling import StepCallback
 from .record import PusaOutput
 
 __all__ = ["TASK_FIELDS", "CommonOptions", "RunOptions", "TaskMixin"]
@@ -59,7 +59,7 @@ class RunOptions(TypedDict, total=False):
     cache: str
     cache_threshold: float
     sources: dict[str, Any]
-    callback: Callable[[StepInfo], bool | None] | None
+    callback: StepCallback | None
 
 
 class CommonOptions(RunOptions, total=False):
@@ -81,7 +81,7 @@ class TaskMixin:
     defaults: ModelDefaults  # provided by `PusaPipeline` (pipeline.core)
     generate: Callable[..., PusaOutput]
 
-    def submit(self, callback: Callable[[StepInfo], bool | None] | None = None, **fields: Any) -> PusaOutput:
+    def submit(self, callback: StepCallback | None = None, **fields: Any) -> PusaOutput:
         """Run the request made of `fields` (`GenerationRequest`'s)."""
         return self.generate(GenerationRequest(**fields), callback)
 
